@@ -1,0 +1,5 @@
+import sys
+
+from decorbench.cli import main
+
+sys.exit(main())

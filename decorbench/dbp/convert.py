@@ -1,0 +1,51 @@
+"""`decorrelate(model)`: swap a model's Linear / groups=1 Conv2d layers for decorrelation layers, in place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatch
+
+from torch import nn
+
+from decorbench.dbp.layers import DecorConv2d, DecorLinear, DecorMixin
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch(name, p) for p in patterns)
+
+
+def _decor_copy(m: nn.Module, settings: dict) -> DecorMixin:
+    """A decorrelation layer sharing m's Parameter objects, so weights (and any optimizer state) carry over."""
+    if isinstance(m, nn.Linear):
+        new = DecorLinear(m.in_features, m.out_features, m.bias is not None, device=m.weight.device, **settings)
+    else:
+        new = DecorConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, 1,
+                          m.bias is not None, m.padding_mode, device=m.weight.device, **settings)
+    new.weight, new.bias = m.weight, m.bias
+    return new.train(m.training)
+
+
+def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float = 0.1, rule: str = "standard",
+                skip: Iterable[str] = (), only: Iterable[str] | None = None) -> nn.Module:
+    """Replace every nn.Linear and groups=1 nn.Conv2d of `model` by DecorLinear / DecorConv2d, in place.
+
+    `skip` / `only` are fnmatch patterns on qualified module names (e.g. "fc", "layer4.*"). Outputs and
+    `state_dict` entries are unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
+    Linear layers owned by nn.MultiheadAttention are left alone: attention reads their weight directly and
+    never calls their forward, so R would silently be ignored.
+    """
+    skip, only = tuple(skip), None if only is None else tuple(only)
+    settings = {"kappa": kappa, "sample_fraction": sample_fraction, "rule": rule}
+    for parent_name, parent in list(model.named_modules()):
+        if isinstance(parent, nn.MultiheadAttention):
+            continue
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if not isinstance(child, (nn.Linear, nn.Conv2d)) or isinstance(child, DecorMixin):
+                continue
+            if isinstance(child, nn.Conv2d) and child.groups != 1:
+                continue
+            if _matches(name, skip) or (only is not None and not _matches(name, only)):
+                continue
+            setattr(parent, child_name, _decor_copy(child, settings))
+    return model

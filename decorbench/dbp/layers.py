@@ -1,0 +1,110 @@
+"""Decorrelation layers: drop-in subclasses of nn.Linear / nn.Conv2d with a decorrelating matrix R.
+
+The layer computes y = W·(R·x) + b. R is a buffer (never touched by the task loss' optimizer);
+`decorbench.dbp.update` moves it from the inputs each layer samples during training-mode forwards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DecorMixin:
+    """What both layer types share: the R buffer, the method's settings and the sampled inputs."""
+
+    R: torch.Tensor
+    kappa: float
+    sample_fraction: float
+    rule: str
+    sample: torch.Tensor | None
+
+    def _init_decor(self, d: int, kappa: float, sample_fraction: float, rule: str, device=None) -> None:
+        if not 0.0 <= kappa <= 1.0:
+            raise ValueError(f"kappa must be in [0, 1], got {kappa}")
+        if not 0.0 < sample_fraction <= 1.0:
+            raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
+        if rule not in ("standard", "normalized"):
+            raise ValueError(f"rule must be 'standard' or 'normalized', got {rule!r}")
+        # R stays fp32 whatever autocast does to activations: its update accumulates tiny steps.
+        self.register_buffer("R", torch.eye(d, device=device, dtype=torch.float32))
+        self.kappa = kappa
+        self.sample_fraction = sample_fraction
+        self.rule = rule
+        self.sample = None  # (n_s, d) inputs x kept from the latest training forward, detached
+
+    @property
+    def decor_dim(self) -> int:
+        return self.R.shape[0]
+
+    def _num_samples(self, n_rows: int) -> int:
+        return max(1, round(self.sample_fraction * n_rows))
+
+    def _fused_weight(self) -> torch.Tensor:
+        """A = W·R with W flattened to (out, d). Autograd gives grad_W = grad_A·Rᵀ, costing out·d²."""
+        w = self.weight
+        return (w.reshape(w.shape[0], -1) @ self.R.to(w.dtype)).reshape(w.shape)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kappa={self.kappa}, sample_fraction={self.sample_fraction}, rule={self.rule}"
+
+
+class DecorLinear(DecorMixin, nn.Linear):
+    """nn.Linear whose input is decorrelated by R (d = in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 kappa: float = 0.01, sample_fraction: float = 0.1, rule: str = "standard") -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_decor(in_features, kappa, sample_fraction, rule, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.training:
+            idx = torch.randint(rows.shape[0], (self._num_samples(rows.shape[0]),), device=x.device)
+            self.sample = rows.detach()[idx]
+        # Fused A = W·R costs out·d² (plus the same in backward); z = R·x costs rows·d² (plus the
+        # same for grad_x). Pick the cheaper per call: the classifier head at small batch goes unfused.
+        if rows.shape[0] < self.out_features:
+            return F.linear(F.linear(x, self.R.to(x.dtype)), self.weight, self.bias)
+        return F.linear(x, self._fused_weight(), self.bias)
+
+
+class DecorConv2d(DecorMixin, nn.Conv2d):
+    """nn.Conv2d (groups=1) whose unfolded input patches are decorrelated by R (d = C_in·k_h·k_w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 kappa: float = 0.01, sample_fraction: float = 0.1, rule: str = "standard") -> None:
+        if groups != 1:
+            raise ValueError("DecorConv2d supports groups=1 only (a grouped conv mixes no channels across groups)")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        d = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._init_decor(d, kappa, sample_fraction, rule, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.sample = self._sample_patches(x.detach())
+        return self._conv_forward(x, self._fused_weight(), self.bias)
+
+    def _sample_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Gather random patches straight from the (padded) input, without unfolding the whole batch.
+
+        Columns come out in (C_in, k_h, k_w) order: the order of W.reshape(out, d) and of F.unfold.
+        """
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        h_out, w_out = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        n_s = self._num_samples(n * h_out * w_out)
+        pos = torch.randint(n * h_out * w_out, (n_s,), device=x.device)
+        img, i, j = pos // (h_out * w_out), (pos // w_out) % h_out, pos % w_out
+        rows = i[:, None] * sh + torch.arange(kh, device=x.device) * dh  # (n_s, kh)
+        cols = j[:, None] * sw + torch.arange(kw, device=x.device) * dw  # (n_s, kw)
+        chan = torch.arange(c, device=x.device)
+        patches = x[img[:, None, None, None], chan[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        return patches.reshape(n_s, -1)
