@@ -102,18 +102,19 @@ def test_conv_forward_and_weight_grad_match_unfold_form(kernel, stride, padding,
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
-def test_sampled_patches_are_patches_of_the_input(padding_mode):
+def test_conv_samples_all_patches_of_a_fraction_of_the_images(padding_mode):
     torch.manual_seed(0)
     layer = DecorConv2d(2, 3, 3, stride=2, padding=1, dilation=2, padding_mode=padding_mode, sample_fraction=0.5)
-    x = torch.randn(3, 2, 8, 8)
+    x = torch.randn(4, 2, 8, 8)
     layer(x)
     mode = "constant" if padding_mode == "zeros" else padding_mode
     padded = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
-    unf = F.unfold(padded, 3, dilation=2, stride=2)
-    every_patch = unf.transpose(1, 2).reshape(-1, layer.decor_dim)
-    assert layer.sample.shape == (round(0.5 * every_patch.shape[0]), layer.decor_dim)
-    found = (layer.sample[:, None, :] == every_patch[None, :, :]).all(dim=2).any(dim=1)
-    assert found.all()
+    per_image = F.unfold(padded, 3, dilation=2, stride=2).transpose(1, 2)  # (4, L, d)
+    sampled = layer.sample.reshape(-1, *per_image.shape[1:])
+    assert sampled.shape[0] == 2
+    matches = (sampled[:, None] == per_image[None]).flatten(2).all(dim=2)  # (2 sampled, 4 images)
+    assert matches.sum(dim=1).tolist() == [1, 1]  # each sampled block is exactly one image's patches
+    assert matches.any(dim=0).sum() == 2  # and they are two different images
 
 
 def test_samples_are_kept_in_training_mode_only():
@@ -125,8 +126,11 @@ def test_samples_are_kept_in_training_mode_only():
     with pytest.raises(RuntimeError, match="training-mode forward"):
         update(layer, 0.1)
     layer.train()
-    layer(torch.randn(40, 8))
+    x = torch.randn(40, 8)
+    layer(x)
     assert layer.sample.shape == (10, 8) and not layer.sample.requires_grad
+    assert (layer.sample[:, None] == x[None]).all(dim=2).any(dim=1).all()  # rows of x, each once
+    assert layer.sample.unique(dim=0).shape[0] == 10
     update(layer, 0.1)
     assert layer.sample is None
 
@@ -143,7 +147,7 @@ def reference_update(R, x, lr, kappa, rule):
 
 
 @pytest.mark.parametrize("rule", ["standard", "normalized"])
-@pytest.mark.parametrize("rows", [20, 2000])  # 2 sampled rows take the low-rank form, 200 the dense one
+@pytest.mark.parametrize("rows", [20, 400, 2000])  # 2, 40, 200 samples: low-rank, dense in z, dense in x
 def test_update_follows_the_rule(rule, rows):
     torch.manual_seed(0)
     layer = DecorLinear(32, 4, kappa=0.3, sample_fraction=0.1, rule=rule)

@@ -61,13 +61,16 @@ class DecorLinear(DecorMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.training:
-            idx = torch.randint(rows.shape[0], (self._num_samples(rows.shape[0]),), device=x.device)
-            self.sample = rows.detach()[idx]
+            self.sample = self._sample_inputs(rows.detach())
         # Fused A = W·R costs out·d² (plus the same in backward); z = R·x costs rows·d² (plus the
         # same for grad_x). Pick the cheaper per call: the classifier head at small batch goes unfused.
         if rows.shape[0] < self.out_features:
             return F.linear(F.linear(x, self.R.to(x.dtype)), self.weight, self.bias)
         return F.linear(x, self._fused_weight(), self.bias)
+
+    def _sample_inputs(self, rows: torch.Tensor) -> torch.Tensor:
+        """A random sample_fraction of the input rows, without replacement."""
+        return rows[torch.randperm(rows.shape[0], device=rows.device)[: self._num_samples(rows.shape[0])]]
 
 
 class DecorConv2d(DecorMixin, nn.Conv2d):
@@ -85,26 +88,19 @@ class DecorConv2d(DecorMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            self.sample = self._sample_patches(x.detach())
+            self.sample = self._sample_inputs(x.detach())
         return self._conv_forward(x, self._fused_weight(), self.bias)
 
-    def _sample_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """Gather random patches straight from the (padded) input, without unfolding the whole batch.
+    def _sample_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every patch of a random sample_fraction of the batch's images, as rows (as the paper samples).
 
-        Columns come out in (C_in, k_h, k_w) order: the order of W.reshape(out, d) and of F.unfold.
+        Unfolding whole images is a fast im2col; gathering scattered single patches measured 7× slower on
+        CPU for the same number of rows. Columns come in (C_in, k_h, k_w) order, that of W.reshape(out, d).
         """
         if x.dim() == 3:
             x = x.unsqueeze(0)
+        images = x[torch.randperm(x.shape[0], device=x.device)[: self._num_samples(x.shape[0])]]
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        h_out, w_out = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-        n_s = self._num_samples(n * h_out * w_out)
-        pos = torch.randint(n * h_out * w_out, (n_s,), device=x.device)
-        img, i, j = pos // (h_out * w_out), (pos // w_out) % h_out, pos % w_out
-        rows = i[:, None] * sh + torch.arange(kh, device=x.device) * dh  # (n_s, kh)
-        cols = j[:, None] * sw + torch.arange(kw, device=x.device) * dw  # (n_s, kw)
-        chan = torch.arange(c, device=x.device)
-        patches = x[img[:, None, None, None], chan[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-        return patches.reshape(n_s, -1)
+        images = F.pad(images, self._reversed_padding_repeated_twice, mode=mode)
+        cols = F.unfold(images, self.kernel_size, dilation=self.dilation, stride=self.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])

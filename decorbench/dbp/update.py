@@ -25,30 +25,38 @@ def _coefficients(layer: DecorMixin) -> tuple[float, float]:
     return a, b
 
 
+def _moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(C·R, diag(C), ‖C‖²_F) for C = mean of z·zᵀ over the n sampled rows, z = R·x, formed the cheapest way.
+
+    MACs of each equivalent form: low-rank Zᵀ(Z·R)/n with ‖C‖ = ‖ZZᵀ‖/n: 3·n·d² + n²·d; dense in z,
+    C = ZᵀZ/n: 2·n·d² + d³; dense in x, C = R·(XᵀX/n)·Rᵀ: n·d² + 3·d³. Few samples pick the first, many
+    (the early conv layers, n ≫ d) the last, which halves their cost against forming z.
+    """
+    n, d = x.shape
+    costs = {"low_rank": 3 * n * d * d + n * n * d, "dense_z": 2 * n * d * d + d**3, "dense_x": n * d * d + 3 * d**3}
+    form = min(costs, key=costs.get)
+    if form == "low_rank":
+        z = x @ R.T
+        return z.T @ (z @ R) / n, (z * z).mean(0), ((z @ z.T) / n).square().sum()
+    if form == "dense_z":
+        z = x @ R.T
+        c = z.T @ z / n
+    else:
+        c = R @ (x.T @ x / n) @ R.T
+    return c @ R, c.diagonal(), c.square().sum()
+
+
 @torch.no_grad()
 def _step(layer: DecorMixin, lr: float) -> torch.Tensor:
     """Update layer.R in place; return its decorrelation loss ((1−κ)·Σ offdiag(C)² + κ·Σ (diag(C)−1)²) / d².
 
-    G·R = a·C·R + diag((b−a)·diag(C) − b)·R, so R ← diag(scale)·R − η·a·C·R. C·R is formed the cheaper way:
-    densely, C = ZᵀZ/n then C·R (n·d² + d³ MACs), or low-rank, Zᵀ(Z·R)/n (2·n·d² MACs, plus n²·d for the
-    loss via ‖ZᵀZ‖ = ‖ZZᵀ‖). Both write R in place so the d×d work is a couple of passes, not a handful.
+    G·R = a·C·R + diag((b−a)·diag(C) − b)·R, so R ← diag(scale)·R − η·a·C·R.
     """
     R = layer.R
-    x = layer.sample.to(R.dtype)
-    n, d = x.shape
-    z = x @ R.T
-    var = (z * z).mean(0)  # diag(C)
+    c_r, var, c_sq = _moments(layer.sample.to(R.dtype), R)
     a, b = _coefficients(layer)
-    scale = (1.0 - lr * ((b - a) * var - b))[:, None]
-    if 2 * n * d * d + n * n * d < n * d * d + d**3:
-        c_sq = ((z @ z.T) / n).square().sum()
-        z_r = z @ R
-        R.mul_(scale).addmm_(z.T, z_r, alpha=-lr * a / n)
-    else:
-        c = z.T @ z / n
-        c_sq = c.square().sum()
-        c_r = c @ R
-        R.mul_(scale).add_(c_r, alpha=-lr * a)
+    R.mul_((1.0 - lr * ((b - a) * var - b))[:, None]).add_(c_r, alpha=-lr * a)
+    d = R.shape[0]
     offdiag_sq = c_sq - var.square().sum()
     return ((1.0 - layer.kappa) * offdiag_sq + layer.kappa * (var - 1.0).square().sum()) / d**2
 
