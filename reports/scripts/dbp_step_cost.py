@@ -104,6 +104,25 @@ def as_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, layer.in_features) if isinstance(layer, DecorLinear) else x
 
 
+def flops_by_group(model: nn.Module, layers: list[nn.Module], inputs: list[torch.Tensor],
+                   grads: list[torch.Tensor], refill_samples: Callable[[], None]) -> dict[str, dict[str, int]]:
+    """The decorrelation FLOPs per top-level block (conv1, layer1..4, fc): update(block) updates just its layers."""
+    by_group = {}
+    for group, block in model.named_children():
+        members = [i for i, m in enumerate(layers) if any(m is b for b in block.modules())]
+        if not members:
+            continue
+
+        def product() -> None:
+            outs, wrt = zip(*(decor_product(layers[i], inputs[i]) for i in members))
+            torch.autograd.grad(outs, wrt, [grads[i] for i in members])
+
+        refill_samples()
+        by_group[group] = {"product_fwd_bwd": count_flops(product),
+                           "update": count_flops(lambda: update(block, DECOR_LR))}
+    return by_group
+
+
 def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     bp_model = build_resnet18(case)
@@ -140,6 +159,7 @@ def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
              "product_fwd_bwd": count_flops(product_fwd_bwd)}
     refill_samples()
     flops["update"] = count_flops(lambda: update(dbp_model, DECOR_LR))
+    flops["by_group"] = flops_by_group(dbp_model, layers, inputs, grads, refill_samples)
     extra = {"product_fwd_bwd": flops["product_fwd_bwd"], "update": flops["update"],
              "dbp_minus_bp": flops["dbp_step"] - flops["bp_step"]}
     flops |= {"dbp_over_bp": flops["dbp_step"] / flops["bp_step"],
@@ -180,6 +200,13 @@ def markdown(prov: dict, results: dict) -> str:
         lines.append(f"| {r['label']} | {f['bp_step'] / 1e9:.1f} | {f['dbp_step'] / 1e9:.1f} | {f['dbp_over_bp']:.3f} | "
                      f"{f['product_fwd_bwd'] / 1e9:.1f} ({pct['product_fwd_bwd']:.1f}%) | {f['update'] / 1e9:.1f} "
                      f"({pct['update']:.1f}%) | {pct['dbp_minus_bp']:.1f}% |")
+    lines += ["", "Decorrelation GFLOP per step by block:", "", "| case | work | "
+              + " | ".join(next(iter(results.values()))["flops"]["by_group"]) + " |",
+              "|---|---|" + "---|" * len(next(iter(results.values()))["flops"]["by_group"])]
+    for r in results.values():
+        groups = r["flops"]["by_group"].values()
+        for work, label in (("update", "update"), ("product_fwd_bwd", "A=W·R fwd+bwd")):
+            lines.append(f"| {r['label']} | {label} | " + " | ".join(f"{g[work] / 1e9:.1f}" for g in groups) + " |")
     return "\n".join(lines)
 
 
