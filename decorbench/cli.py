@@ -1,24 +1,106 @@
-"""Command line: `decorbench demo` (the benchmark commands run | report | env follow)."""
+"""decorbench: train BP and DBP side by side and compare what they cost.
+
+  decorbench run CONFIG|BUILTIN [--out DIR] [--device auto|cpu|cuda] [--resume] [--set key=value ...]
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+from datetime import datetime, timezone
+import signal
 import sys
+import threading
+from pathlib import Path
+
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+
+
+def _fail(message: str) -> int:
+    print(f"decorbench: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _stop_on_signals(resume_hint: str) -> threading.Event:
+    """First SIGINT/SIGTERM: let the current run write its record and stop. A second SIGINT aborts at once."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\ndecorbench: {signal.Signals(signum).name}: finishing the current record, then stopping; "
+              f"continue with: {resume_hint}", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _progress(spec):
+    """A tqdm bar per run (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_step(step: int, planned: int | None, record: dict | None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=planned, desc=spec.run_id, unit="step", disable=None, leave=False, file=sys.stderr)
+        bar.update(step - bar.n)
+        if record is not None:
+            bar.set_postfix(acc=f"{record['eval_accuracy']:.3f}", train_s=f"{record['train_time_s']:.1f}")
+    return on_step
+
+
+def _run(args) -> int:
+    import pandas as pd
+
+    from decorbench.results import load
+    from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
+    from decorbench.summary import format_summary, summarize
+    from decorbench.train import resolve_device
+
+    try:
+        config = load_config(args.config, args.set)
+        device = resolve_device(args.device)
+        if args.resume and not args.out:
+            raise ValueError("--resume needs --out DIR: the results directory of the suite to continue")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = Path(args.out or Path("results") / f"{config.name}-{stamp}")
+        todo = pending_runs(config, out, args.resume)
+    except (ConfigError, ValueError) as e:
+        return _fail(str(e))
+    sets = [f"--set={assignment}" for assignment in args.set]
+    stop = _stop_on_signals(shlex.join(["decorbench", "run", args.config, "--out", str(out), *sets, "--resume"]))
+    print(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {device}, results in {out}/runs",
+          file=sys.stderr)
+    ends = run_suite(config, out, device, todo, should_stop=stop.is_set, progress=_progress)
+    for end in ends:
+        print(f"  {end['run_id']}: {end['status']} ({end['reason']})", file=sys.stderr)
+    run_ids = {spec.run_id for spec in config.runs()}
+    evals = load(out)
+    evals = evals[evals["run_id"].isin(run_ids)]
+    if evals["eval_accuracy"].notna().any():
+        print(format_summary(*summarize(evals, config.budget.target_accuracy)))
+    if stop.is_set():
+        return EXIT_INTERRUPTED
+    return 1 if any(end["status"] == "failed" for end in ends) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="decorbench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="decorbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train an MLP on sklearn digits with BP and DBP and compare")
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--seed", type=int, default=0)
+    run = sub.add_parser("run", help="run a suite of BP and DBP trainings (a TOML file or a built-in name)")
+    run.add_argument("config", help="path to a suite TOML, or a built-in: smoke, cifar10-resnets, imagenet-resnet18")
+    run.add_argument("--out", help="results directory (default: a new results/<suite>-<UTC time>)")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    run.add_argument("--resume", action="store_true", help="in --out: skip finished runs, redo unfinished ones")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set budget.max_epochs=3 --set 'models=[\"mlp\"]'")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
-    from decorbench import demo as demo_module
-
-    demo_module.main(args.epochs, args.seed)
-    return 0
+    return _run(args)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,94 @@
-"""The command line as a user meets it."""
+"""`decorbench run` as a user meets it: the smoke suite, bad input, interruption and resume, failing runs."""
+
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from decorbench.cli import main
+from decorbench.results import load, read_run, run_path
+
+ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
 
 
-def test_demo_trains_bp_and_dbp_on_digits_and_reports_both(capsys):
-    assert main(["demo", "--epochs", "3"]) == 0
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {"bp", "dbp"}
-    assert all(0.8 < float(row[1]) <= 1.0 for row in rows.values())  # test accuracy after 3 epochs
-    before, after = float(rows["dbp"][4]), float(rows["dbp"][8])
-    assert after < before  # DBP lowered the correlation of its layers' inputs
+def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tmp_path, capsys):
+    assert main(["run", "smoke", "--out", str(tmp_path)]) == 0
+    finals = load(tmp_path).sort_values("step").groupby("run_id").last()
+    assert len(finals) == 8 and set(finals["status"]) == {"completed"}
+    assert set(finals["method"]) == {"bp", "dbp"} and set(finals["model"]) == {"small-cnn", "mlp"}
+    assert (finals["eval_accuracy"] >= 0.9).all(), finals["eval_accuracy"]
+    out = capsys.readouterr().out
+    assert "target accuracy 0.900" in out and "speedup_bp_over_dbp" in out
+    assert {line.split()[0] for line in out.splitlines()[2:]} == {"mlp", "small-cnn"}
 
 
-@pytest.mark.parametrize("argv", [["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["nope"], []])
-def test_bad_arguments_exit_2_with_a_one_line_message(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    assert "error:" in capsys.readouterr().err.strip().splitlines()[-1]
+@pytest.mark.parametrize("argv, message", [
+    (["run", "no-such-suite"], "no config file or built-in suite 'no-such-suite'"),
+    (["run", "missing.toml"], "config file not found"),
+    (["run", "smoke", "--set", "train.nope=1"], "unknown key train.nope"),
+    (["run", "smoke", "--set", "train.batch_size=\"big\""], "train.batch_size must be int"),
+    (["run", "smoke", "--set", "budget.max_epochs=-1"], "budget.max_epochs must be positive"),
+    (["run", "smoke", "--set", "methods=[\"xp\"]"], "unknown method 'xp'"),
+    (["run", "smoke", "--set", "models=[\"resnet9000\"]"], "unknown model 'resnet9000'"),
+    (["run", "smoke", "--set", "dataset=mnist"], "unknown dataset 'mnist'"),
+    (["run", "smoke", "--set", "oops"], "--set expects key=value"),
+    (["run", "smoke", "--device", "cuda"], "no CUDA GPU"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--out", "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("decorbench: error:") and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_garbled_config_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \"x\"\nmethods = [\"bp\"\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_existing_results_are_never_overwritten_without_resume(tmp_path, capsys):
+    args = ["run", "smoke", "--out", str(tmp_path), "--set", "budget.max_epochs=1", *ONE_PAIR]
+    assert main(args) == 0
+    before = run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes()
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
+    assert main([*args, "--resume"]) == 0  # everything finished: nothing to redo
+    assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
+
+
+def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
+    argv = ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "dataset=cifar10",
+            "--set", f"data.root=\"{tmp_path / 'no-data'}\"", *ONE_PAIR]
+    assert main(argv) == 1
+    ends = [read_run(run_path(tmp_path / "out", f"smoke-cifar10-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
+    assert [e["status"] for e in ends] == ["failed", "failed"]
+    assert all("no-data" in e["reason"] for e in ends)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_current_record_and_resume_finishes(signum, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), *ONE_PAIR]
+    proc = subprocess.Popen([*cmd, "--set", "budget.max_epochs=100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = run_path(out, "smoke-digits-mlp-bp-s0")
+    deadline = time.monotonic() + 60
+    while not (first.exists() and len(read_run(first)["evals"]) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    interrupted = read_run(first)
+    assert interrupted["end"]["status"] == "interrupted" and len(interrupted["evals"]) >= 2
+    assert not run_path(out, "smoke-digits-mlp-dbp-s0").exists()
+
+    done = subprocess.run([*cmd, "--set", "budget.max_epochs=1", "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [read_run(run_path(out, f"smoke-digits-mlp-{m}-s0"))["end"]["status"] for m in ("bp", "dbp")] == \
+        ["completed", "completed"]

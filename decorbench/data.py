@@ -1,0 +1,294 @@
+"""The benchmark's datasets behind one small interface: `load_data(name, ...) -> Data`.
+
+Why this shape: a BP run and a DBP run of a pair must see exactly the same batches, so the order and the
+augmentation of epoch e are drawn from a `torch.Generator` seeded by (seed, epoch) — never the global RNG, which
+the model and the DBP update also use. And the loader must not be what is measured: datasets that fit in memory
+live as tensors on the device and are batched by index, with augmentation done on whole batches by tensor ops.
+
+Datasets (input C×H×W; augmentation with augment=True, none otherwise):
+- digits: scikit-learn's bundled 8×8 digits, 1×8×8, fixed stratified 75/25 split (1347/450); no augmentation.
+- cifar10, cifar100: 3×32×32, held as uint8 on the device; random crop with 4-pixel zero padding + horizontal flip.
+- imagenet, imagenette: image folders, 3×224×224 (options image_size); RandomResizedCrop + horizontal flip
+  (test: Resize 256/224·size + CenterCrop). Decoded by DataLoader workers (options num_workers).
+- synthetic: fixed by options data_seed, not the run seed; class-mean images + Gaussian noise; no augmentation.
+
+Where the files are (nothing is ever downloaded): `<data>` = `$DECORBENCH_DATA`, else `~/.cache/decorbench/data`.
+cifar10/cifar100 read `<root>/cifar-10-batches-py/` / `<root>/cifar-100-python/` (torchvision's download layout,
+default root `<data>`); imagenet and imagenette read `<root>/train/<class>/*` and `<root>/val/<class>/*`, default
+roots `<data>/imagenet` and `<data>/imagenette2` (fast.ai's tarball). The CIFAR pickles are read directly, as
+torchvision reads them: its CIFAR classes always check md5 sums, even with download=False, and so reject any file
+that is not byte-identical to the official one (a re-pickled or trimmed copy).
+Each image-folder sample is augmented under its own seed, drawn from (seed, epoch), so the result does not depend
+on the number of workers either.
+"""
+
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "imagenette", "synthetic")
+
+_FOLDER_OPTIONS = {"image_size": 224, "num_workers": None}  # None: min(8, cpu count)
+OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their defaults
+    "digits": {}, "cifar10": {}, "cifar100": {},
+    "imagenet": _FOLDER_OPTIONS, "imagenette": _FOLDER_OPTIONS,
+    "synthetic": {"data_seed": 0, "num_classes": 10, "image_size": 32, "channels": 3, "train_size": 2048,
+                  "test_size": 512, "noise": None},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32
+}
+_CIFAR = {  # folder, train files, test file, label key, per-channel mean and std of the training images
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels",
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels",
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from non-negative integers such as (seed, epoch), well mixed by SeedSequence."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+
+
+def _data_root() -> Path:
+    """Where datasets live by default: $DECORBENCH_DATA, else ~/.cache/decorbench/data."""
+    return Path(os.environ.get("DECORBENCH_DATA") or Path.home() / ".cache" / "decorbench" / "data")
+
+
+@dataclass
+class Data:
+    """A dataset ready for training: batches are on `device`; training drops the last incomplete batch."""
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W) of one model input
+    train_size: int
+    test_size: int
+    batch_size: int
+    seed: int
+    device: torch.device
+
+    def steps_per_epoch(self) -> int:
+        return self.train_size // self.batch_size
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch in the order (and with the augmentation) fixed by (seed, epoch)."""
+        raise NotImplementedError
+
+    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The whole test set in fixed order, not augmented."""
+        raise NotImplementedError
+
+
+class TensorData(Data):
+    """The whole dataset on the device; uint8 images are normalised per batch, after augmentation."""
+
+    def __init__(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, crop_flip: bool,
+                 mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), **meta):
+        device = meta["device"]
+        super().__init__(input_shape=tuple(x_train.shape[1:]), train_size=len(x_train), test_size=len(x_test),
+                         **meta)
+        self.x_train, self.y_train = x_train.to(device), y_train.to(device)
+        self.x_test, self.y_test = x_test.to(device), y_test.to(device)
+        self.crop_flip = crop_flip
+        self.mean = torch.tensor(mean, device=device).view(-1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(-1, 1, 1)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        return (x.float() / 255 - self.mean) / self.std if x.dtype == torch.uint8 else x
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        g, n, b = _generator(self.seed, epoch), self.train_size, self.batch_size
+        order = torch.randperm(n, generator=g).to(self.device)
+        if self.crop_flip:  # all of the epoch's random draws at once, so no batch waits on the host
+            shifts = torch.randint(0, 9, (n, 2), generator=g).to(self.device)
+            flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
+        for s in range(0, n - b + 1, b):
+            x = self.x_train[order[s:s + b]]
+            if self.crop_flip:
+                x = _crop_flip(x, shifts[s:s + b], flips[s:s + b])
+            yield self._prepare(x), self.y_train[order[s:s + b]]
+
+    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for s in range(0, self.test_size, self.batch_size):
+            yield self._prepare(self.x_test[s:s + self.batch_size]), self.y_test[s:s + self.batch_size]
+
+
+def _crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int = 4) -> Tensor:
+    """Per-sample random crop of the zero-padded batch (offsets `shifts` in [0, 2·pad]) and horizontal flip."""
+    n, c, h, w = x.shape
+    x = F.pad(x, (pad, pad, pad, pad))
+    rows = shifts[:, :1] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols) + shifts[:, 1:]
+    return x[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[:, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class _EpochSampler(Sampler):
+    """Yields (index, sample seed) pairs in the order fixed by (seed, epoch); `epoch` is set before iterating."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = _generator(self.seed, self.epoch)
+        order, sample_seeds = torch.randperm(self.n, generator=g), torch.randint(2**62, (self.n,), generator=g)
+        return zip(order.tolist(), sample_seeds.tolist())
+
+
+class _Seeded(Dataset):
+    """Runs the wrapped dataset's random transforms under the sample's own seed, leaving the global RNG as it was."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, sample_seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
+
+
+class LoaderData(Data):
+    """Image folders decoded by DataLoader workers (persistent, pinned memory and async copies on CUDA)."""
+
+    def __init__(self, train_set, test_set, *, num_workers: int, **meta):
+        super().__init__(train_size=len(train_set), test_size=len(test_set), **meta)
+        self._sampler = _EpochSampler(self.train_size, self.seed)
+        kw = dict(batch_size=self.batch_size, num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                  persistent_workers=num_workers > 0)  # own generators: without, DataLoader draws from the global RNG
+        self._train = DataLoader(_Seeded(train_set), sampler=self._sampler, drop_last=True,
+                                 generator=torch.Generator(), **kw)
+        self._test = DataLoader(test_set, generator=torch.Generator(), **kw)
+
+    def _to_device(self, loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        self._sampler.epoch = epoch
+        yield from self._to_device(self._train)
+
+    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        yield from self._to_device(self._test)
+
+
+def _digits(**meta) -> Data:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x / 16, y, test_size=0.25, random_state=0, stratify=y)
+    mean, std = x_train.mean(), x_train.std()
+    x_train, x_test = (torch.tensor((a - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8) for a in (x_train, x_test))
+    return TensorData(x_train, torch.tensor(y_train), x_test, torch.tensor(y_test), crop_flip=False, num_classes=10,
+                      **meta)
+
+
+def _cifar(root: Path, augment: bool, **meta) -> Data:
+    name = meta["name"]
+    folder, train_files, test_file, label_key, mean, std = _CIFAR[name]
+    path = root / folder
+    if not all((path / f).is_file() for f in [*train_files, test_file]):
+        cls = "CIFAR10" if name == "cifar10" else "CIFAR100"
+        raise FileNotFoundError(
+            f"{name} not found: expected {path}/ ({', '.join([*train_files, test_file])}); get it on a machine with "
+            f"internet: python -c \"import torchvision; torchvision.datasets.{cls}('{root}', download=True)\" "
+            f"(or https://www.cs.toronto.edu/~kriz/cifar.html), or set $DECORBENCH_DATA / the data root")
+
+    def read(files: list[str]) -> tuple[Tensor, Tensor]:
+        entries = []
+        for f in files:
+            with open(path / f, "rb") as fh:
+                entries.append(pickle.load(fh, encoding="latin1"))  # Python 2 pickles, as torchvision reads them
+        x = np.concatenate([e["data"] for e in entries]).reshape(-1, 3, 32, 32)
+        return torch.from_numpy(x), torch.tensor([label for e in entries for label in e[label_key]])
+
+    return TensorData(*read(train_files), *read([test_file]), crop_flip=augment, mean=mean, std=std,
+                      num_classes=10 if name == "cifar10" else 100, **meta)
+
+
+def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    name = meta["name"]
+    if not all((root / split).is_dir() for split in ("train", "val")):
+        how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
+               "https://image-net.org (ILSVRC-2012, val sorted into class folders)")
+        raise FileNotFoundError(f"{name} not found: expected {root}/train/<class>/ and {root}/val/<class>/ with "
+                                f"images; get it from {how}, or set $DECORBENCH_DATA / the data root")
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
+    test_tf = v2.Compose([v2.ToImage(), v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size), *finish])
+    train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])
+                if augment else test_tf)
+    train_set, test_set = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", test_tf)
+    if train_set.classes != test_set.classes:
+        raise ValueError(f"{name}: {root}/train and {root}/val have different class folders")
+    return LoaderData(train_set, test_set, num_workers=min(8, os.cpu_count() or 1) if num_workers is None
+                      else num_workers, num_classes=len(train_set.classes),
+                      input_shape=(3, image_size, image_size), **meta)
+
+
+def _synthetic(*, data_seed: int, num_classes: int, image_size: int, channels: int, train_size: int,
+               test_size: int, noise: float | None, **meta) -> Data:
+    """Smooth random class-mean images (unit pixel std) plus i.i.d. Gaussian pixel noise of std `noise`, scaled
+    to unit variance. The default noise grows with sqrt(C·H·W), which keeps the Bayes error the same for every shape.
+    """
+    noise = 5 * (channels * image_size**2 / 3072) ** 0.5 if noise is None else noise
+    g = _generator(data_seed)
+    coarse = torch.randn(num_classes, channels, 4, 4, generator=g)
+    means = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    means /= means.std()
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.arange(n) % num_classes
+        x = means[y] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
+        return x / (1 + noise**2) ** 0.5, y
+
+    return TensorData(*draw(train_size), *draw(test_size), crop_flip=False, num_classes=num_classes, **meta)
+
+
+def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | str = "cpu",
+              root: str | Path | None = None, augment: bool = True, options: dict | None = None) -> Data:
+    """Dataset `name` (see DATASETS and the module docstring) with batches of `batch_size` on `device`.
+
+    `seed` fixes the training order and augmentation per epoch; `root` is ignored by digits and synthetic;
+    `options` takes the keys in OPTIONS[name].
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    unknown = sorted(set(options or {}) - set(OPTIONS[name]))
+    if unknown:
+        valid = ", ".join(OPTIONS[name]) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid: {valid}")
+    opts = {**OPTIONS[name], **(options or {})}
+    meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device))
+    base = Path(root).expanduser() if root is not None else None
+    if name == "digits":
+        data = _digits(**meta)
+    elif name == "synthetic":
+        data = _synthetic(**opts, **meta)
+    elif name in _CIFAR:
+        data = _cifar(base or _data_root(), augment, **meta)
+    else:
+        default = _data_root() / ("imagenette2" if name == "imagenette" else "imagenet")
+        data = _image_folder(base or default, augment, **opts, **meta)
+    if batch_size > data.train_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the {name} training set ({data.train_size})")
+    return data

@@ -1,0 +1,29 @@
+"""FLOPs of a forward pass or a training step, counted by torch.utils.flop_counter on a shape-only copy."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from decorbench.dbp import decor_layers, update
+
+
+def count_flops(model: nn.Module, inputs: torch.Tensor, *, backward: bool = True) -> int:
+    """FLOPs of one forward, or with backward=True of one training step: forward + backward and, for a DBP
+    model, the A = W·R formation (inside its forward/backward) and the decorrelation update.
+
+    Counted on a copy on PyTorch's meta device, so nothing is computed, no memory is used and the model is not
+    touched. The loss and the optimizer's element-wise work are not matmuls and count as zero.
+    """
+    shadow = copy.deepcopy(model).to("meta").train(backward)
+    x = inputs.to("meta")
+    with FlopCounterMode(display=False) as counter:
+        out = shadow(x)
+        if backward:
+            out.float().sum().backward()
+            if decor_layers(shadow):
+                update(shadow, 0.0, as_tensor=True)
+    return counter.get_total_flops()

@@ -1,0 +1,255 @@
+"""Crash-safe results store: one JSON Lines file per run, and `load()` to read many runs into one DataFrame.
+
+Why JSON Lines, flushed and fsynced per record: training runs are long and get killed (out of memory, out of time,
+Ctrl-C, a dead node). Every record is written as one line and pushed to disk before `RunWriter` returns, so a killed
+run leaves its run record and every completed eval point readable; at worst the last line is cut short, and readers
+skip it with a warning. Data flows one way: train loop → `RunWriter` → files → `load()` → report.
+File layout (DESIGN.md §4.3): a `run` record, then one `eval` record per eval point, then an `end` record.
+"""
+
+import json
+import math
+import os
+import platform
+import subprocess
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import __version__
+
+RUN_FIELDS = ("run_id", "suite", "method", "model", "dataset", "seed", "budget", "hyperparameters",
+              "decorbench_version", "git_commit", "python", "torch", "cuda", "device", "gpu_name", "gpu_driver",
+              "cpu", "host", "country_iso_code", "started_at")
+EVAL_FIELDS = ("step", "epoch", "samples", "train_time_s", "wall_time_s", "train_loss", "eval_loss", "eval_accuracy",
+               "flops", "energy_j", "energy_source", "co2_kg", "peak_memory_bytes", "decor_loss")
+END_FIELDS = ("status", "reason", "totals")
+STATUSES = ("completed", "budget", "target", "diverged", "interrupted", "failed")
+_NUMERIC = tuple(f for f in EVAL_FIELDS if f != "energy_source")
+
+
+def _git(*args: str) -> str | None:
+    """stdout of a git command run in the package's directory, or None if git is missing, slow or fails."""
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or None
+
+
+def provenance(device: torch.device | str) -> dict:
+    """Where and with what a number was measured: versions, source commit, hardware, start time."""
+    device = torch.device(device)
+    # only trust the commit if the package is tracked there (not an install inside some other checkout)
+    tracked = _git("ls-files", "--error-unmatch", "__init__.py") is not None
+    commit = _git("rev-parse", "HEAD") if tracked else None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    gpu_name = gpu_driver = None
+    if device.type == "cuda":
+        try:
+            gpu_name = torch.cuda.get_device_name(device)
+            import pynvml
+            pynvml.nvmlInit()
+            try:
+                gpu_driver = pynvml.nvmlSystemGetDriverVersion()
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # provenance is best effort: a missing driver field must not stop a run
+            pass
+    return {
+        "decorbench_version": __version__,
+        "git_commit": commit,
+        "git_dirty": None if status is None else status != "",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "gpu_name": gpu_name,
+        "gpu_driver": gpu_driver.decode() if isinstance(gpu_driver, bytes) else gpu_driver,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def run_path(out_dir: Path | str, run_id: str) -> Path:
+    return Path(out_dir) / "runs" / f"{run_id}.jsonl"
+
+
+def _jsonable(x):
+    """Plain JSON values: numpy/torch scalars and arrays to Python, NaN/Inf to None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):  # numpy scalar/array, torch tensor
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _require(record: dict, fields: tuple, kind: str) -> None:
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise ValueError(f"{kind} record lacks required field(s): {', '.join(missing)}")
+
+
+class RunWriter:
+    """Appends one run's records to `path`, each flushed and fsynced before the call returns.
+
+    resume=False starts the file afresh. resume=True continues an existing file of the same run_id (after cutting
+    off a line a crash left half-written) without repeating the run record; a file of another run is an error.
+    Used as a context manager, an exception before `end()` records the run as interrupted (KeyboardInterrupt) or
+    failed (anything else), then propagates.
+    """
+
+    def __init__(self, path: Path | str, run: dict, resume: bool = False):
+        _require(run, RUN_FIELDS, "run")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self._prepare_resume(run["run_id"]):
+            self._file = open(self.path, "a", encoding="utf-8")
+        else:
+            self._file = open(self.path, "w", encoding="utf-8")
+            self._write({"type": "run", **run})
+            if os.name == "posix":  # make the new directory entry itself durable
+                fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def _prepare_resume(self, run_id: str) -> bool:
+        """True if the file holds this run's records, trimmed to complete lines; False if there is nothing to keep."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        keep = data[: data.rfind(b"\n") + 1]
+        try:
+            first = json.loads(keep.split(b"\n", 1)[0])
+        except ValueError:
+            return False  # empty, or the crash cut the run record itself
+        if not (isinstance(first, dict) and first.get("type") == "run"):
+            return False
+        if first.get("run_id") != run_id:
+            raise ValueError(f"{self.path} holds run {first.get('run_id')!r}, not {run_id!r}; not resuming into it")
+        if len(keep) < len(data):
+            warnings.warn(f"{self.path}: cut off a truncated last line before resuming", stacklevel=3)
+            with open(self.path, "r+b") as f:
+                f.truncate(len(keep))
+        return True
+
+    def _write(self, record: dict) -> None:
+        self._file.write(json.dumps(_jsonable(record), allow_nan=False, default=str) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def eval(self, record: dict) -> None:
+        _require(record, EVAL_FIELDS, "eval")
+        self._write({"type": "eval", **record})
+
+    def end(self, status: str, reason: str, totals: dict | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        self._write({"type": "end", "status": status, "reason": reason, "totals": totals})
+        self._file.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._file.closed:
+            if exc_type is None:
+                self._file.close()
+            else:
+                status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+                self.end(status, f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+
+
+def read_run(path: Path | str) -> dict:
+    """{"run": {...} | None, "evals": [...], "end": {...} | None}; unreadable lines are skipped with one warning."""
+    path = Path(path)
+    out, bad = {"run": None, "evals": [], "end": None}, []
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        kind = record.pop("type", None) if isinstance(record, dict) else None
+        if kind == "run" and out["run"] is None:
+            out["run"] = record
+        elif kind == "eval":
+            out["evals"].append(record)
+        elif kind == "end":  # a resumed run may have ended before; the last end counts
+            out["end"] = record
+        else:
+            bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        cut = " (truncated last line: run killed mid-write?)" if bad[-1] == len(lines) else ""
+        warnings.warn(f"{path}: skipped unreadable line{'s' * (len(bad) > 1)} {shown}{cut}", stacklevel=2)
+    return out
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load(paths) -> pd.DataFrame:
+    """One row per eval point of every run found (a run without evals: one row), run fields and end status joined."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(p.glob("runs/*.jsonl")) + sorted(p.glob("*.jsonl"))
+        else:
+            files.append(p)
+    files = list({f.resolve(): f for f in files}.values())  # a file named twice (dir and file) counts once
+    rows = []
+    for file in files:
+        try:
+            records = read_run(file)
+        except OSError as e:
+            warnings.warn(f"{file}: unreadable ({e.strerror or e}), skipped", stacklevel=2)
+            continue
+        if records["run"] is None:
+            warnings.warn(f"{file}: no run record, not a results file; skipped", stacklevel=2)
+            continue
+        run, end = _flatten(records["run"]), records["end"] or {}
+        tail = {"status": end.get("status"), "reason": end.get("reason"),
+                **_flatten({"totals": end.get("totals") or {}}), "source": str(file)}
+        rows += [{**run, **_flatten(e), **tail} for e in records["evals"] or [{}]]
+    if not rows:
+        raise ValueError(f"no results found in {', '.join(map(str, paths)) or '(no paths given)'}")
+    df = pd.DataFrame(rows)
+    last = ["status", "reason", *(c for c in df if c.startswith("totals.")), "source"]
+    df = df.reindex(columns=[c for c in dict.fromkeys([*df, *EVAL_FIELDS]) if c not in last] + last).infer_objects()
+    df[list(_NUMERIC)] = df[list(_NUMERIC)].apply(pd.to_numeric, errors="coerce")
+    return df

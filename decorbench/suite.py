@@ -1,0 +1,217 @@
+"""MANY runs from one config: methods × models × seeds on one dataset, each isolated from the others' failures.
+
+A config is TOML (DESIGN.md §4.4); unknown keys and wrong types are errors, caught before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tomllib
+import traceback
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from decorbench.budget import Budget
+from decorbench.data import DATASETS
+from decorbench.models import MODELS
+from decorbench.results import RunWriter, provenance, read_run, run_path
+from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
+
+FINISHED = ("completed", "budget", "target", "diverged")
+
+
+class ConfigError(ValueError):
+    """A config the suite cannot run; its message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class CarbonConfig:
+    country_iso_code: str = "NLD"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    name: str
+    methods: tuple[str, ...]
+    models: tuple[str, ...]
+    dataset: str
+    seeds: tuple[int, ...]
+    train: TrainConfig = TrainConfig()
+    dbp: DBPConfig = DBPConfig()
+    budget: Budget = Budget(max_epochs=1)
+    carbon: CarbonConfig = CarbonConfig()
+    data: DataConfig = DataConfig()
+
+    def runs(self) -> list[RunSpec]:
+        """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished."""
+        return [RunSpec(self.name, method, model, self.dataset, seed, self.train, self.dbp, self.budget,
+                        self.data.root, self.data.options)
+                for seed in self.seeds for model in self.models for method in self.methods]
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("decorbench.configs").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def _check_type(value, hint, where: str):
+    """value converted to `hint` (int → float, list → tuple), or ConfigError naming `where`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _check_type(value, options[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or hint
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {getattr(expected, '__name__', expected)}, got {value!r}")
+    return value
+
+
+def _build(cls, table: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        prefix = f"{section}." if section else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(names)}")
+    values = {}
+    for key, value in table.items():
+        where = f"{section}.{key}" if section else key
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table")
+            values[key] = _build(hints[key], value, key)
+        else:
+            values[key] = _check_type(value, hints[key], where)
+    try:
+        return cls(**values)
+    except TypeError as e:  # a required key is missing
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(f"missing key(s): {', '.join(missing)}") from e
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _parse_value(text: str):
+    """A --set value as TOML ("3", "1e-3", '["a", "b"]', "true"); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(table: dict, assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value or section.key=value, got {assignment!r}")
+    *sections, leaf = key.strip().split(".")
+    target = table
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {key}: {section} is not a section")
+    target[leaf] = _parse_value(text.strip())
+
+
+def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
+    """A built-in suite by name or a TOML file by path, with `section.key=value` overrides applied."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    elif name_or_path in builtin_names():
+        text = resources.files("decorbench.configs").joinpath(f"{name_or_path}.toml").read_text()
+    else:
+        raise ConfigError(f"no config file or built-in suite {name_or_path!r}; built-ins: {', '.join(builtin_names())}")
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name_or_path}: not valid TOML ({e})") from e
+    for assignment in overrides:
+        _apply_override(table, assignment)
+    config = _build(SuiteConfig, table, "")
+    for kind, chosen, valid in (("method", config.methods, METHODS), ("model", config.models, MODELS),
+                                ("dataset", (config.dataset,), DATASETS)):
+        bad = [c for c in chosen if c not in valid]
+        if bad:
+            raise ConfigError(f"unknown {kind} {bad[0]!r}; choose from: {', '.join(valid)}")
+    if not (config.methods and config.models and config.seeds):
+        raise ConfigError("methods, models and seeds must each name at least one entry")
+    return config
+
+
+def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device) -> dict:
+    return {"run_id": spec.run_id, "suite": spec.suite, "method": spec.method, "model": spec.model,
+            "dataset": spec.dataset, "seed": spec.seed, "budget": dataclasses.asdict(spec.budget),
+            "hyperparameters": {"train": dataclasses.asdict(spec.train),
+                                "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
+                                "data": dataclasses.asdict(config.data)},
+            "country_iso_code": config.carbon.country_iso_code,
+            "energy_unavailable_reason": "no energy meter is wired in yet",
+            "carbon_unavailable_reason": "no carbon meter is wired in yet",
+            **provenance(device)}
+
+
+def pending_runs(config: SuiteConfig, out: Path, resume: bool) -> list[RunSpec]:
+    """The runs still to do. Without resume, existing results are an error: nothing written is ever replaced."""
+    todo = []
+    for spec in config.runs():
+        path = run_path(out, spec.run_id)
+        if not path.exists():
+            todo.append(spec)
+        elif not resume:
+            raise ConfigError(f"{path} already exists; pass --resume to continue this suite or choose another --out")
+        else:
+            end = read_run(path)["end"]
+            if end is None or end["status"] not in FINISHED:
+                todo.append(spec)
+    return todo
+
+
+def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[RunSpec], *,
+              should_stop: Callable[[], bool] = lambda: False,
+              progress: Callable[[RunSpec], Callable[[int, int | None, dict | None], None]] | None = None
+              ) -> list[dict]:
+    """Run `todo` in order, one results file each. A run that raises is recorded as failed; the suite goes on.
+
+    An unfinished run is started again from scratch (its old file is replaced). Returns the end records.
+    """
+    ends = []
+    for spec in todo:
+        if should_stop():
+            break
+        path = run_path(out, spec.run_id)
+        path.unlink(missing_ok=True)
+        with RunWriter(path, _run_record(spec, config, device)) as writer:
+            on_step = progress(spec) if progress else (lambda *_: None)
+            try:
+                status, reason, totals = train_run(spec, writer, device=device, should_stop=should_stop,
+                                                   on_step=on_step)
+            except Exception as e:  # isolate: record it, tell the user, keep going
+                status, reason, totals = "failed", f"{type(e).__name__}: {e}".splitlines()[0], {}
+                traceback.print_exc(file=sys.stderr)
+            writer.end(status, reason, totals)
+        ends.append({"run_id": spec.run_id, "status": status, "reason": reason})
+    return ends

@@ -1,0 +1,206 @@
+"""ONE run: build the model (decorrelated for DBP), train it under a budget, evaluate at fixed points, and hand
+each eval record to the writer. Knows nothing about suites, files or HTML."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from decorbench.budget import Budget
+from decorbench.data import Data, load_data
+from decorbench.dbp import decorrelate, update
+from decorbench.meters import Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
+from decorbench.models import create_model
+
+METHODS = ("bp", "dbp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine (to the planned length) | step | constant
+    step_epochs: int = 30  # step schedule: multiply the lr by gamma every step_epochs epochs
+    gamma: float = 0.1
+    eval_every: int = 0  # steps between eval points; 0 = once per epoch
+    amp: bool = False  # bf16 autocast, for BP and DBP alike; R stays fp32
+
+
+@dataclass(frozen=True)
+class DBPConfig:
+    lr: float = 1e-4
+    kappa: float = 0.01
+    sample_fraction: float = 0.1
+    rule: str = "standard"  # standard | normalized
+    skip: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    suite: str
+    method: str
+    model: str
+    dataset: str
+    seed: int
+    train: TrainConfig = TrainConfig()
+    dbp: DBPConfig = DBPConfig()
+    budget: Budget = Budget(max_epochs=1)
+    data_root: str | None = None
+    data_options: dict = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.suite}-{self.dataset}-{self.model}-{self.method}-s{self.seed}"
+
+
+class EvalSink(Protocol):
+    def eval(self, record: dict) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
+    return torch.device(name)
+
+
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
+
+
+def planned_steps(budget: Budget, steps_per_epoch: int) -> int | None:
+    """The run's length in steps when the budget fixes one (max_steps / max_epochs), else None."""
+    limits = [n for n in (budget.max_steps, budget.max_epochs and budget.max_epochs * steps_per_epoch) if n]
+    return min(limits) if limits else None
+
+
+def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
+    """A per-step LR scheduler, or None for a constant LR."""
+    if cfg.schedule == "constant":
+        return None
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs * steps_per_epoch, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        if length is None:
+            raise ValueError("schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=length)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or constant")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, amp: bool, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) over the whole test set, with one host synchronisation."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in data.test_batches():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train()
+    return loss_sum.item() / data.test_size, correct.item() / data.test_size
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device,
+              should_stop: Callable[[], bool] = lambda: False,
+              on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None) -> tuple[str, str, dict]:
+    """Train one run; returns the end record's (status, reason, totals).
+
+    The step has no host synchronisation: losses accumulate on the device and are read at eval points, where
+    time is synchronised, NaN/Inf losses end the run as "diverged", and every budget limit is checked.
+    `on_step(step, planned_steps, record)` reports progress (record: the eval record at eval points, else None).
+    """
+    if spec.method not in METHODS:
+        raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
+    b = spec.budget
+    if b.max_energy_j is not None and not (b.max_epochs or b.max_steps or b.max_train_seconds or b.stop_at_target):
+        raise ValueError("budget.max_energy_j cannot end a run on its own yet: no energy meter is wired in")
+    torch.manual_seed(spec.seed)
+    data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
+                     root=spec.data_root, options=spec.data_options)
+    model = create_model(spec.model, data.num_classes, input_shape=data.input_shape)
+    dbp = spec.method == "dbp"
+    if dbp:
+        d = spec.dbp
+        decorrelate(model, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
+    model.to(device).train()
+    opt = _optimizer(model.parameters(), spec.train)
+    steps_per_epoch = data.steps_per_epoch()
+    eval_every = spec.train.eval_every or steps_per_epoch
+    length = planned_steps(spec.budget, steps_per_epoch)
+    scheduler = _schedule(opt, spec.train, length, steps_per_epoch)
+    step_flops = count_flops(model, torch.zeros((spec.train.batch_size, *data.input_shape), device=device))
+
+    reset_peak_memory(device)
+    stopwatch, wall_start = Stopwatch(device), time.perf_counter()
+    step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
+    stopwatch.start()
+    while True:
+        for x, y in data.train_batches(step // steps_per_epoch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.train.amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+            if dbp:
+                decor_loss += update(model, spec.dbp.lr, as_tensor=True)
+            train_loss += loss.detach()
+            step, window = step + 1, window + 1
+            planned_end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=0.0,
+                                                energy_j=None, accuracy=None)
+            stop = should_stop()
+            if step % eval_every and planned_end is None and not stop:
+                on_step(step, length, None)
+                continue
+            train_time_s = stopwatch.stop()
+            eval_loss, accuracy = evaluate(model, data, spec.train.amp, device)
+            record = {
+                "step": step, "epoch": step / steps_per_epoch, "samples": step * spec.train.batch_size,
+                "train_time_s": train_time_s, "wall_time_s": time.perf_counter() - wall_start,
+                "train_loss": _finite_or_none(train_loss.item() / window), "eval_loss": _finite_or_none(eval_loss),
+                "eval_accuracy": accuracy, "flops": step * step_flops,
+                "energy_j": None, "energy_source": None, "co2_kg": None,
+                "peak_memory_bytes": peak_memory_bytes(device),
+                "decor_loss": _finite_or_none(decor_loss.item() / window) if dbp else None,
+            }
+            sink.eval(record)
+            on_step(step, length, record)
+            totals = {"steps": step, "train_time_s": train_time_s, "flops": step * step_flops,
+                      "flops_per_step": step_flops, "final_accuracy": accuracy}
+            if record["train_loss"] is None:
+                return "diverged", f"non-finite training loss by step {step}", totals
+            if dbp and record["decor_loss"] is None:
+                return "diverged", f"non-finite decorrelation loss by step {step}", totals
+            end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=train_time_s,
+                                        energy_j=None, accuracy=accuracy)
+            if end is not None:
+                return (*end, totals)
+            if stop:
+                return "interrupted", f"stopped by signal at step {step}", totals
+            train_loss.zero_()
+            decor_loss.zero_()
+            window = 0
+            stopwatch.start()

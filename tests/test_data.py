@@ -1,0 +1,280 @@
+"""The datasets: sizes and shapes, deterministic order and augmentation per (seed, epoch), real on-disk formats
+(tiny hand-made CIFAR pickles and image folders), clear errors. Offline and fast."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from decorbench.data import DATASETS, OPTIONS, _crop_flip, load_data
+
+
+def batches(it) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*it)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# --- digits -------------------------------------------------------------------------------------------------
+
+
+def test_digits_shapes_sizes_and_normalisation():
+    data = load_data("digits", batch_size=64, seed=0)
+    assert (data.name, data.num_classes, data.input_shape) == ("digits", 10, (1, 8, 8))
+    assert (data.train_size, data.test_size) == (1347, 450)
+    assert data.steps_per_epoch() == 1347 // 64
+    x, y = batches(data.train_batches(0))
+    assert x.shape == (21 * 64, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    x_test, y_test = batches(data.test_batches())
+    assert x_test.shape == (450, 1, 8, 8) and set(y_test.tolist()) == set(range(10))
+    assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
+    per_class = torch.bincount(batches(load_data("digits", batch_size=1347, seed=0).train_batches(0))[1])
+    assert (torch.bincount(y_test) - per_class / 3).abs().max() <= 1  # stratified 75/25
+
+
+def test_digits_split_is_fixed_whatever_the_seed():
+    (xa, ya), (xb, yb) = (batches(load_data("digits", batch_size=b, seed=s).test_batches())
+                          for b, s in ((50, 0), (32, 7)))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+# --- order and determinism ----------------------------------------------------------------------------------
+
+
+def test_same_seed_and_epoch_give_identical_batches_whatever_the_global_rng():
+    torch.manual_seed(1)
+    first = list(load_data("digits", batch_size=64, seed=3).train_batches(2))
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = list(load_data("digits", batch_size=64, seed=3).train_batches(2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
+
+
+def test_epochs_and_seeds_change_the_order():
+    data = load_data("digits", batch_size=64, seed=0)
+    x0, x1 = batches(data.train_batches(0))[0], batches(data.train_batches(1))[0]
+    other = batches(load_data("digits", batch_size=64, seed=1).train_batches(0))[0]
+    assert not torch.equal(x0, x1) and not torch.equal(x0, other)
+
+
+def test_every_sample_at_most_once_per_epoch_and_last_batch_dropped():
+    data = load_data("synthetic", batch_size=30, seed=0, options={"train_size": 100, "image_size": 4})
+    assert data.steps_per_epoch() == 3
+    got = list(data.train_batches(0))
+    assert [len(x) for x, _ in got] == [30, 30, 30]
+    x = torch.cat([x for x, _ in got]).flatten(1)
+    assert len(torch.unique(x, dim=0)) == 90
+    assert [len(x) for x, _ in data.test_batches()] == [30] * 17 + [2]  # test keeps the last partial batch
+
+
+# --- CIFAR: tiny files in the real python-pickle layout -----------------------------------------------------
+
+
+class Py2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 `str` (SHORT_BINSTRING/BINSTRING), as in the files from cs.toronto.edu, which
+    readers load with encoding="latin1" (dict keys then come back as str: "data", "labels", ...)."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj: bytes):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else
+                   pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def dump(path, obj):
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def image_rows(offset: int, n: int = 2) -> np.ndarray:
+    """n images as rows of 3072 uint8 (1024 R, then G, then B; row-major 32×32), pixel = (i + offset + k) % 256."""
+    return ((np.arange(3072)[None] + offset + np.arange(n)[:, None]) % 256).astype(np.uint8)
+
+
+def expected_images(offset: int, mean, std, n: int = 2) -> torch.Tensor:
+    x = torch.from_numpy(image_rows(offset, n)).view(n, 3, 32, 32).float() / 255
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    ten, hundred = tmp_path / "cifar-10-batches-py", tmp_path / "cifar-100-python"
+    ten.mkdir()
+    hundred.mkdir()
+    for i in range(1, 6):
+        dump(ten / f"data_batch_{i}", {b"batch_label": b"training batch %d of 5" % i, b"data": image_rows(10 * i),
+                                       b"labels": [i, 9 - i], b"filenames": [b"a_%d.png" % i, b"b_%d.png" % i]})
+    dump(ten / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"data": image_rows(100), b"labels": [3, 7],
+                              b"filenames": [b"t1.png", b"t2.png"]})
+    dump(ten / "batches.meta", {b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog",
+                                                 b"frog", b"horse", b"ship", b"truck"],
+                                b"num_cases_per_batch": 10000, b"num_vis": 3072})
+    for split, offset, fine in (("train", 20, [11, 99, 42, 0]), ("test", 200, [57, 3])):
+        dump(hundred / split, {b"batch_label": split.encode(), b"data": image_rows(offset, len(fine)),
+                               b"fine_labels": fine, b"coarse_labels": [f % 20 for f in fine],
+                               b"filenames": [b"x%d.png" % f for f in fine]})
+    dump(hundred / "meta", {b"fine_label_names": [b"c%d" % i for i in range(100)],
+                            b"coarse_label_names": [b"s%d" % i for i in range(20)]})
+    return tmp_path
+
+
+def test_cifar10_pixels_and_labels_round_trip(cifar_root):
+    data = load_data("cifar10", batch_size=4, seed=0, root=cifar_root)
+    assert (data.num_classes, data.input_shape, data.train_size, data.test_size) == (10, (3, 32, 32), 10, 2)
+    x, y = batches(data.test_batches())
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    torch.testing.assert_close(x, expected_images(100, mean, std))
+    assert y.tolist() == [3, 7]
+    x, y = batches(load_data("cifar10", batch_size=5, seed=0, root=cifar_root, augment=False).train_batches(0))
+    expected = torch.cat([expected_images(10 * i, mean, std) for i in range(1, 6)])
+    labels = [label for i in range(1, 6) for label in (i, 9 - i)]
+    for img, label in zip(x, y):  # shuffled, so find each image among the expected ones
+        match = [k for k in range(10) if torch.allclose(img, expected[k])]
+        assert len(match) == 1 and labels[match[0]] == label
+
+
+def test_cifar100_reads_fine_labels(cifar_root):
+    data = load_data("cifar100", batch_size=2, seed=0, root=cifar_root)
+    assert (data.num_classes, data.train_size, data.test_size) == (100, 4, 2)
+    x, y = batches(data.test_batches())
+    torch.testing.assert_close(x, expected_images(200, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
+    assert y.tolist() == [57, 3]
+    assert sorted(batches(data.train_batches(0))[1].tolist()) == [0, 11, 42, 99]
+
+
+def test_cifar_augmentation_is_seeded_and_keeps_shape(cifar_root):
+    one = list(load_data("cifar10", batch_size=4, seed=5, root=cifar_root).train_batches(1))
+    two = list(load_data("cifar10", batch_size=4, seed=5, root=cifar_root).train_batches(1))
+    assert [x.shape for x, _ in one] == [(4, 3, 32, 32)] * 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, two))
+    plain = batches(load_data("cifar10", batch_size=4, seed=5, root=cifar_root, augment=False).train_batches(1))
+    assert torch.equal(batches(one)[1], plain[1]) and not torch.equal(batches(one)[0], plain[0])
+
+
+def test_crop_flip_is_a_padded_crop_and_a_mirror():
+    x = torch.arange(2 * 3 * 32 * 32).view(2, 3, 32, 32).to(torch.uint8)
+    no_flip = torch.tensor([False, False])
+    assert torch.equal(_crop_flip(x, torch.tensor([[4, 4], [4, 4]]), no_flip), x)
+    assert torch.equal(_crop_flip(x, torch.tensor([[4, 4], [4, 4]]), torch.tensor([True, False])),
+                       torch.stack([x[0].flip(-1), x[1]]))
+    out = _crop_flip(x, torch.tensor([[0, 8], [4, 4]]), no_flip)  # sample 0: 4 px down, 4 px left
+    assert torch.equal(out[0, :, 4:, :28], x[0, :, :28, 4:]) and out[0, :, :4].eq(0).all()
+    assert out[0, :, :, 28:].eq(0).all() and torch.equal(out[1], x[1])
+
+
+def test_missing_cifar_names_the_expected_path(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing" / "cifar-10-batches-py")) as err:
+        load_data("cifar10", batch_size=2, seed=0, root=tmp_path / "nothing")
+    assert "\n" not in str(err.value) and "download=True" in str(err.value)
+    monkeypatch.setenv("DECORBENCH_DATA", str(tmp_path / "env"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "env" / "cifar-100-python")):
+        load_data("cifar100", batch_size=2, seed=0)
+
+
+# --- image folders ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_root(tmp_path):
+    """2 classes, 3 train and 2 val images each: cats red, dogs blue, both with a green gradient (so crops and
+    flips change them)."""
+    for split, n in (("train", 3), ("val", 2)):
+        for cls, (red, blue) in {"cat": (255, 0), "dog": (0, 255)}.items():
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                w = 40 + 4 * i
+                green = np.broadcast_to(np.linspace(0, 255, w, dtype=np.uint8), (36, w))
+                rgb = np.stack([np.full_like(green, red), green, np.full_like(green, blue)], axis=-1)
+                Image.fromarray(rgb).save(tmp_path / split / cls / f"{i}.png")
+    return tmp_path
+
+
+def test_image_folder_shapes_labels_and_classes(folder_root):
+    data = load_data("imagenette", batch_size=2, seed=0, root=folder_root,
+                     options={"image_size": 32, "num_workers": 0})
+    assert (data.num_classes, data.input_shape, data.train_size, data.test_size) == (2, (3, 32, 32), 6, 4)
+    assert data.steps_per_epoch() == 3
+    x, y = batches(data.test_batches())
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
+    mean, std = torch.tensor([0.485, 0.406]), torch.tensor([0.229, 0.225])  # ImageNet's, red and blue
+    for img, red_blue in ((x[0], [1.0, 0.0]), (x[2], [0.0, 1.0])):
+        torch.testing.assert_close(img[[0, 2]].mean((1, 2)), (torch.tensor(red_blue) - mean) / std, atol=1e-3, rtol=0)
+    x, y = batches(data.train_batches(0))
+    assert x.shape == (6, 3, 32, 32) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_image_folder_augmentation_depends_on_seed_and_epoch_only(folder_root):
+    opts = {"image_size": 16, "num_workers": 0}
+    state = torch.get_rng_state()
+    one = batches(load_data("imagenet", batch_size=3, seed=1, root=folder_root, options=opts).train_batches(4))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    two = batches(load_data("imagenet", batch_size=3, seed=1, root=folder_root,
+                            options={**opts, "num_workers": 2}).train_batches(4))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    plain = batches(load_data("imagenet", batch_size=3, seed=1, root=folder_root, options=opts,
+                              augment=False).train_batches(4))
+    assert torch.equal(one[1], plain[1]) and not torch.equal(one[0], plain[0])
+
+
+def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("DECORBENCH_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "imagenette2")) as err:
+        load_data("imagenette", batch_size=2, seed=0)
+    assert "fastai/imagenette" in str(err.value) and "\n" not in str(err.value)
+
+
+# --- synthetic ----------------------------------------------------------------------------------------------
+
+
+def nearest_class_mean_accuracy(data) -> float:
+    x, y = batches(data.train_batches(0))
+    means = torch.stack([x[y == c].mean(0) for c in range(data.num_classes)]).flatten(1)
+    x_test, y_test = batches(data.test_batches())
+    return (torch.cdist(x_test.flatten(1), means).argmin(1) == y_test).float().mean().item()
+
+
+def test_synthetic_options_are_honoured():
+    data = load_data("synthetic", batch_size=10, seed=0, options={
+        "num_classes": 5, "image_size": 8, "channels": 1, "train_size": 100, "test_size": 50})
+    assert (data.num_classes, data.input_shape, data.train_size, data.test_size) == (5, (1, 8, 8), 100, 50)
+    x, y = batches(data.test_batches())
+    assert x.shape == (50, 1, 8, 8) and torch.bincount(y).tolist() == [10] * 5
+    assert abs(x.std().item() - 1) < 0.1
+
+
+def test_synthetic_data_is_fixed_by_data_seed_not_run_seed():
+    a, b = (load_data("synthetic", batch_size=64, seed=s) for s in (0, 1))
+    assert torch.equal(batches(a.test_batches())[0], batches(b.test_batches())[0])
+    xa, xb = batches(a.train_batches(0))[0], batches(b.train_batches(0))[0]
+    assert not torch.equal(xa, xb)  # a different order of the same samples
+    torch.testing.assert_close(xa.sum(0), xb.sum(0), atol=1e-4, rtol=0)
+    c = load_data("synthetic", batch_size=64, seed=0, options={"data_seed": 1})
+    assert not torch.equal(batches(a.test_batches())[0], batches(c.test_batches())[0])
+
+
+def test_synthetic_is_learnable_and_noise_sets_the_difficulty():
+    easy = nearest_class_mean_accuracy(load_data("synthetic", batch_size=64, seed=0))
+    hard = nearest_class_mean_accuracy(load_data("synthetic", batch_size=64, seed=0, options={"noise": 15.0}))
+    assert easy > 0.9
+    assert 0.3 < hard < 0.95  # chance is 0.1
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+def test_bad_names_options_and_batch_sizes_are_value_errors():
+    with pytest.raises(ValueError, match="valid: " + ", ".join(DATASETS)):
+        load_data("mnist", batch_size=8, seed=0)
+    with pytest.raises(ValueError, match="noize.*valid: " + ", ".join(OPTIONS["synthetic"])):
+        load_data("synthetic", batch_size=8, seed=0, options={"noize": 1.0})
+    with pytest.raises(ValueError, match="valid: none"):
+        load_data("digits", batch_size=8, seed=0, options={"image_size": 8})
+    with pytest.raises(ValueError, match="larger than the digits training set"):
+        load_data("digits", batch_size=2000, seed=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        load_data("digits", batch_size=0, seed=0)

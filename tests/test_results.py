@@ -1,0 +1,209 @@
+"""The results store: what a run writes survives a crash, and load() turns many runs into one clean table."""
+
+import json
+import math
+import re
+import warnings
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from decorbench.results import (END_FIELDS, EVAL_FIELDS, RUN_FIELDS, RunWriter, load, provenance, read_run,
+                                run_path)
+
+
+def run_record(run_id: str = "r0", method: str = "bp", seed: int = 0) -> dict:
+    return {**provenance("cpu"), "run_id": run_id, "suite": "smoke", "method": method, "model": "mlp",
+            "dataset": "digits", "seed": seed, "budget": {"max_epochs": 3, "target_accuracy": 0.9},
+            "hyperparameters": {"lr": 1e-3, "batch_size": 64}, "country_iso_code": "NLD"}
+
+
+def eval_record(step: int, **overrides) -> dict:
+    rng = np.random.default_rng(step)
+    record = {"step": step, "epoch": step / 10, "samples": 64 * step, "train_time_s": 0.5 * step,
+              "wall_time_s": 0.6 * step, "train_loss": float(rng.uniform(0.1, 2)),
+              "eval_loss": float(rng.uniform(0.1, 2)), "eval_accuracy": float(rng.uniform(0, 1)), "flops": 10**9 * step, "energy_j": None,
+              "energy_source": None, "co2_kg": None, "peak_memory_bytes": 2**20, "decor_loss": None}
+    return {**record, **overrides}
+
+
+def write_run(out, run_id="r0", steps=(10, 20, 30), status="completed", method="bp"):
+    path = run_path(out, run_id)
+    with RunWriter(path, run_record(run_id, method)) as writer:
+        for step in steps:
+            writer.eval(eval_record(step))
+        if status:
+            writer.end(status, "max_epochs reached", {"train_time_s": 15.0, "steps": steps[-1] if steps else 0})
+    return path
+
+
+def test_field_tuples_follow_the_design():
+    assert {"run_id", "method", "budget", "hyperparameters", "started_at", "git_commit"} <= set(RUN_FIELDS)
+    assert {"step", "train_time_s", "eval_accuracy", "flops", "energy_j", "decor_loss"} <= set(EVAL_FIELDS)
+    assert END_FIELDS == ("status", "reason", "totals")
+
+
+def test_written_runs_load_as_one_row_per_eval_with_run_fields_joined(tmp_path):
+    write_run(tmp_path, "bp-0", method="bp")
+    write_run(tmp_path, "dbp-0", method="dbp", steps=(10, 20))
+    assert run_path(tmp_path, "bp-0") == tmp_path / "runs" / "bp-0.jsonl"
+    lines = [json.loads(line) for line in run_path(tmp_path, "bp-0").read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["run", "eval", "eval", "eval", "end"]
+
+    df = load(tmp_path)
+    assert len(df) == 5
+    assert df.groupby("run_id").size().to_dict() == {"bp-0": 3, "dbp-0": 2}
+    assert set(df["method"]) == {"bp", "dbp"} and set(df["status"]) == {"completed"}
+    assert (df["budget.max_epochs"] == 3).all() and (df["hyperparameters.lr"] == 1e-3).all()
+    assert (df["totals.train_time_s"] == 15.0).all()
+    assert df["source"].str.endswith(".jsonl").all()
+    for column in ("step", "samples", "flops", "peak_memory_bytes", "seed", "budget.max_epochs"):
+        assert pd.api.types.is_integer_dtype(df[column]), column
+    for column in ("train_time_s", "eval_accuracy", "train_loss", "energy_j", "co2_kg", "decor_loss"):
+        assert pd.api.types.is_float_dtype(df[column]), column
+    assert df["energy_j"].isna().all()
+    # the same rows whether given the directory, the runs/ directory or the files
+    assert len(load([run_path(tmp_path, "bp-0"), str(run_path(tmp_path, "dbp-0"))])) == 5
+    assert len(load(tmp_path / "runs")) == 5
+    assert len(load([tmp_path, run_path(tmp_path, "bp-0")])) == 5  # named twice, counted once
+
+
+def test_a_run_killed_mid_write_keeps_every_complete_record(tmp_path):
+    path = write_run(tmp_path, status=None)
+    complete = path.read_bytes()
+    path.write_bytes(complete + json.dumps({"type": "eval", **eval_record(40)}).encode()[:37])  # crash mid-record
+    with pytest.warns(UserWarning, match=re.escape(str(path)) + ".*line 5.*truncated"):
+        df = load(tmp_path)
+    assert df["step"].tolist() == [10, 20, 30]
+    assert df["status"].isna().all()  # no end record: still running or killed
+
+
+def test_corrupt_files_are_skipped_with_a_warning_and_the_rest_loads(tmp_path):
+    write_run(tmp_path, "good")
+    (tmp_path / "runs" / "garbage.jsonl").write_bytes(np.random.default_rng(0).bytes(300))
+    (tmp_path / "runs" / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "runs" / "other.jsonl").write_text('{"some": "json"}\n[1, 2]\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = load(tmp_path)
+    assert set(df["run_id"]) == {"good"} and len(df) == 3
+    messages = " ".join(str(w.message) for w in caught)
+    for name in ("garbage.jsonl", "empty.jsonl", "other.jsonl"):
+        assert name in messages
+
+
+def test_a_garbled_middle_line_is_skipped_with_a_warning(tmp_path):
+    path = write_run(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[2] = "#oops"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="line.* 3"):
+        records = read_run(path)
+    assert [e["step"] for e in records["evals"]] == [10, 30] and records["end"]["status"] == "completed"
+
+
+def test_runs_without_evals_still_show_up(tmp_path):
+    write_run(tmp_path, "crashed-early", steps=(), status=None)  # killed before the first eval
+    write_run(tmp_path, "failed", steps=(), status="failed")
+    df = load(tmp_path).set_index("run_id")
+    assert len(df) == 2
+    assert pd.isna(df.loc["crashed-early", "status"]) and df.loc["failed", "status"] == "failed"
+    assert df["eval_accuracy"].isna().all() and pd.api.types.is_float_dtype(df["step"])
+
+
+def test_non_finite_and_tensor_values_are_written_as_valid_json(tmp_path):
+    path = run_path(tmp_path, "r0")
+    with RunWriter(path, run_record()) as writer:
+        writer.eval(eval_record(1, train_loss=float("nan"), eval_loss=torch.tensor(float("inf")),
+                                eval_accuracy=np.float32(0.5), flops=np.int64(7), decor_loss=torch.tensor(0.25)))
+        writer.end("diverged", "loss is NaN", {"best": np.float64("nan")})
+    for line in path.read_text().splitlines():
+        json.dumps(json.loads(line), allow_nan=False)  # strict JSON: no NaN/Infinity literals
+    assert '"train_loss": null' in path.read_text()
+    row = load(path).iloc[0]
+    assert math.isnan(row["train_loss"]) and math.isnan(row["eval_loss"])
+    assert row["eval_accuracy"] == 0.5 and row["flops"] == 7 and row["decor_loss"] == 0.25
+    assert row["status"] == "diverged"
+
+
+def test_bad_input_raises_value_error(tmp_path):
+    with RunWriter(run_path(tmp_path, "r0"), run_record()) as writer:
+        with pytest.raises(ValueError, match="status must be one of"):
+            writer.end("finished", "typo")
+        with pytest.raises(ValueError, match="eval_accuracy"):
+            writer.eval({k: v for k, v in eval_record(1).items() if k != "eval_accuracy"})
+        writer.end("completed", "ok")
+    with pytest.raises(ValueError, match="run_id"):
+        RunWriter(run_path(tmp_path, "r1"), {"method": "bp"})
+    with pytest.raises(ValueError, match="no results found") as info, pytest.warns(UserWarning, match="nothing-here"):
+        load(tmp_path / "nothing-here")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no results found"):
+        load([])
+
+
+def test_an_exception_inside_the_writer_records_a_failed_run(tmp_path):
+    path = run_path(tmp_path, "r0")
+    with pytest.raises(RuntimeError):
+        with RunWriter(path, run_record()) as writer:
+            writer.eval(eval_record(1))
+            raise RuntimeError("CUDA out of memory")
+    assert read_run(path)["end"] == {"status": "failed", "reason": "RuntimeError: CUDA out of memory", "totals": None}
+
+
+def test_resume_appends_and_repairs_a_truncated_last_line(tmp_path):
+    path = write_run(tmp_path, steps=(10, 20), status=None)
+    path.write_bytes(path.read_bytes() + b'{"type": "eval", "st')  # killed mid-write
+    with pytest.warns(UserWarning, match="truncated"):
+        writer = RunWriter(path, run_record(), resume=True)
+    with writer:
+        writer.eval(eval_record(30))
+        writer.end("completed", "max_epochs reached")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # valid JSONL throughout
+    assert [line["type"] for line in lines] == ["run", "eval", "eval", "eval", "end"]
+    assert load(path)["step"].tolist() == [10, 20, 30]
+
+    with pytest.raises(ValueError, match="not resuming"):
+        RunWriter(path, run_record("another-run"), resume=True)
+    fresh = run_path(tmp_path, "new")
+    with RunWriter(fresh, run_record("new"), resume=True) as writer:  # nothing to resume: starts the file
+        writer.end("completed", "ok")
+    assert read_run(fresh)["run"]["run_id"] == "new"
+    with RunWriter(path, run_record(), resume=False) as writer:  # not resuming: starts afresh
+        writer.end("failed", "restart")
+    assert read_run(path)["evals"] == []
+
+
+def test_a_separate_reader_sees_each_record_as_soon_as_the_call_returns(tmp_path):
+    path = run_path(tmp_path, "r0")
+    writer = RunWriter(path, run_record())
+    assert read_run(path)["run"]["run_id"] == "r0"
+    for step in (1, 2):
+        writer.eval(eval_record(step))
+        with open(path, encoding="utf-8") as fresh:
+            assert json.loads(fresh.read().splitlines()[-1])["step"] == step
+    writer.end("completed", "ok")
+    assert read_run(path)["end"]["status"] == "completed"
+
+
+def test_provenance_describes_this_machine():
+    prov = provenance(torch.device("cpu"))
+    assert set(RUN_FIELDS) - set(prov) == {"run_id", "suite", "method", "model", "dataset", "seed", "budget",
+                                           "hyperparameters", "country_iso_code"}
+    assert {"git_dirty", "cpu_count", "platform"} <= set(prov)
+    started = datetime.strptime(prov["started_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - started).total_seconds()) < 60
+    assert prov["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"])
+    assert prov["git_dirty"] in (None, True, False)
+    assert prov["device"] == "cpu" and prov["gpu_name"] is None and prov["gpu_driver"] is None
+    assert prov["torch"] == torch.__version__ and prov["cpu_count"] >= 1
+    json.dumps(prov, allow_nan=False)
+
+
+def test_provenance_never_fails_without_git(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no git executable to be found
+    prov = provenance("cpu")
+    assert prov["git_commit"] is None and prov["git_dirty"] is None

@@ -1,0 +1,72 @@
+"""One run: records carry every field, BP and DBP see the same data, budgets and divergence end runs."""
+
+import math
+
+import pytest
+import torch
+
+from decorbench.budget import Budget
+from decorbench.results import EVAL_FIELDS
+from decorbench.train import DBPConfig, RunSpec, TrainConfig, train_run
+
+
+class Records:
+    def __init__(self):
+        self.evals = []
+
+    def eval(self, record):
+        self.evals.append(record)
+
+
+def run(method="bp", *, budget=Budget(max_steps=4), model="mlp", **train):
+    train = {"batch_size": 64, "eval_every": 2, "schedule": "constant", **train}
+    spec = RunSpec("t", method, model, "digits", 0, TrainConfig(**train), DBPConfig(lr=1e-3, kappa=0.5), budget)
+    sink = Records()
+    status, reason, totals = train_run(spec, sink, device=torch.device("cpu"))
+    return status, reason, totals, sink.evals
+
+
+@pytest.mark.parametrize("method", ["bp", "dbp"])
+def test_eval_records_carry_every_field_and_grow_monotonically(method):
+    status, reason, totals, evals = run(method)
+    assert (status, reason) == ("completed", "max_steps 4 done")
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(set(r) == set(EVAL_FIELDS) for r in evals)
+    first, last = evals
+    assert 0 < first["train_time_s"] < last["train_time_s"] <= last["wall_time_s"]
+    assert 0 < first["flops"] < last["flops"] == 2 * first["flops"] == totals["flops"]
+    assert last["samples"] == 4 * 64 and last["epoch"] == pytest.approx(4 / 21)
+    assert 0 <= last["eval_accuracy"] <= 1 and math.isfinite(last["eval_loss"])
+    assert last["energy_j"] is None and last["co2_kg"] is None and last["energy_source"] is None
+    assert last["peak_memory_bytes"] > 0
+    assert (last["decor_loss"] is not None) == (method == "dbp")
+
+
+def test_bp_and_dbp_of_a_pair_start_from_the_same_weights_and_data():
+    # At R = I a DBP net computes what its BP twin computes: equal first-step losses need equal init and batch.
+    bp = run("bp", budget=Budget(max_steps=1), eval_every=1)[3][0]
+    dbp = run("dbp", budget=Budget(max_steps=1), eval_every=1)[3][0]
+    assert bp["train_loss"] == pytest.approx(dbp["train_loss"], rel=1e-6)
+
+
+def test_dbp_counts_its_extra_flops():
+    bp_flops = run("bp", budget=Budget(max_steps=2))[3][-1]["flops"]
+    dbp_flops = run("dbp", budget=Budget(max_steps=2))[3][-1]["flops"]
+    assert dbp_flops > bp_flops
+
+
+def test_target_ends_the_run_when_asked():
+    status, reason, _, evals = run(budget=Budget(max_epochs=20, target_accuracy=0.5, stop_at_target=True))
+    assert status == "target" and "0.5" in reason
+    assert evals[-1]["eval_accuracy"] >= 0.5 and evals[-1]["step"] < 20 * 21
+
+
+def test_seconds_budget_is_checked_at_eval_points():
+    status, reason, totals, _ = run(budget=Budget(max_train_seconds=1e-9, max_steps=100))
+    assert status == "budget" and "max_train_seconds" in reason and totals["steps"] == 2
+
+
+def test_exploding_loss_is_recorded_as_diverged_not_raised():
+    status, reason, _, evals = run(budget=Budget(max_steps=40), lr=1e12, optimizer="sgd", eval_every=10)
+    assert status == "diverged" and "non-finite" in reason
+    assert evals[-1]["train_loss"] is None
