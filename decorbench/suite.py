@@ -6,6 +6,7 @@ A config is TOML (DESIGN.md §4.4); unknown keys and wrong types are errors, cau
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import tomllib
 import traceback
@@ -174,6 +175,12 @@ def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device) -> dic
             **provenance(device)}
 
 
+def _same_settings(old: dict | None, new: dict) -> bool:
+    """Whether a stored run record was written for the same run settings (compared as JSON)."""
+    keys = ("run_id", "budget", "hyperparameters")
+    return old is not None and all(json.loads(json.dumps(new[k])) == old.get(k) for k in keys)
+
+
 def pending_runs(config: SuiteConfig, out: Path, resume: bool) -> list[RunSpec]:
     """The runs still to do. Without resume, existing results are an error: nothing written is ever replaced."""
     todo = []
@@ -196,22 +203,29 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
               ) -> list[dict]:
     """Run `todo` in order, one results file each. A run that raises is recorded as failed; the suite goes on.
 
-    An unfinished run is started again from scratch (its old file is replaced). Returns the end records.
+    An unfinished run continues from its last checkpoint when its config is unchanged, else starts again (its old
+    file replaced). Checkpoints of finished runs are deleted. Returns the end records.
     """
     ends = []
     for spec in todo:
         if should_stop():
             break
-        path = run_path(out, spec.run_id)
-        path.unlink(missing_ok=True)
-        with RunWriter(path, _run_record(spec, config, device)) as writer:
+        path, checkpoint = run_path(out, spec.run_id), out / "checkpoints" / f"{spec.run_id}.pt"
+        record = _run_record(spec, config, device)
+        resuming = checkpoint.exists() and _same_settings(read_run(path)["run"] if path.exists() else None, record)
+        if not resuming:
+            path.unlink(missing_ok=True)
+            checkpoint.unlink(missing_ok=True)
+        with RunWriter(path, record, resume=resuming) as writer:
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
-                status, reason, totals = train_run(spec, writer, device=device, should_stop=should_stop,
-                                                   on_step=on_step)
+                status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,
+                                                   should_stop=should_stop, on_step=on_step)
             except Exception as e:  # isolate: record it, tell the user, keep going
                 status, reason, totals = "failed", f"{type(e).__name__}: {e}".splitlines()[0], {}
                 traceback.print_exc(file=sys.stderr)
             writer.end(status, reason, totals)
+        if status in FINISHED:
+            checkpoint.unlink(missing_ok=True)
         ends.append({"run_id": spec.run_id, "status": status, "reason": reason})
     return ends

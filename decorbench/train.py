@@ -3,10 +3,13 @@ each eval record to the writer. Knows nothing about suites, files or HTML."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decorbench.budget import Budget
+from decorbench.checkpoint import load_checkpoint, save_checkpoint
 from decorbench.data import Data, load_data
 from decorbench.dbp import decorrelate, update
 from decorbench.meters import Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
@@ -122,7 +126,7 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device,
+def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint: Path | None = None,
               should_stop: Callable[[], bool] = lambda: False,
               on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None) -> tuple[str, str, dict]:
     """Train one run; returns the end record's (status, reason, totals).
@@ -130,6 +134,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device,
     The step has no host synchronisation: losses accumulate on the device and are read at eval points, where
     time is synchronised, NaN/Inf losses end the run as "diverged", and every budget limit is checked.
     `on_step(step, planned_steps, record)` reports progress (record: the eval record at eval points, else None).
+    With `checkpoint`, the state is saved there at every eval point, and a run whose checkpoint exists (for the
+    same spec) continues from it: same weights, R, optimizer, schedule, RNG, data position and clocks.
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
@@ -155,9 +161,20 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device,
     reset_peak_memory(device)
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
+    saved = load_checkpoint(checkpoint, device)
+    if saved is not None and saved["spec"] == dataclasses.asdict(spec):
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"].cpu())
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+        step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
     stopwatch.start()
     while True:
-        for x, y in data.train_batches(step // steps_per_epoch):
+        # Batch order is a function of (seed, epoch): skipping the batches already done resumes mid-epoch exactly.
+        for x, y in islice(data.train_batches(step // steps_per_epoch), step % steps_per_epoch, None):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.train.amp):
                 loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
@@ -186,6 +203,13 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device,
                 "peak_memory_bytes": peak_memory_bytes(device),
                 "decor_loss": _finite_or_none(decor_loss.item() / window) if dbp else None,
             }
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "spec": dataclasses.asdict(spec), "step": step, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"]})
             sink.eval(record)
             on_step(step, length, record)
             totals = {"steps": step, "train_time_s": train_time_s, "flops": step * step_flops,

@@ -72,23 +72,29 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_after_the_current_record_and_resume_finishes(signum, tmp_path):
+def test_a_signal_stops_after_the_current_record_and_resume_continues_from_the_checkpoint(signum, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), *ONE_PAIR]
-    proc = subprocess.Popen([*cmd, "--set", "budget.max_epochs=100000"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), *ONE_PAIR,
+           "--set", "budget.max_epochs=40", "--set", "train.eval_every=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = run_path(out, "smoke-digits-mlp-bp-s0")
     deadline = time.monotonic() + 60
     while not (first.exists() and len(read_run(first)["evals"]) >= 2) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert "--resume" in err.strip().splitlines()[-1] or "--resume" in err
     interrupted = read_run(first)
-    assert interrupted["end"]["status"] == "interrupted" and len(interrupted["evals"]) >= 2
-    assert not run_path(out, "smoke-digits-mlp-dbp-s0").exists()
+    assert interrupted["end"]["status"] == "interrupted"
+    stopped_at = interrupted["evals"][-1]["step"]
+    assert stopped_at < 840 and not run_path(out, "smoke-digits-mlp-dbp-s0").exists()
 
-    done = subprocess.run([*cmd, "--set", "budget.max_epochs=1", "--resume"], capture_output=True, text=True)
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert [read_run(run_path(out, f"smoke-digits-mlp-{m}-s0"))["end"]["status"] for m in ("bp", "dbp")] == \
-        ["completed", "completed"]
+    resumed = read_run(first)
+    steps = [r["step"] for r in resumed["evals"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 840 and stopped_at in steps  # continued, not restarted
+    assert resumed["end"]["status"] == "completed"
+    assert read_run(run_path(out, "smoke-digits-mlp-dbp-s0"))["end"]["status"] == "completed"
+    assert not (out / "checkpoints" / "smoke-digits-mlp-bp-s0.pt").exists()

@@ -70,3 +70,27 @@ def test_exploding_loss_is_recorded_as_diverged_not_raised():
     status, reason, _, evals = run(budget=Budget(max_steps=40), lr=1e12, optimizer="sgd", eval_every=10)
     assert status == "diverged" and "non-finite" in reason
     assert evals[-1]["train_loss"] is None
+
+
+@pytest.mark.parametrize("method", ["bp", "dbp"])
+def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
+    spec = RunSpec("t", method, "small-cnn", "digits", 0,
+                   TrainConfig(batch_size=64, eval_every=5, schedule="cosine"), DBPConfig(lr=1e-3, kappa=0.5),
+                   Budget(max_steps=30))
+    straight = Records()
+    train_run(spec, straight, device=torch.device("cpu"))
+
+    ckpt, first, second = tmp_path / "run.pt", Records(), Records()
+    status = train_run(spec, first, device=torch.device("cpu"), checkpoint=ckpt,
+                       should_stop=lambda: len(first.evals) >= 2)[0]
+    assert status == "interrupted" and [r["step"] for r in first.evals] == [5, 10, 11]  # a record at the stop
+    torch.manual_seed(1234)  # whatever the process did in between
+    assert train_run(spec, second, device=torch.device("cpu"), checkpoint=ckpt)[0] == "completed"
+    assert [r["step"] for r in second.evals] == [15, 20, 25, 30]
+    assert second.evals[0]["train_time_s"] > first.evals[-1]["train_time_s"]
+
+    expected = {r["step"]: r for r in straight.evals}
+    window_means = ("train_loss", "decor_loss") if method == "dbp" else ("train_loss",)
+    for record in second.evals:  # the same weights, R, optimizer, schedule, RNG and batches as never stopped
+        for key in ("eval_loss", "eval_accuracy", "flops") + (window_means if record["step"] > 15 else ()):
+            assert record[key] == pytest.approx(expected[record["step"]][key], rel=1e-5), (record["step"], key)

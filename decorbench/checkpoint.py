@@ -1,0 +1,28 @@
+"""Checkpoints of one run, written at eval points so an interrupted run continues where it stopped.
+
+Written to a temporary file and renamed over the old one, so a crash mid-write never leaves a broken checkpoint.
+Read with `weights_only=True`: a checkpoint holds tensors and plain containers only, never pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    return torch.load(path, map_location=device, weights_only=True)
