@@ -21,6 +21,7 @@ import torch
 
 from decorbench.budget import Budget
 from decorbench.data import DATASETS
+from decorbench.data import OPTIONS as DATA_OPTIONS
 from decorbench.models import MODELS
 from decorbench.results import RunWriter, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
@@ -160,6 +161,12 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
             raise ConfigError(f"unknown {kind} {bad[0]!r}; choose from: {', '.join(valid)}")
     if not (config.methods and config.models and config.seeds):
         raise ConfigError("methods, models and seeds must each name at least one entry")
+    unknown = sorted(set(config.data.options) - set(DATA_OPTIONS[config.dataset]))
+    if unknown:
+        raise ConfigError(f"unknown data.options key {unknown[0]!r} for {config.dataset}; valid: "
+                          f"{', '.join(DATA_OPTIONS[config.dataset]) or 'none'}")
+    if config.train.schedule == "cosine" and not (config.budget.max_epochs or config.budget.max_steps):
+        raise ConfigError("train.schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
     return config
 
 

@@ -24,6 +24,13 @@ from decorbench.meters import Stopwatch, count_flops, peak_memory_bytes, reset_p
 from decorbench.models import create_model
 
 METHODS = ("bp", "dbp")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,15 @@ class TrainConfig:
     eval_every: int = 0  # steps between eval points; 0 = once per epoch
     amp: bool = False  # bf16 autocast, for BP and DBP alike; R stays fp32
 
+    def __post_init__(self) -> None:
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        for name in ("batch_size", "lr", "step_epochs", "gamma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.weight_decay < 0 or self.momentum < 0:
+            raise ValueError("train.eval_every, train.weight_decay and train.momentum must not be negative")
+
 
 @dataclass(frozen=True)
 class DBPConfig:
@@ -48,6 +64,11 @@ class DBPConfig:
     rule: str = "standard"  # standard | normalized
     skip: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("dbp.rule", self.rule, ("standard", "normalized"))
+        if self.lr < 0 or not 0 <= self.kappa <= 1 or not 0 < self.sample_fraction <= 1:
+            raise ValueError("dbp.lr must be ≥ 0, dbp.kappa in [0, 1] and dbp.sample_fraction in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -83,9 +104,7 @@ def resolve_device(name: str) -> torch.device:
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def planned_steps(budget: Budget, steps_per_epoch: int) -> int | None:
@@ -100,11 +119,9 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
         return None
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs * steps_per_epoch, gamma=cfg.gamma)
-    if cfg.schedule == "cosine":
-        if length is None:
-            raise ValueError("schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=length)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or constant")
+    if length is None:
+        raise ValueError("schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=length)
 
 
 @torch.no_grad()

@@ -34,6 +34,11 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--set", "models=[\"resnet9000\"]"], "unknown model 'resnet9000'"),
     (["run", "smoke", "--set", "dataset=mnist"], "unknown dataset 'mnist'"),
     (["run", "smoke", "--set", "oops"], "--set expects key=value"),
+    (["run", "smoke", "--set", "train.optimizer=adamw"], "train.optimizer must be one of adam, sgd"),
+    (["run", "smoke", "--set", "dbp.kappa=2"], "dbp.kappa in [0, 1]"),
+    (["run", "smoke", "--set", "data.options.noise=1"], "unknown data.options key 'noise' for digits"),
+    (["run", "smoke", "--set", "budget.max_epochs=0", "--set", "budget.max_train_seconds=9"], "must be positive"),
+    (["run", "smoke", "--set", "budget={max_train_seconds=9}"], "'cosine' needs budget.max_epochs"),
     (["run", "smoke", "--device", "cuda"], "no CUDA GPU"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
@@ -42,6 +47,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("decorbench: error:") and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_needs_the_directory_to_continue(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "smoke", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
 
 
 def test_garbled_config_file_exits_2(tmp_path, capsys):
