@@ -2,16 +2,9 @@
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from decorbench.dbp import decorrelate, update
-
-
-def _cifar_resnet18() -> torch.nn.Module:
-    model = torchvision.models.resnet18(num_classes=10)
-    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    model.maxpool = torch.nn.Identity()
-    return model
+from decorbench.models import create_model
 
 
 class TrainStep:
@@ -23,7 +16,7 @@ class TrainStep:
 
     def setup(self, method, batch):
         torch.manual_seed(0)
-        self.model = _cifar_resnet18()
+        self.model = create_model("resnet18", 10, input_shape=(3, 32, 32))
         if method == "dbp":
             decorrelate(self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)

@@ -139,6 +139,23 @@ def evaluate(model: nn.Module, data: Data, amp: bool, device: torch.device) -> t
     return loss_sum.item() / data.test_size, correct.item() / data.test_size
 
 
+def _state(model: nn.Module, opt, scheduler, device: torch.device) -> dict:
+    """Everything a continued run needs to go on exactly as if never stopped (R is in the model's state_dict)."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device) -> None:
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"].cpu())
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -180,13 +197,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
     saved = load_checkpoint(checkpoint, device)
     if saved is not None and saved["spec"] == dataclasses.asdict(spec):
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"].cpu())
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+        _restore(saved, model, opt, scheduler, device)
         step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
     stopwatch.start()
     while True:
@@ -221,12 +232,9 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                 "decor_loss": _finite_or_none(decor_loss.item() / window) if dbp else None,
             }
             if checkpoint is not None:
-                save_checkpoint(checkpoint, {
-                    "spec": dataclasses.asdict(spec), "step": step, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"]})
+                save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
+                                             "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"],
+                                             **_state(model, opt, scheduler, device)})
             sink.eval(record)
             on_step(step, length, record)
             totals = {"steps": step, "train_time_s": train_time_s, "flops": step * step_flops,

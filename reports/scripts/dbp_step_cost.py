@@ -28,20 +28,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from decorbench.dbp import DecorLinear, decor_layers, decorrelate, update
+from decorbench.models import create_model
 
 DECOR_LR = 1e-4
 CASES = {
     "a": {"label": "32x32, batch 128, CIFAR stem", "size": 32, "batch": 128, "classes": 10},
     "b": {"label": "224x224, batch 32", "size": 224, "batch": 32, "classes": 1000},
 }
-
-
-def build_resnet18(case: dict) -> nn.Module:
-    model = torchvision.models.resnet18(num_classes=case["classes"])
-    if case["size"] == 32:  # CIFAR stem: 3x3 stride-1 first conv, no max-pool
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-    return model
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, decor: bool) -> Callable[[], None]:
@@ -125,7 +118,7 @@ def flops_by_group(model: nn.Module, layers: list[nn.Module], inputs: list[torch
 
 def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
-    bp_model = build_resnet18(case)
+    bp_model = create_model("resnet18", case["classes"], input_shape=(3, case["size"], case["size"]))
     dbp_model = decorrelate(copy.deepcopy(bp_model))
     x = torch.randn(case["batch"], 3, case["size"], case["size"])
     y = torch.randint(case["classes"], (case["batch"],))
