@@ -37,20 +37,30 @@ def _stop_on_signals(resume_hint: str) -> threading.Event:
     return stop
 
 
-def _progress(spec):
-    """A tqdm bar per run (hidden when stderr is not a terminal)."""
-    from tqdm import tqdm
+class _ProgressBars:
+    """One tqdm bar per run (hidden when stderr is not a terminal); a run's bar closes when the next one opens."""
 
-    bar = None
+    def __init__(self) -> None:
+        self.bar = None
 
-    def on_step(step: int, planned: int | None, record: dict | None) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=planned, desc=spec.run_id, unit="step", disable=None, leave=False, file=sys.stderr)
-        bar.update(step - bar.n)
-        if record is not None:
-            bar.set_postfix(acc=f"{record['eval_accuracy']:.3f}", train_s=f"{record['train_time_s']:.1f}")
-    return on_step
+    def __call__(self, spec):
+        from tqdm import tqdm
+
+        self.close()
+
+        def on_step(step: int, planned: int | None, record: dict | None) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=planned, desc=spec.run_id, unit="step", disable=None, leave=False,
+                                file=sys.stderr)
+            self.bar.update(step - self.bar.n)
+            if record is not None:
+                self.bar.set_postfix(acc=f"{record['eval_accuracy']:.3f}", train_s=f"{record['train_time_s']:.1f}")
+        return on_step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _run(args) -> int:
@@ -75,7 +85,9 @@ def _run(args) -> int:
     stop = _stop_on_signals(shlex.join(["decorbench", "run", args.config, "--out", str(out), *sets, "--resume"]))
     print(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {device}, results in {out}/runs",
           file=sys.stderr)
-    ends = run_suite(config, out, device, todo, should_stop=stop.is_set, progress=_progress)
+    bars = _ProgressBars()
+    ends = run_suite(config, out, device, todo, should_stop=stop.is_set, progress=bars)
+    bars.close()
     for end in ends:
         print(f"  {end['run_id']}: {end['status']} ({end['reason']})", file=sys.stderr)
     run_ids = {spec.run_id for spec in config.runs()}

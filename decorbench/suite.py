@@ -139,12 +139,12 @@ def _apply_override(table: dict, assignment: str) -> None:
 def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     """A built-in suite by name or a TOML file by path, with `section.key=value` overrides applied."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+    if path.is_file():
         text = path.read_text()
     elif name_or_path in builtin_names():
         text = resources.files("decorbench.configs").joinpath(f"{name_or_path}.toml").read_text()
+    elif path.suffix == ".toml" or path.exists():
+        raise ConfigError(f"config file not found: {path}")
     else:
         raise ConfigError(f"no config file or built-in suite {name_or_path!r}; built-ins: {', '.join(builtin_names())}")
     try:

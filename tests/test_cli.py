@@ -49,6 +49,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_builtin_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # e.g. an earlier --out smoke
+    assert main(["run", "smoke", "--out", "out", "--set", "budget.max_epochs=1", *ONE_PAIR]) == 0
+
+
 def test_resume_needs_the_directory_to_continue(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "smoke", "--resume"]) == 2
