@@ -1,6 +1,7 @@
 """decorbench: train BP and DBP side by side and compare what they cost.
 
   decorbench run CONFIG|BUILTIN [--out DIR] [--device auto|cpu|cuda] [--resume] [--set key=value ...]
+  decorbench report RESULTS... [-o FILE.html] [--target X]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import datetime, timezone
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
@@ -100,6 +102,23 @@ def _run(args) -> int:
     return 1 if any(end["status"] == "failed" for end in ends) else 0
 
 
+def _report(args) -> int:
+    from decorbench.report import render_report
+
+    one_dir = len(args.results) == 1 and Path(args.results[0]).is_dir()
+    default = Path(args.results[0]) / "report.html" if one_dir else Path("report.html")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            path = render_report(args.results, Path(args.output) if args.output else default, target=args.target)
+        except ValueError as e:
+            return _fail(str(e))
+    for w in caught:
+        print(f"decorbench: warning: {w.message}", file=sys.stderr)
+    print(f"decorbench: report written to {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="decorbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--resume", action="store_true", help="in --out: skip finished runs, redo unfinished ones")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set budget.max_epochs=3 --set 'models=[\"mlp\"]'")
+    report = sub.add_parser("report", help="write a self-contained HTML report comparing BP and DBP")
+    report.add_argument("results", nargs="+", help="results directories (a suite's --out) or .jsonl files")
+    report.add_argument("-o", "--output", help="HTML file to write (default: DIR/report.html for one results "
+                                               "directory, else ./report.html)")
+    report.add_argument("--target", type=float, help="target accuracy 0..1 for the to-target numbers "
+                                                      "(default: BP's median final accuracy per dataset and model)")
     args = parser.parse_args(argv)
-    return _run(args)
+    return _run(args) if args.command == "run" else _report(args)
 
 
 if __name__ == "__main__":

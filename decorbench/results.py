@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from . import __version__
 
@@ -51,8 +50,10 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def provenance(device: torch.device | str) -> dict:
+def provenance(device) -> dict:
     """Where and with what a number was measured: versions, source commit, hardware, start time."""
+    import torch  # here, not at module level: reading results (reports) should not pay for importing torch
+
     device = torch.device(device)
     # only trust the commit if the package is tracked there (not an install inside some other checkout)
     tracked = _git("ls-files", "--error-unmatch", "__init__.py") is not None

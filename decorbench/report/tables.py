@@ -1,0 +1,204 @@
+"""The report's tables as plain rows of display strings: provenance, summary per (dataset, model), notes, runs.
+
+Why strings here: the template only lays them out, and the tests read back exactly what a reader sees. Every value
+from the results stays a plain string; the template escapes it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pandas as pd
+
+from .runs import GROUP, PROBLEMS
+from .stats import Estimate, median, ratio
+
+METHOD_ORDER = {"bp": 0, "dbp": 1}
+UNFINISHED = "no end record"  # the status shown for a run whose file has no end record
+# (runs column, label, unit kind, whether BP/DBP is shown)
+METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
+           ("time_to_target", "time to target", "seconds", True),
+           ("energy_to_target", "energy to target", "joules", True),
+           ("co2_to_target", "CO2e to target", "co2", True),
+           ("flops_to_target", "FLOPs to target", "flops", True)]
+PROVENANCE = [("suite", "suite"), ("git commit", "commit"), ("decorbench", "decorbench_version"),
+              ("device", "device"), ("GPU", "gpu_name"), ("GPU driver", "gpu_driver"), ("CPU", "cpu"),
+              ("host", "host"), ("platform", "platform"), ("Python", "python"), ("PyTorch", "torch"),
+              ("CUDA", "cuda"), ("carbon region (country)", "country_iso_code")]
+_PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")]
+
+
+def methods(runs: pd.DataFrame) -> list[str]:
+    """Methods present, BP first, then DBP, then any other in name order."""
+    return sorted(runs["method"].unique(), key=lambda m: (METHOD_ORDER.get(m, 2), m))
+
+
+def _si(value: float, unit: str) -> tuple[str, str]:
+    rounded = float(f"{value:.3g}")
+    for scale, prefix in _PREFIXES:
+        if abs(rounded) >= scale:
+            return f"{rounded / scale:.3g}", f" {prefix}{unit}"
+    return f"{rounded:.3g}", f" {unit}"
+
+
+def _parts(value: float, kind: str) -> tuple[str, str]:
+    """(number, unit) as printed: accuracy in %, seconds/minutes/hours, SI prefixes, ratios as ×."""
+    if kind == "accuracy":
+        return f"{100 * value:.2f}", " %"
+    if kind == "seconds":
+        return _si(value, "s") if value < 60 else (f"{value / 60:.3g}", " min") if value < 7200 else (
+            f"{value / 3600:.3g}", " h")
+    if kind == "ratio":
+        return f"{value:.2f}", "×"
+    return _si(value * 1000, "g") if kind == "co2" else _si(value, {"joules": "J", "flops": "FLOP"}[kind])
+
+
+def fmt(value: float, kind: str) -> str:
+    """One number as the report prints it ("—" for a missing one)."""
+    return "".join(_parts(value, kind)) if value is not None and math.isfinite(value) else "—"
+
+
+def span(low: float, high: float, kind: str) -> str:
+    """"1.2–3.4 s": the unit once when both ends share it."""
+    (a, unit_a), (b, unit_b) = _parts(low, kind), _parts(high, kind)
+    return f"{a}–{b}{unit_b}" if unit_a == unit_b else f"{a}{unit_a} – {b}{unit_b}"
+
+
+def _text(text: str, note: str = "") -> dict:
+    return {"text": text, "spread": "", "kind": "", "note": note}
+
+
+def _cell(estimate: Estimate, kind: str, note: str = "") -> dict:
+    spread = span(estimate.low, estimate.high, kind) if estimate.kind else ""
+    return {"text": fmt(estimate.value, kind), "spread": spread, "kind": estimate.kind, "note": note}
+
+
+def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
+    if column == "final_accuracy":
+        return _cell(median(part[column]), kind, f"n = {part[column].notna().sum()}")
+    reached = part[part["reached"]]
+    note = f"reached {len(reached)}/{len(part)}"
+    if reached.empty:
+        return _text("not reached", note)
+    if reached[column].isna().all():
+        return _text("not measured", note)
+    return _cell(median(reached[column]), kind, note)
+
+
+def summary(runs: pd.DataFrame, goals: pd.Series, target_given: bool) -> list[dict]:
+    """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP)."""
+    groups = []
+    for (dataset, model), group in runs.groupby(GROUP, sort=True):
+        present = methods(group)
+        by_method = {m: group[group["method"] == m] for m in present}
+        pair = {"bp", "dbp"} <= set(present)
+        rows = [{"label": "runs", "cells": [_text(str(len(p)), _problem_note(p)) for p in by_method.values()],
+                 "ratio": None}]
+        for column, label, kind, with_ratio in METRICS:
+            shown = None
+            if pair and with_ratio:
+                hit = {m: by_method[m].loc[by_method[m]["reached"], column] for m in ("bp", "dbp")}
+                shown = _cell(ratio(hit["bp"], hit["dbp"]), "ratio")
+            rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
+                         "ratio": shown})
+        target = goals.get((dataset, model), math.nan)
+        source = "given" if target_given else "BP's median final accuracy"
+        groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
+                       "target": fmt(target, "accuracy"), "target_source": source,
+                       "has_ratio": pair})
+    return groups
+
+
+def _problem_note(part: pd.DataFrame) -> str:
+    counts = part.loc[part["problem"], "status"].fillna(UNFINISHED).value_counts()
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def _field(runs: pd.DataFrame, column: str, missing: str = "not recorded") -> pd.Series:
+    """A run column as strings; `missing` where a run has no value (or its results predate the column)."""
+    values = runs[column].astype(object) if column in runs else pd.Series(None, index=runs.index, dtype=object)
+    return values.where(values.notna(), missing).astype(str)
+
+
+def _distinct(values: pd.Series) -> str:
+    counts = values.value_counts()
+    if len(counts) == 1:
+        return counts.index[0]
+    return "; ".join(f"{value} ({n} runs)" for value, n in counts.items())
+
+
+def provenance(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, value) pairs; a field with several values across runs lists each with its run count."""
+    commit = _field(runs, "git_commit").str[:12]
+    dirty = _field(runs, "git_dirty").eq("True")
+    runs = runs.assign(commit=commit.where(~dirty, commit + " + uncommitted changes"))
+    rows = [(label, _distinct(_field(runs, column))) for label, column in PROVENANCE]
+    rows.append(("results files", f"{runs['source'].nunique()} in {results_dir(runs) or 'several places'}"))
+    started = pd.to_datetime(_field(runs, "started_at"), errors="coerce", utc=True).dropna()
+    if len(started):
+        rows.append(("runs started (UTC)", f"{started.min():%Y-%m-%d %H:%M} – {started.max():%Y-%m-%d %H:%M}"))
+    return rows
+
+
+def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
+    """Why a metric is missing or to be read with care: unavailable meters, estimates, mixed hardware."""
+    out = []
+    for label, value, reason in (("Energy", "energy_j", "energy_unavailable_reason"),
+                                 ("CO2e", "co2_kg", "carbon_unavailable_reason")):
+        missing = runs[~runs["run"].isin(evals.loc[evals[value].notna(), "run"])]
+        if len(missing):
+            why = _distinct(_field(missing, reason, "no reason recorded"))
+            out.append(f"{label} was not measured in {len(missing)} of {len(runs)} runs: {why}.")
+    estimated = evals.loc[evals["energy_source"] == "codecarbon-estimate", "run"].nunique()
+    if estimated:
+        out.append(f"Energy of {estimated} runs is codecarbon's estimate from an assumed power, not a measurement.")
+    out.append("Power over time: not shown; these results hold no power samples.")
+    machine = _field(runs, "device") + " / " + _field(runs, "gpu_name") + " / " + _field(runs, "cpu")
+    for (dataset, model), n in machine.groupby([runs[c] for c in GROUP]).nunique().items():
+        if n > 1:
+            out.append(f"{dataset} · {model} mixes runs from {n} different machines/devices: compare its times "
+                       "with care.")
+    return out
+
+
+def results_dir(runs: pd.DataFrame) -> str:
+    """The directory all results files share ("" if they share none, e.g. relative and absolute paths mixed)."""
+    sources = list(runs["source"].unique())
+    try:
+        common = os.path.commonpath(sources)
+    except ValueError:
+        return ""
+    return os.path.dirname(common) if len(sources) == 1 else common
+
+
+def _file(run: dict, base: str) -> str:
+    """The run's results file relative to the shared directory, or "" when it is just `<run_id>.jsonl` there."""
+    shown = os.path.relpath(run["source"], base) if base else run["source"]
+    return "" if shown == f"{run['run_id']}.jsonl" else shown
+
+
+def run_rows(runs: pd.DataFrame) -> list[dict]:
+    """Every run, unfinished ones first (flagged), then by dataset, model, method, seed."""
+    order = runs.assign(_m=runs["method"].map(METHOD_ORDER).fillna(2))
+    order = order.sort_values(["problem", *GROUP, "_m", "method", "seed", "run_id"], kind="stable",
+                              ascending=[False, True, True, True, True, True, True])
+    base, rows = results_dir(runs), []
+    for run in order.to_dict("records"):
+        ended = isinstance(run["status"], str)
+        reason = run["reason"] if isinstance(run["reason"], str) else (
+            "" if ended else "still running, or killed before it could write one")
+        seed = run["seed"]  # a float when some run lacks one
+        rows.append({"run_id": str(run["run_id"]), "dataset": run["dataset"], "model": run["model"],
+                     "method": run["method"], "seed": "—" if pd.isna(seed) else f"{seed:g}" if isinstance(
+                         seed, float) else str(seed), "status": run["status"] if ended else UNFINISHED,
+                     "reason": reason, "problem": bool(run["problem"]), "evals": int(run["evals"]),
+                     "final_accuracy": fmt(run["final_accuracy"], "accuracy"),
+                     "train_time": fmt(run["train_time_s"], "seconds"), "file": _file(run, base)})
+    return rows
+
+
+def status_counts(runs: pd.DataFrame) -> list[tuple[str, int, bool]]:
+    """(status, runs, is a problem) for the line above the runs table."""
+    counts = runs["status"].fillna(UNFINISHED).value_counts()
+    return [(status, int(n), status in (*PROBLEMS, UNFINISHED)) for status, n in counts.items()]

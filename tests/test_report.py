@@ -1,0 +1,254 @@
+"""`render_report`: the HTML says what the results say, shows every string as text, survives bad files, and a real
+browser draws it without errors and without the network."""
+
+import math
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from decorbench.report import render_report
+from decorbench.report.stats import CI, RANGE, median, ratio
+from decorbench.report.tables import fmt, span
+from decorbench.results import RunWriter, load, provenance, run_path
+from decorbench.summary import time_to_target
+
+EVIL = "<script>alert(1)</script>$x^2$"
+PROVENANCE = provenance("cpu")  # once: it runs git
+
+
+def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, status="completed",
+              reason="max_epochs 5 done", energy=True, **run_fields):
+    """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's."""
+    rng = np.random.default_rng([seed, len(model), method == "dbp"])
+    run = {**PROVENANCE, "run_id": run_id, "suite": "test", "method": method, "model": model, "dataset": dataset,
+           "seed": seed, "budget": {"max_epochs": evals}, "hyperparameters": {"lr": 1e-3}, "country_iso_code": "NLD",
+           "energy_unavailable_reason": None if energy else "no energy meter is wired in yet", **run_fields}
+    step_s = 0.01 * (1.3 if method == "dbp" else 1.0) * rng.uniform(0.8, 1.2)
+    with RunWriter(run_path(out, run_id), run) as writer:
+        for i in range(1, evals + 1):
+            writer.eval({"step": 10 * i, "epoch": i, "samples": 640 * i, "train_time_s": step_s * 10 * i,
+                         "wall_time_s": step_s * 11 * i, "train_loss": 1 / i, "eval_loss": 1 / i,
+                         "eval_accuracy": 1 - 0.6 * math.exp(-i / rng.uniform(1, 2)), "flops": 10**9 * i,
+                         "energy_j": 50.0 * step_s * i if energy else None,
+                         "energy_source": "nvml-counter" if energy else None, "co2_kg": 1e-6 * i if energy else None,
+                         "peak_memory_bytes": 2**20, "decor_loss": 0.1 / i if method == "dbp" else None})
+        if status:
+            writer.end(status, reason, {"steps": 10 * evals})
+    return run_path(out, run_id)
+
+
+def write_suite(out):
+    """digits·mlp with 2 seeds (min–max), digits·cnn with 3 (bootstrap CI); no energy measured anywhere."""
+    for model, seeds in (("mlp", 2), ("cnn", 3)):
+        for seed in range(seeds):
+            for method in ("bp", "dbp"):
+                write_run(out, f"{model}-{method}-s{seed}", method, model, seed, energy=False)
+
+
+def card(html: str, dataset: str, model: str) -> str:
+    """The summary card of one (dataset, model)."""
+    cards = html.split('<div class="card">')[1:]
+    found = [c for c in cards if f"<h3>{dataset} · {model}</h3>" in c]
+    assert len(found) == 1, f"{len(found)} cards for {dataset} · {model}"
+    return found[0].split("</table>")[0]
+
+
+def row(card_html: str, label: str) -> str:
+    return card_html.split(f"<th>{label}</th>")[1].split("</tr>")[0]
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    write_suite(out)
+    return out, render_report([out], out / "report.html").read_text()
+
+
+def test_summary_shows_the_medians_spreads_and_speedups_computed_from_the_data(suite):
+    out, html = suite
+    evals = load(out)
+    for model in ("mlp", "cnn"):
+        part = evals[evals["model"] == model]
+        finals = part.sort_values("step").groupby("run_id").last()
+        target = finals.loc[finals["method"] == "bp", "eval_accuracy"].median()
+        tta = time_to_target(part, target)  # the CLI summary's definition
+        shown = card(html, "digits", model)
+        assert f"target accuracy {fmt(target, 'accuracy')} (BP&#39;s median final accuracy)" in shown
+        medians = {}
+        for method in ("bp", "dbp"):
+            runs = finals.index[finals["method"] == method]
+            times = tta[runs].dropna()
+            medians[method] = times.median()
+            assert fmt(finals.loc[runs, "eval_accuracy"].median(), "accuracy") in row(shown, "final accuracy")
+            assert fmt(medians[method], "seconds") in row(shown, "time to target")
+            assert f"reached {len(times)}/{len(runs)}" in row(shown, "time to target")
+            flops = part[part["run_id"].isin(times.index) & (part["eval_accuracy"] >= target)]
+            first_flops = flops.sort_values("step").groupby("run_id")["flops"].first()
+            assert fmt(first_flops.median(), "flops") in row(shown, "FLOPs to target")
+            if 1 < len(times) < 3:
+                assert f"{span(times.min(), times.max(), 'seconds')} · {RANGE}" in row(shown, "time to target")
+        assert fmt(medians["bp"] / medians["dbp"], "ratio") in row(shown, "time to target")
+    assert f"· {CI}" in row(card(html, "digits", "cnn"), "final accuracy")  # 3 seeds: bootstrap
+    assert f"· {RANGE}" in row(card(html, "digits", "mlp"), "final accuracy")  # 2 seeds: min–max
+
+
+def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suite):
+    _, html = suite
+    assert "<th>carbon region (country)</th><td>NLD</td>" in html
+    assert f"<th>Python</th><td>{PROVENANCE['python']}</td>" in html
+    assert "Energy was not measured in 10 of 10 runs: no energy meter is wired in yet." in html
+    assert "Not drawn: no run recorded its energy" in html  # and no energy figure
+    assert html.count("<svg") == 4  # time, FLOPs, step time, decorrelation loss
+    time_figure = html.split("<h3>Accuracy vs training time</h3>")[1].split("</svg>")[0]
+    assert time_figure.count("digits · mlp") == 1 and time_figure.count("digits · cnn") == 1
+    clip_ids = re.findall(r'<clipPath id="([^"]+)"', html)
+    assert len(clip_ids) == len(set(clip_ids)), "figures inside one page must not share clip-path ids"
+    assert not re.search(r"(src|href)=\"(?!#)", html) and "@import" not in html and "url(http" not in html
+
+
+def test_given_target_applies_to_every_group_and_energy_is_reported_when_measured(tmp_path):
+    for seed in range(2):
+        for method in ("bp", "dbp"):
+            write_run(tmp_path, f"{method}-s{seed}", method, "mlp", seed)
+    html = render_report([tmp_path], tmp_path / "r.html", target=0.5).read_text()
+    evals = load(tmp_path)
+    assert "target accuracy 50.00 % (given)" in html
+    tta = time_to_target(evals, 0.5)
+    methods = evals.groupby("run_id")["method"].first()
+    speedup = tta[methods == "bp"].median() / tta[methods == "dbp"].median()
+    assert fmt(speedup, "ratio") in row(card(html, "digits", "mlp"), "time to target")
+    assert "not measured" not in card(html, "digits", "mlp")
+    assert "<h3>Accuracy vs energy</h3>" in html and "Not drawn: no run recorded its energy" not in html
+    assert html.count("<svg") == 5
+
+
+def test_every_string_from_the_results_shows_as_text_in_tables_and_figures(tmp_path):
+    for method in ("bp", "dbp"):
+        write_run(tmp_path, f"<img src=x onerror=alert(2)>-{method}", method, EVIL, 0, dataset='"ds" & \'q\'',
+                  status="failed", reason="<b>RuntimeError</b>")
+    html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    for raw in ("<script>alert", "<img src=x", "<b>RuntimeError"):
+        assert raw not in html
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;$x^2$"
+    assert escaped in card(html, "&#34;ds&#34; &amp; &#39;q&#39;", escaped)
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    assert all(escaped in svg for svg in svgs), "labels inside figures are escaped (and not parsed as mathtext)"
+    assert "&lt;b&gt;RuntimeError&lt;/b&gt;" in html
+
+
+def test_a_corrupt_file_is_skipped_with_a_visible_warning_and_the_rest_renders(tmp_path):
+    write_suite(tmp_path)
+    (tmp_path / "runs" / "garbage.jsonl").write_bytes(b"\x00\xffnot json at all\n")
+    truncated = run_path(tmp_path, "mlp-bp-s0")
+    truncated.write_bytes(truncated.read_bytes() + b'{"type": "eval", "step": 6')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    assert sum("garbage.jsonl" in str(w.message) for w in caught) == 2  # passed on to the caller, too
+    assert sum("mlp-bp-s0.jsonl" in str(w.message) for w in caught) == 1
+    skipped = html.split('id="skipped"')[1].split("</section>")[0]
+    assert "3 problems while reading the results" in skipped
+    assert "garbage.jsonl: skipped unreadable line 1" in skipped and "garbage.jsonl: no run record" in skipped
+    assert "mlp-bp-s0.jsonl: skipped unreadable line 8 (truncated last line" in skipped
+    assert "10 runs in 2 (dataset, model) groups" in html and html.count("<svg") == 4
+
+
+def test_no_results_or_a_bad_target_is_a_one_line_value_error(tmp_path):
+    with pytest.raises(ValueError, match="no results found") as empty:
+        render_report([tmp_path], tmp_path / "r.html")
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    with pytest.raises(ValueError, match=r"problem\(s\) while reading; the last: .*bad.jsonl") as only_bad, \
+            pytest.warns(UserWarning, match="bad.jsonl"):
+        render_report([tmp_path], tmp_path / "r.html")
+    with pytest.raises(ValueError, match="target must be an accuracy between 0 and 1"):
+        render_report([tmp_path], tmp_path / "r.html", target=90)
+    assert "\n" not in str(empty.value) and "\n" not in str(only_bad.value)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_unfinished_runs_come_first_highlighted_with_their_reason(tmp_path):
+    write_run(tmp_path, "ok", "bp", "mlp", 0)
+    write_run(tmp_path, "nan", "dbp", "mlp", 0, status="diverged", reason="non-finite loss at step 30")
+    write_run(tmp_path, "crash", "dbp", "mlp", 1, status="failed", reason="RuntimeError: CUDA out of memory")
+    write_run(tmp_path, "ctrl-c", "bp", "mlp", 1, status="interrupted", reason="SIGINT", evals=2)
+    write_run(tmp_path, "killed", "bp", "mlp", 2, status=None, evals=1)
+    write_run(tmp_path, "no-evals", "dbp", "mlp", 2, status="failed", reason="ValueError: bad data", evals=0)
+    html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    rows = html.split('<section id="runs">')[1].split("<tr")[2:]
+    problems = [r for r in rows if r.startswith(' class="problem"')]
+    assert len(problems) == 5 and rows[:5] == problems and "<td>ok</td>" in rows[5]
+    for status, reason in [("diverged", "non-finite loss at step 30"), ("failed", "CUDA out of memory"),
+                           ("interrupted", "SIGINT"), ("no end record", "killed before it could write one"),
+                           ("failed", "ValueError: bad data")]:
+        assert any(f'<td class="status">{status}</td>' in r and reason in r for r in problems), status
+    assert '<span class="bad">failed: 2</span>' in html and '<span class="">completed: 1</span>' in html
+    assert "1 interrupted, 1 no end record" in row(card(html, "digits", "mlp"), "runs")
+    assert "2 failed, 1 diverged" in row(card(html, "digits", "mlp"), "runs")
+
+
+def test_stats_say_which_interval_and_are_reproducible():
+    assert median([3.0, 1.0]) == median([1.0, 3.0, float("nan")])
+    assert median([1.0, 3.0]).kind == RANGE and (median([1.0, 3.0]).low, median([1.0, 3.0]).high) == (1.0, 3.0)
+    five = median([1.0, 2.0, 3.0, 4.0, 50.0])
+    assert five.kind == CI and five.value == 3.0 and 1.0 <= five.low <= 3.0 <= five.high <= 50.0
+    assert five == median([1.0, 2.0, 3.0, 4.0, 50.0])
+    assert ratio([4.0, 6.0], [2.0]).value == 2.5 and (ratio([4.0, 6.0], [2.0]).low, ratio([4.0, 6.0], [2.0]).high) \
+        == (2.0, 3.0)
+    assert ratio([4.0, 6.0, 8.0], [2.0, 2.0, 2.0]).kind == CI
+    assert math.isnan(ratio([], [1.0]).value) and median([]).n == 0
+    assert [fmt(v, k) for v, k in [(0.0421, "seconds"), (5400, "seconds"), (1.5e12, "flops"), (2e-4, "co2"),
+                                     (0.9, "accuracy"), (1.234, "ratio"), (float("nan"), "joules")]] == \
+        ["42.1 ms", "90 min", "1.5 TFLOP", "200 mg", "90.00 %", "1.23×", "—"]
+
+
+def test_a_thousand_runs_render(tmp_path, monkeypatch):
+    """Timing lives in benchmarks/report_speed.py (asv); here: it renders, one row per run."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # durable writes are not under test here
+    for i in range(1000):
+        write_run(tmp_path, f"r{i}", ("bp", "dbp")[i % 2], f"m{i % 5}", i // 10, dataset=("a", "b")[i % 4 // 2],
+                  evals=3)
+    html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    assert "1000 runs in 10 (dataset, model) groups" in html
+    assert html.split('<section id="runs">')[1].count("<tr>") == 1001 and html.count("<svg") == 5
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                  "(apt-get install -y chromium; CI installs it)")
+def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_path):
+    from PIL import Image, ImageStat
+    from playwright.sync_api import sync_playwright
+
+    out, _ = suite
+    shutil.copytree(out, tmp_path / "results")
+    write_run(tmp_path / "results", "evil", "dbp", EVIL, 0)  # an alert() would fail the test below
+    page_file = render_report([tmp_path / "results"], tmp_path / "report.html")
+    problems, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.resolve().as_uri(), wait_until="load")
+            boxes = [svg.bounding_box() for svg in page.locator("figure svg").all()]
+            assert all(page.locator("figure svg").nth(i).is_visible() for i in range(len(boxes)))
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert requests == [page_file.resolve().as_uri()], "the report loads nothing but itself"
+    assert len(boxes) == 5 and all(b["width"] > 300 and b["height"] > 100 for b in boxes), boxes
+    image = Image.open(shot).convert("L")
+    assert image.height > 2000 and ImageStat.Stat(image).stddev[0] > 10, "screenshot is blank"
