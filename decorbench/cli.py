@@ -2,6 +2,7 @@
 
   decorbench run CONFIG|BUILTIN [--out DIR] [--device auto|cpu|cuda] [--resume] [--set key=value ...]
   decorbench report RESULTS... [-o FILE.html] [--target X]
+  decorbench env [--country ISO3]
 """
 
 from __future__ import annotations
@@ -66,8 +67,6 @@ class _ProgressBars:
 
 
 def _run(args) -> int:
-    import pandas as pd
-
     from decorbench.results import load
     from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
     from decorbench.summary import format_summary, summarize
@@ -100,6 +99,13 @@ def _run(args) -> int:
     if stop.is_set():
         return EXIT_INTERRUPTED
     return 1 if any(end["status"] == "failed" for end in ends) else 0
+
+
+def _env(args) -> int:
+    from decorbench.env import describe_environment
+
+    print(describe_environment(country_iso_code=args.country))
+    return 0
 
 
 def _report(args) -> int:
@@ -136,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                                                "directory, else ./report.html)")
     report.add_argument("--target", type=float, help="target accuracy 0..1 for the to-target numbers "
                                                       "(default: BP's median final accuracy per dataset and model)")
+    env = sub.add_parser("env", help="hardware, versions, and which meters work here (and why not)")
+    env.add_argument("--country", default="NLD", help="ISO 3166-1 alpha-3 code the carbon probe uses (default NLD)")
     args = parser.parse_args(argv)
-    return _run(args) if args.command == "run" else _report(args)
+    return {"run": _run, "report": _report, "env": _env}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 from decorbench.budget import Budget
 from decorbench.data import DATASETS
 from decorbench.data import OPTIONS as DATA_OPTIONS
+from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.models import MODELS
 from decorbench.results import RunWriter, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
@@ -170,15 +171,19 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     return config
 
 
-def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device) -> dict:
+def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy: EnergyMeter | None = None,
+                carbon: CarbonMeter | None = None) -> dict:
     return {"run_id": spec.run_id, "suite": spec.suite, "method": spec.method, "model": spec.model,
             "dataset": spec.dataset, "seed": spec.seed, "budget": dataclasses.asdict(spec.budget),
             "hyperparameters": {"train": dataclasses.asdict(spec.train),
                                 "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
                                 "data": dataclasses.asdict(config.data)},
             "country_iso_code": config.carbon.country_iso_code,
-            "energy_unavailable_reason": "no energy meter is wired in yet",
-            "carbon_unavailable_reason": "no carbon meter is wired in yet",
+            "energy_unavailable_reason": energy.unavailable_reason if energy else "no energy meter",
+            "energy_gpu": energy.mapping if energy else None,  # how the torch device was matched to NVML's GPU
+            "carbon_unavailable_reason": carbon.unavailable_reason if carbon else "no carbon meter",
+            "carbon_method": carbon.method if carbon else None,  # what co2_kg is: an estimate, of what, how
+            "carbon_intensity_g_per_kwh": carbon.carbon_intensity_g_per_kwh if carbon else None,
             **provenance(device)}
 
 
@@ -218,7 +223,11 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         if should_stop():
             break
         path, checkpoint = run_path(out, spec.run_id), out / "checkpoints" / f"{spec.run_id}.pt"
-        record = _run_record(spec, config, device)
+        energy = EnergyMeter(device)  # meters never raise; one that cannot measure says why
+        carbon = CarbonMeter(config.carbon.country_iso_code,
+                             gpu_ids=None if energy.nvml_index is None else [energy.nvml_index])
+        carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware probe)
+        record = _run_record(spec, config, device, energy, carbon)
         resuming = checkpoint.exists() and _same_settings(read_run(path)["run"] if path.exists() else None, record)
         if not resuming:
             path.unlink(missing_ok=True)
@@ -227,10 +236,14 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
                 status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,
-                                                   should_stop=should_stop, on_step=on_step)
+                                                   should_stop=should_stop, on_step=on_step,
+                                                   energy=energy, carbon=carbon)
             except Exception as e:  # isolate: record it, tell the user, keep going
                 status, reason, totals = "failed", f"{type(e).__name__}: {e}".splitlines()[0], {}
                 traceback.print_exc(file=sys.stderr)
+            finally:
+                energy.close()
+                carbon.stop()
             writer.end(status, reason, totals)
         if status in FINISHED:
             checkpoint.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint, save_checkpoint
 from decorbench.data import Data, load_data
 from decorbench.dbp import decorrelate, update
-from decorbench.meters import Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
+from decorbench.meters import CarbonMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
 
 METHODS = ("bp", "dbp")
@@ -162,7 +162,8 @@ def _finite_or_none(value: float) -> float | None:
 
 def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint: Path | None = None,
               should_stop: Callable[[], bool] = lambda: False,
-              on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None) -> tuple[str, str, dict]:
+              on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None,
+              energy: EnergyMeter | None = None, carbon: CarbonMeter | None = None) -> tuple[str, str, dict]:
     """Train one run; returns the end record's (status, reason, totals).
 
     The step has no host synchronisation: losses accumulate on the device and are read at eval points, where
@@ -170,12 +171,16 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     `on_step(step, planned_steps, record)` reports progress (record: the eval record at eval points, else None).
     With `checkpoint`, the state is saved there at every eval point, and a run whose checkpoint exists (for the
     same spec) continues from it: same weights, R, optimizer, schedule, RNG, data position and clocks.
+    `energy` / `carbon`: meters read at the edges of the stopwatch's training windows, so eval is excluded from
+    energy_j and co2_kg as it is from train_time_s; without them both stay null.
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
     b = spec.budget
-    if b.max_energy_j is not None and not (b.max_epochs or b.max_steps or b.max_train_seconds or b.stop_at_target):
-        raise ValueError("budget.max_energy_j cannot end a run on its own yet: no energy meter is wired in")
+    if b.max_energy_j is not None and (energy is None or energy.source is None) \
+            and not (b.max_epochs or b.max_steps or b.max_train_seconds or b.stop_at_target):
+        why = energy.unavailable_reason if energy is not None else "no energy meter"
+        raise ValueError(f"budget.max_energy_j cannot end this run on its own: {why}")
     torch.manual_seed(spec.seed)
     data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
                      root=spec.data_root, options=spec.data_options)
@@ -196,10 +201,24 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
     saved = load_checkpoint(checkpoint, device)
-    if saved is not None and saved["spec"] == dataclasses.asdict(spec):
+    resumed = saved is not None and saved["spec"] == dataclasses.asdict(spec)
+    if resumed:
         _restore(saved, model, opt, scheduler, device)
         step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
-    stopwatch.start()
+    # a resumed run continues its totals; a checkpoint without them (older, or unmeasured) leaves them unknown
+    if energy is not None:
+        energy.reset(saved.get("energy_j") if resumed else 0.0)
+    if carbon is not None:
+        carbon.reset(saved.get("co2_kg") if resumed else 0.0)
+
+    def begin_training_window() -> None:
+        if carbon is not None:
+            carbon.begin_window()  # ≈ 0.5 ms, outside the timed window
+        stopwatch.start()  # synchronises with the GPU
+        if energy is not None:
+            energy.begin_window()
+
+    begin_training_window()
     while True:
         # Batch order is a function of (seed, epoch): skipping the batches already done resumes mid-epoch exactly.
         for x, y in islice(data.train_batches(step // steps_per_epoch), step % steps_per_epoch, None):
@@ -220,31 +239,41 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             if step % eval_every and planned_end is None and not stop:
                 on_step(step, length, None)
                 continue
-            train_time_s = stopwatch.stop()
+            train_time_s = stopwatch.stop()  # synchronises with the GPU
+            energy_j = energy.end_window() if energy is not None else None
+            co2_kg = carbon.end_window() if carbon is not None else None
             eval_loss, accuracy = evaluate(model, data, spec.train.amp, device)
             record = {
                 "step": step, "epoch": step / steps_per_epoch, "samples": step * spec.train.batch_size,
                 "train_time_s": train_time_s, "wall_time_s": time.perf_counter() - wall_start,
                 "train_loss": _finite_or_none(train_loss.item() / window), "eval_loss": _finite_or_none(eval_loss),
                 "eval_accuracy": accuracy, "flops": step * step_flops,
-                "energy_j": None, "energy_source": None, "co2_kg": None,
+                "energy_j": energy_j, "energy_source": energy.source if energy_j is not None else None,
+                "co2_kg": co2_kg,
                 "peak_memory_bytes": peak_memory_bytes(device),
                 "decor_loss": _finite_or_none(decor_loss.item() / window) if dbp else None,
             }
             if checkpoint is not None:
                 save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
                                              "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"],
+                                             "energy_j": energy_j, "co2_kg": co2_kg,
                                              **_state(model, opt, scheduler, device)})
             sink.eval(record)
             on_step(step, length, record)
             totals = {"steps": step, "train_time_s": train_time_s, "flops": step * step_flops,
-                      "flops_per_step": step_flops, "final_accuracy": accuracy}
+                      "flops_per_step": step_flops, "final_accuracy": accuracy, "energy_j": energy_j, "co2_kg": co2_kg}
+            if energy is not None and energy.unavailable_reason:
+                totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
+            if energy is not None and energy.warnings:
+                totals["energy_warnings"] = list(energy.warnings)
+            if carbon is not None and carbon.unavailable_reason:
+                totals["carbon_unavailable_reason"] = carbon.unavailable_reason
             if record["train_loss"] is None:
                 return "diverged", f"non-finite training loss by step {step}", totals
             if dbp and record["decor_loss"] is None:
                 return "diverged", f"non-finite decorrelation loss by step {step}", totals
             end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=train_time_s,
-                                        energy_j=None, accuracy=accuracy)
+                                        energy_j=energy_j, accuracy=accuracy)
             if end is not None:
                 return (*end, totals)
             if stop:
@@ -252,4 +281,4 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             train_loss.zero_()
             decor_loss.zero_()
             window = 0
-            stopwatch.start()
+            begin_training_window()

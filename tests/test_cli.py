@@ -116,3 +116,10 @@ def test_a_signal_stops_after_the_current_record_and_resume_continues_from_the_c
     assert resumed["end"]["status"] == "completed"
     assert read_run(run_path(out, "smoke-digits-mlp-dbp-s0"))["end"]["status"] == "completed"
     assert not (out / "checkpoints" / "smoke-digits-mlp-bp-s0.pt").exists()
+
+
+def test_env_reports_every_meter_and_exits_0(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for meter in ("time", "flops", "memory", "energy: NVML counter", "energy: NVML power", "carbon: codecarbon"):
+        assert f"  {meter}" in out

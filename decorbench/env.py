@@ -1,0 +1,218 @@
+"""`decorbench env`: the hardware, the versions, and which meters work here and, if not, why — found by trying
+each meter, not by guessing. Takes ≈ 2 s beyond importing torch, most of it starting codecarbon's tracker once."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import threading
+import time
+
+import torch
+from torch import nn
+
+from decorbench import __version__
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> str:
+    try:
+        return f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        return "unknown"
+
+
+def _cores() -> str:
+    logical = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = logical
+    return f"{usable} usable of {logical} logical"
+
+
+def _gpus() -> list[str]:
+    if not torch.cuda.is_available():
+        built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        extra = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+        return [f"none visible to torch (torch is {built}; torch.cuda.is_available() is False{extra})"]
+    lines = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}")
+    return lines
+
+
+def _nvml_driver() -> tuple[str, int | None]:
+    """(driver text or why there is none, NVML's GPU count)."""
+    from decorbench.meters.energy import describe_nvml_error
+
+    try:
+        import pynvml
+    except ImportError as e:
+        return f"unknown (nvidia-ml-py is not installed: {e})", None
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:
+        return f"none found (NVML: {describe_nvml_error(e)})", None
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        count = pynvml.nvmlDeviceGetCount()
+        return (driver.decode() if isinstance(driver, bytes) else str(driver)), int(count)
+    except Exception as e:
+        return f"unknown (NVML: {describe_nvml_error(e)})", None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def _probe_time() -> str:
+    from decorbench.meters import Stopwatch
+
+    watch = Stopwatch(torch.device("cpu"))
+    watch.start()
+    took = watch.stop()
+    sync = "synchronised with the GPU at window edges" if torch.cuda.is_available() else "no GPU to synchronise"
+    return f"works: time.perf_counter windows ({sync}; an empty window took {took * 1e6:.0f} µs)"
+
+
+def _probe_flops() -> str:
+    from decorbench.meters import count_flops
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.zeros(2, 8)
+    try:
+        forward, step = count_flops(model, x, backward=False), count_flops(model, x)
+    except Exception as e:
+        return f"FAILS: count_flops raised {type(e).__name__}: {e}"
+    expected = 2 * 2 * (8 * 16 + 16 * 4)
+    verdict = "works" if forward == expected else f"WRONG (expected {expected})"
+    return (f"{verdict}: torch.utils.flop_counter on a meta-device copy; an 8-16-4 MLP at batch 2: forward "
+            f"{forward} FLOPs, training step {step}")
+
+
+def _probe_memory() -> str:
+    from decorbench.meters import peak_memory_bytes
+
+    try:
+        peak = peak_memory_bytes(torch.device("cpu"))
+    except Exception as e:
+        return f"FAILS: {type(e).__name__}: {e}"
+    gpu = "" if torch.cuda.is_available() else " (no GPU here)"
+    return (f"works: on a CPU this process's peak resident set ({peak / 2**20:.0f} MiB so far), on a GPU the CUDA "
+            f"allocator's peak{gpu}")
+
+
+def _probe_energy() -> tuple[str, str]:
+    """(NVML counter line, NVML power-sampling line)."""
+    from decorbench.meters.energy import EnergyMeter
+
+    devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else [torch.device("cuda", 0)]
+    counter, power = [], []
+    for device in devices:
+        with EnergyMeter(device, sample_interval_s=0) as meter:
+            if meter.source is None:
+                reason = meter.unavailable_reason
+                if not torch.cuda.is_available() and "no NVIDIA driver" not in reason:
+                    reason += "; and torch sees no CUDA GPU"
+                counter.append(f"unavailable: {reason}")
+                power.append(f"unavailable: {reason}")
+                continue
+            name = f"{device} ({meter.gpu_name}, {meter.mapping})"
+            meter.begin_window()
+            joules = meter.end_window()
+            if meter.source == "nvml-counter":
+                counter.append(f"works on {name}: a window read {joules:.3f} J")
+                power.append(f"not needed on {name} (the counter works); the fallback when it does not")
+            else:
+                counter.append(f"not supported on {name}")
+                power.append(f"works on {name}: power sampled every 0.1 s and integrated")
+    return "; ".join(counter), "; ".join(power)
+
+
+def _probe_carbon(country_iso_code: str) -> str:
+    from decorbench.meters.carbon import CarbonMeter
+
+    meter = CarbonMeter(country_iso_code)
+    try:
+        started = meter.start()
+    except Exception as e:  # the meter should never raise; if it does, say so rather than hide it
+        return f"FAILS: CarbonMeter.start raised {type(e).__name__}: {e}"
+    if not started:
+        return f"unavailable: {meter.unavailable_reason}"
+    meter.begin_window()
+    kg = meter.end_window()
+    meter.stop()
+    if kg is None:
+        return f"FAILS after starting: {meter.unavailable_reason}"
+    return (f"works — an {meter.method}. Offline, writes no file; starting the tracker took {meter.start_s:.1f} s "
+            f"(the first in a process; later ones reuse its hardware probe), stopping it {meter.stop_s * 1e3:.1f} ms")
+
+
+def describe_environment(*, country_iso_code: str = "NLD", probe_carbon: bool = True) -> str:
+    """A plain-text report for `decorbench env`. Every meter line comes from trying that meter here."""
+    started = time.perf_counter()
+    carbon: list[str] = []
+    if probe_carbon:  # codecarbon's start mostly waits on a cpuinfo subprocess: overlap it with the rest
+        thread = threading.Thread(target=lambda: carbon.append(_probe_carbon(country_iso_code)), daemon=True)
+        thread.start()
+    driver, nvml_count = _nvml_driver()
+    gpus = _gpus()
+    if not torch.cuda.is_available() and nvml_count:
+        gpus.append(f"NVML sees {nvml_count} NVIDIA GPU(s) that torch does not use "
+                    f"(a CPU-only torch build, or CUDA_VISIBLE_DEVICES?)")
+    counter, power = _probe_energy()
+    time_line, flops_line, memory_line = _probe_time(), _probe_flops(), _probe_memory()
+    if probe_carbon:
+        thread.join(timeout=30)
+    carbon_line = carbon[0] if carbon else ("not probed" if not probe_carbon else "no answer within 30 s")
+    rows = [
+        ("hardware", None),
+        ("cpu", f"{_cpu_model()} ({_cores()} cores)"),
+        ("memory", _memory_gib()),
+        *[("gpu", g) for g in gpus],
+        ("host", f"{platform.node()} ({platform.platform()})"),
+        ("versions", None),
+        ("python", platform.python_version()),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
+        ("torchvision", _version("torchvision")),
+        ("decorbench", __version__),
+        ("codecarbon", _version("codecarbon")),
+        ("nvidia-ml-py", _version("nvidia-ml-py")),
+        ("nvidia driver", driver),
+        ("meters (each tried here)", None),
+        ("time", time_line),
+        ("flops", flops_line),
+        ("memory", memory_line),
+        ("energy: NVML counter", counter),
+        ("energy: NVML power", power),
+        ("carbon: codecarbon", carbon_line),
+    ]
+    width = max(len(k) for k, v in rows if v is not None)
+    lines = [f"decorbench {__version__} environment"]
+    for key, value in rows:
+        lines.append(f"{key}" if value is None else f"  {key:<{width}}  {value}")
+    lines.append(f"(probed in {time.perf_counter() - started:.1f} s)")
+    return "\n".join(lines)

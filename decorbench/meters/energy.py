@@ -1,0 +1,342 @@
+"""GPU energy of a run's training windows, read from NVML at window edges only (never per step).
+
+    energy = EnergyMeter(device)     # never raises: `source` says how it measures, `unavailable_reason` why it can't
+    energy.begin_window()
+    ...                              # training steps: nothing is read here
+    joules = energy.end_window()     # cumulative over the closed windows since the last reset(), or None
+    energy.close()
+
+Sources, best first (DESIGN.md §5):
+- "nvml-counter": `nvmlDeviceGetTotalEnergyConsumption`, the driver's millijoule counter (Volta and newer), read
+  once at `begin_window` and once at `end_window`. Nothing runs in between.
+- "nvml-power": where the counter is not supported, a daemon thread reads `nvmlDeviceGetPowerUsage` (milliwatts)
+  every `sample_interval_s` (and once at each window edge) and integrates it (trapezoid) over the open windows.
+  Its (seconds since the meter was made, watts) samples are kept for power-over-time plots, thinned 2:1 whenever
+  `max_samples` is reached, so they always span the whole life of the meter in bounded memory.
+- None: the device is not a CUDA GPU, nvidia-ml-py is missing, there is no NVIDIA driver, NVML cannot find the
+  device or reads neither counter nor power. `end_window()` returns None and `unavailable_reason` says why, in
+  words. There is no estimate on this path: no number is better than an invented one.
+
+What it measures: the whole GPU board as NVML reports it, whoever uses it (other processes on the same GPU count;
+under MIG the counter belongs to the whole physical GPU). Not the CPU, memory or the rest of the machine: the
+carbon meter (codecarbon) covers those, as an estimate.
+
+Failures: an NVML call that fails after the start ends the measurement for good: `end_window()` returns None from
+then on and `unavailable_reason` names the call and the error. The joules summed so far would miss part of the run,
+so reporting them as cumulative would be wrong. Nothing is ever raised into the training loop.
+
+Which GPU: the one the torch device is. It is found by its PCI address (from torch's device properties), which
+is right whatever CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER say; only when torch cannot tell (no CUDA runtime),
+by the CUDA_VISIBLE_DEVICES entry of the torch index (an NVML index, right when CUDA's order is NVML's PCI order:
+CUDA_DEVICE_ORDER=PCI_BUS_ID, or all GPUs of one kind; or a UUID).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+SOURCES = ("nvml-counter", "nvml-power")
+_U64 = 1 << 64
+
+
+def visible_device_entry(index: int, cuda_visible_devices: str | None) -> int | str:
+    """The entry of CUDA_VISIBLE_DEVICES that torch's device `index` is: an int (an index into all the machine's
+    GPUs) or a str (a GPU-/MIG- UUID). Without the variable (None), `index` itself.
+
+    Like CUDA, the list ends at the first empty or negative entry ("0,-1,1" shows only GPU 0).
+    Raises ValueError when `index` is not in the list.
+    """
+    if cuda_visible_devices is None:
+        return index
+    entries: list[int | str] = []
+    for raw in cuda_visible_devices.split(","):
+        entry = raw.strip()
+        if not entry:
+            break
+        if entry.lstrip("+-").isdigit():
+            if int(entry) < 0:
+                break
+            entries.append(int(entry))
+        else:
+            entries.append(entry)
+    if not 0 <= index < len(entries):
+        raise ValueError(f"torch device index {index} is not among the {len(entries)} GPU(s) that "
+                         f"CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} makes visible")
+    return entries[index]
+
+
+def pci_bus_id(domain: int, bus: int, device: int, function: int = 0) -> str:
+    """The NVML form of a PCI address, e.g. (0, 0x3b, 0) -> "00000000:3B:00.0"."""
+    return f"{domain:08X}:{bus:02X}:{device:02X}.{function:X}"
+
+
+def torch_pci_bus_id(index: int) -> str | None:
+    """PCI address of torch's CUDA device `index` (torch's properties carry domain, bus and device numbers as
+    ints), or None where torch cannot tell (no CUDA, an old torch)."""
+    try:
+        props = torch.cuda.get_device_properties(index)
+        return pci_bus_id(props.pci_domain_id, props.pci_bus_id, props.pci_device_id)
+    except Exception:
+        return None
+
+
+def resolve_nvml_handle(nvml, index: int, *, pci: str | None, cuda_visible_devices: str | None):
+    """(NVML handle, how it was found) for torch's CUDA device `index`: by PCI address when known, else by the
+    CUDA_VISIBLE_DEVICES entry (an NVML index, or a UUID). Raises what NVML raises, or ValueError."""
+    fallback = ""
+    if pci is not None:
+        try:
+            return nvml.nvmlDeviceGetHandleByPciBusId(pci), f"PCI bus id {pci}"
+        except Exception as e:  # an address NVML does not know: fall back to the index, and say so
+            fallback = f"; NVML did not find PCI bus id {pci} ({describe_nvml_error(e)})"
+    entry = visible_device_entry(index, cuda_visible_devices)
+    if isinstance(entry, str):
+        return nvml.nvmlDeviceGetHandleByUUID(entry), f"UUID {entry}{fallback}"
+    how = f"NVML index {entry}"
+    if cuda_visible_devices is not None:
+        how += f" (entry {index} of CUDA_VISIBLE_DEVICES={cuda_visible_devices})"
+    how += "; assumes CUDA numbers GPUs in NVML's (PCI) order"
+    return nvml.nvmlDeviceGetHandleByIndex(entry), how + fallback
+
+
+def describe_nvml_error(e: BaseException) -> str:
+    name = type(e).__name__
+    if name in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"):
+        return f"no NVIDIA driver ({name})"
+    text = str(e)
+    return f"{name}: {text}" if text and text != name else name
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class EnergyMeter:
+    """Joules of the GPU behind `device`, summed over begin_window/end_window pairs. See the module docstring.
+
+    `nvml`: an NVML module (default: `pynvml`, imported here, lazily) — tests pass a fake.
+    `clock`: seconds, monotonic (default time.perf_counter) — for the power integral and the samples.
+    `sample_interval_s`: the power sampler's period; 0 runs no thread (then call `poll()` yourself).
+    """
+
+    def __init__(self, device: torch.device | str, *, nvml=None, clock: Callable[[], float] = time.perf_counter,
+                 sample_interval_s: float = 0.1, max_samples: int = 4096) -> None:
+        self.device = torch.device(device)
+        self.source: str | None = None
+        self.unavailable_reason: str | None = None
+        self.gpu_name: str | None = None
+        self.nvml_index: int | None = None  # NVML's index of the GPU (also codecarbon's gpu_ids)
+        self.mapping: str | None = None  # how the torch device was matched to the NVML device
+        self.total_j: float | None = None  # cumulative joules of the closed windows since reset()
+        self.warnings: list[str] = []
+        self.sample_interval_s = sample_interval_s
+        self._clock, self._t0, self._max_samples = clock, clock(), max(2, max_samples)
+        self._nvml = self._handle = None
+        self._lock = threading.RLock()
+        self._open = False  # a window is open
+        self._start_mj: int | None = None  # counter at the open window's start
+        self._last: tuple[float, float] | None = None  # (t, W) of the latest sample inside the open window
+        self._window_j = 0.0
+        self._samples: list[tuple[float, float]] = []
+        self._stride, self._seen = 1, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.device.type != "cuda":
+            self.unavailable_reason = f"device is {self.device.type}: no GPU energy meter"
+            return
+        self._start(nvml)
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def _start(self, nvml) -> None:
+        if nvml is None:
+            try:
+                import pynvml as nvml
+            except ImportError as e:
+                self.unavailable_reason = f"NVML: nvidia-ml-py is not installed ({e})"
+                return
+        try:
+            nvml.nvmlInit()
+        except Exception as e:
+            self.unavailable_reason = f"NVML: {describe_nvml_error(e)}"
+            return
+        self._nvml = nvml
+        index = self.device.index
+        if index is None:
+            try:
+                index = torch.cuda.current_device()
+            except Exception:
+                index = 0
+        try:
+            self._handle, self.mapping = resolve_nvml_handle(
+                nvml, index, pci=torch_pci_bus_id(index),
+                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        except Exception as e:
+            self._shutdown()
+            self.unavailable_reason = f"NVML: cannot find the GPU of {self.device} ({describe_nvml_error(e)})"
+            return
+        try:
+            self.gpu_name = _text(nvml.nvmlDeviceGetName(self._handle))
+        except Exception:
+            pass
+        try:
+            self.nvml_index = int(nvml.nvmlDeviceGetIndex(self._handle))
+        except Exception:
+            pass
+        try:
+            nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+            self.source = "nvml-counter"
+        except Exception as counter_error:
+            try:
+                nvml.nvmlDeviceGetPowerUsage(self._handle)
+                self.source = "nvml-power"
+            except Exception as power_error:
+                self._shutdown()
+                self.unavailable_reason = (
+                    f"NVML: {self.gpu_name or self.device} reports neither its energy counter "
+                    f"({describe_nvml_error(counter_error)}) nor its power ({describe_nvml_error(power_error)})")
+                return
+        self.total_j = 0.0
+        if self.source == "nvml-power" and self.sample_interval_s and self.sample_interval_s > 0:
+            self._thread = threading.Thread(target=self._sampler, name="decorbench-power-sampler", daemon=True)
+            self._thread.start()
+
+    # -- window API ----------------------------------------------------------------------------------------------
+    def begin_window(self) -> None:
+        """Open a window. A no-op when unavailable or already open."""
+        with self._lock:
+            if self.source is None or self._open:
+                return
+            try:
+                if self.source == "nvml-counter":
+                    self._start_mj = self._read_counter()
+                else:
+                    t, watts = self._read_power()
+                    self._record(t, watts)
+                    self._last, self._window_j = (t, watts), 0.0
+            except Exception as e:
+                self._fail("at a window start", e)
+                return
+            self._open = True
+
+    def end_window(self) -> float | None:
+        """Close the open window; returns the cumulative joules of the closed windows (since reset()), or None
+        when there is no measurement. Without an open window it just returns that total."""
+        with self._lock:
+            if self.source is None or not self._open:
+                return self.total_j
+            try:
+                if self.source == "nvml-counter":
+                    joules = self._counter_delta(self._start_mj, self._read_counter()) / 1000.0
+                else:
+                    t, watts = self._read_power()
+                    self._integrate(t, watts)
+                    self._record(t, watts)
+                    joules = self._window_j
+            except Exception as e:
+                self._fail("at a window end", e)
+                return None
+            self._open = False
+            if self.total_j is not None:
+                self.total_j += joules
+            return self.total_j
+
+    def reset(self, total_j: float | None = 0.0) -> None:
+        """Start a new total (a new run: 0.0; a resumed run: its last recorded total, None if that was unknown,
+        which keeps this run's total unknown). An open window is dropped. A failed meter stays failed."""
+        with self._lock:
+            self._open, self._last, self._window_j = False, None, 0.0
+            if self.source is not None:
+                self.total_j = None if total_j is None else float(total_j)
+
+    def poll(self) -> None:
+        """One power sample (the sampler thread calls this): integrated when a window is open, and kept."""
+        with self._lock:
+            if self.source != "nvml-power":
+                return
+            try:
+                t, watts = self._read_power()
+            except Exception as e:
+                self._fail("in the power sampler", e)
+                return
+            if self._open:
+                self._integrate(t, watts)
+            self._record(t, watts)
+
+    @property
+    def power_samples(self) -> list[tuple[float, float]]:
+        """(seconds since the meter was made, watts) of the power sampler; empty on the counter path."""
+        with self._lock:
+            return list(self._samples)
+
+    def close(self) -> None:
+        """Stop the sampler and release NVML. Idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        with self._lock:
+            self._shutdown()
+
+    def __enter__(self) -> EnergyMeter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------------------------
+    def _read_counter(self) -> int:
+        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+    def _read_power(self) -> tuple[float, float]:
+        milliwatts = self._nvml.nvmlDeviceGetPowerUsage(self._handle)
+        return self._clock(), milliwatts / 1000.0
+
+    def _counter_delta(self, start: int, end: int) -> int:
+        if end >= start:
+            return end - start
+        if start >= _U64 // 2:  # a 64-bit wrap (centuries away at GPU power, but cheap to get right)
+            return end + _U64 - start
+        self.warnings.append(f"NVML energy counter went back from {start} to {end} mJ (driver reload or GPU "
+                             f"reset?): counted the {end} mJ since; the window's energy before that is missing")
+        return end
+
+    def _integrate(self, t: float, watts: float) -> None:
+        last_t, last_w = self._last
+        if t > last_t:
+            self._window_j += 0.5 * (watts + last_w) * (t - last_t)
+            self._last = (t, watts)
+
+    def _record(self, t: float, watts: float) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self._stride:
+            return
+        self._samples.append((t - self._t0, watts))
+        if len(self._samples) >= self._max_samples:
+            self._samples = self._samples[::2]
+            self._stride *= 2
+
+    def _sampler(self) -> None:
+        while not self._stop.wait(self.sample_interval_s):
+            self.poll()
+            if self.source != "nvml-power":
+                return
+
+    def _fail(self, where: str, e: BaseException) -> None:
+        call = ("nvmlDeviceGetTotalEnergyConsumption" if self.source == "nvml-counter"
+                else "nvmlDeviceGetPowerUsage")
+        self.unavailable_reason = (f"NVML: {call} failed {where} ({describe_nvml_error(e)}); energy from then on "
+                                   f"is unknown, so the run's total is too")
+        self.source, self.total_j, self._open = None, None, False
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        nvml, self._nvml = self._nvml, None
+        if nvml is not None:
+            try:
+                nvml.nvmlShutdown()
+            except Exception:
+                pass

@@ -1,0 +1,63 @@
+"""`decorbench env` tells the truth about this machine: what it has, and which meters work here and why not."""
+
+import sys
+
+import pytest
+import torch
+
+from decorbench.env import describe_environment
+
+
+def _nvml_error_here() -> str | None:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        return None
+    except Exception as e:
+        return type(e).__name__
+
+
+@pytest.fixture(scope="module")
+def report() -> str:
+    return describe_environment()
+
+
+def test_lists_hardware_and_versions(report):
+    import codecarbon
+
+    assert "decorbench 0.1.0 environment" in report
+    for key in ("cpu", "memory", "gpu", "python", "torch", "torchvision", "codecarbon", "nvidia-ml-py"):
+        assert f"\n  {key} " in report, key
+    assert torch.__version__ in report and codecarbon.__version__ in report
+    if not torch.cuda.is_available():
+        assert "none visible to torch" in report
+
+
+def test_says_why_there_is_no_gpu_energy_meter(report):
+    error = _nvml_error_here()
+    if error is None:
+        pytest.skip("NVML works on this machine")
+    lines = {line.split("  ")[1].strip(): line for line in report.splitlines() if line.startswith("  ")}
+    for meter in ("energy: NVML counter", "energy: NVML power"):
+        assert "unavailable: NVML:" in lines[meter] and error in lines[meter]
+    if error == "NVMLError_LibraryNotFound":
+        assert "no NVIDIA driver (NVMLError_LibraryNotFound)" in lines["nvidia driver"]
+
+
+def test_meters_that_work_here_say_so_and_carbon_is_labelled_an_estimate(report):
+    lines = {line.split("  ")[1].strip(): line for line in report.splitlines() if line.startswith("  ")}
+    assert "works" in lines["time"] and "works" in lines["memory"]
+    assert "works" in lines["flops"] and "forward 768 FLOPs" in lines["flops"]
+    assert "works — an estimate by codecarbon" in lines["carbon: codecarbon"]
+    assert "(NLD)" in lines["carbon: codecarbon"] and "Offline, writes no file" in lines["carbon: codecarbon"]
+
+
+def test_without_codecarbon_the_carbon_line_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "codecarbon", None)
+    report = describe_environment()
+    assert "carbon: codecarbon    unavailable: codecarbon: cannot import it" in report
+
+
+def test_skipping_the_carbon_probe_says_so():
+    assert "not probed" in describe_environment(probe_carbon=False)

@@ -1,0 +1,461 @@
+"""Energy and carbon meters: honest nulls where nothing can measure, exact joules from a fake NVML, windows that
+exclude what lies between them, failures that degrade to None without raising, and codecarbon kept offline."""
+
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import torch
+
+from decorbench.meters import CarbonMeter, EnergyMeter
+from decorbench.meters import energy as energy_module
+from decorbench.meters.energy import describe_nvml_error, pci_bus_id, resolve_nvml_handle, visible_device_entry
+
+
+# -- a fake NVML module ------------------------------------------------------------------------------------------
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's naming)
+    pass
+
+
+class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
+    pass
+
+
+class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
+    pass
+
+
+class FakeNVML:
+    """Four GPUs, NVML index i at PCI bus 0x10+i. `counter` / `power`: callables giving mJ / mW (or raising);
+    None means not supported."""
+
+    NVMLError = NVMLError
+
+    def __init__(self, counter=None, power=None, init_error=None):
+        self.counter, self.power, self.init_error = counter, power, init_error
+        self.inits = self.shutdowns = 0
+        self.calls = []
+
+    def nvmlInit(self):
+        if self.init_error:
+            raise self.init_error
+        self.inits += 1
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if not 0 <= i < 4:
+            raise NVMLError("Invalid Argument")
+        self.calls.append(("index", i))
+        return i
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id):
+        self.calls.append(("pci", bus_id))
+        return {pci_bus_id(0, 0x10 + i, 0): i for i in range(4)}[bus_id]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.calls.append(("uuid", uuid))
+        return {f"GPU-{i}{i}{i}": i for i in range(4)}[uuid]
+
+    def nvmlDeviceGetName(self, handle):
+        return b"Fake GPU"
+
+    def nvmlDeviceGetIndex(self, handle):
+        return handle
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if self.counter is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return self.counter()
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        if self.power is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return self.power()
+
+
+def readings(*values):
+    """A callable returning `values` one by one (an exception instance is raised)."""
+    it = iter(values)
+
+    def read():
+        value = next(it)
+        if isinstance(value, Exception):
+            raise value
+        return value
+    return read
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+# -- NVML absent / device not a GPU --------------------------------------------------------------------------------
+def _nvml_works_here() -> bool:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        return True
+    except Exception:
+        return False
+
+
+def test_without_nvidia_driver_energy_is_null_with_the_reason():
+    if _nvml_works_here():
+        pytest.skip("this machine has a working NVML")
+    meter = EnergyMeter("cuda:0")
+    assert meter.source is None and meter.total_j is None
+    assert meter.unavailable_reason == "NVML: no NVIDIA driver (NVMLError_LibraryNotFound)"
+    meter.begin_window()
+    assert meter.end_window() is None
+    meter.close()
+
+
+def test_cpu_device_has_no_gpu_energy_meter():
+    meter = EnergyMeter(torch.device("cpu"), nvml=FakeNVML(counter=lambda: 0))
+    assert meter.source is None and meter.unavailable_reason == "device is cpu: no GPU energy meter"
+    meter.begin_window()
+    assert meter.end_window() is None
+
+
+@pytest.mark.parametrize("fake, reason", [
+    (FakeNVML(init_error=NVMLError_DriverNotLoaded("Driver Not Loaded")),
+     "NVML: no NVIDIA driver (NVMLError_DriverNotLoaded)"),
+    (FakeNVML(), "NVML: Fake GPU reports neither its energy counter (NVMLError_NotSupported: Not Supported) "
+                 "nor its power (NVMLError_NotSupported: Not Supported)"),
+])
+def test_nvml_that_cannot_measure_gives_null_and_says_why(fake, reason):
+    meter = EnergyMeter("cuda:0", nvml=fake)
+    assert meter.source is None and meter.unavailable_reason == reason
+    assert meter.end_window() is None
+    meter.close()
+    assert fake.shutdowns == fake.inits  # NVML released when it was taken
+
+
+# -- counter path ------------------------------------------------------------------------------------------------
+def test_counter_path_sums_millijoule_deltas_of_windows_only():
+    fake = FakeNVML(counter=readings(0, 1_000, 3_500, 10_000, 14_000))  # probe, then two windows' edges
+    with EnergyMeter("cuda:0", nvml=fake) as meter:
+        assert meter.source == "nvml-counter" and meter.unavailable_reason is None
+        assert meter.gpu_name == "Fake GPU" and meter.nvml_index == 0
+        assert meter.end_window() == 0.0  # no window open: just the total
+        meter.begin_window()
+        assert meter.end_window() == pytest.approx(2.5)
+        meter.begin_window()  # 3_500 → 10_000 happened between the windows (eval): not counted
+        assert meter.end_window() == pytest.approx(6.5)
+        assert meter.power_samples == [] and meter.warnings == []
+    assert fake.shutdowns == 1
+
+
+def test_counter_reset_counts_energy_since_the_reset_and_warns():
+    fake = FakeNVML(counter=readings(0, 5_000, 1_200))
+    meter = EnergyMeter("cuda:0", nvml=fake)
+    meter.begin_window()
+    assert meter.end_window() == pytest.approx(1.2)
+    assert "went back from 5000 to 1200 mJ" in meter.warnings[0]
+
+
+def test_counter_wrapping_past_2_to_the_64_is_a_small_step():
+    fake = FakeNVML(counter=readings(0, 2**64 - 500, 700))
+    meter = EnergyMeter("cuda:0", nvml=fake)
+    meter.begin_window()
+    assert meter.end_window() == pytest.approx(1.2) and meter.warnings == []
+
+
+def test_nvml_failing_mid_run_degrades_to_null_with_reason_and_never_raises():
+    fake = FakeNVML(counter=readings(0, 1_000, 2_000, 3_000, NVMLError_GpuIsLost("GPU is lost")))
+    meter = EnergyMeter("cuda:0", nvml=fake)
+    meter.begin_window()
+    assert meter.end_window() == pytest.approx(1.0)
+    meter.begin_window()
+    assert meter.end_window() is None
+    assert meter.source is None and meter.total_j is None
+    assert meter.unavailable_reason.startswith("NVML: nvmlDeviceGetTotalEnergyConsumption failed at a window end "
+                                               "(NVMLError_GpuIsLost: GPU is lost)")
+    meter.begin_window()  # a failed meter stays failed, quietly
+    assert meter.end_window() is None
+    meter.reset(0.0)
+    assert meter.total_j is None
+
+
+def test_reset_starts_a_new_total_and_an_unknown_start_stays_unknown():
+    fake = FakeNVML(counter=readings(0, 0, 2_000, 2_000, 3_000, 3_000, 4_000))
+    meter = EnergyMeter("cuda:0", nvml=fake)
+    meter.reset(10.0)  # a resumed run that had measured 10 J
+    meter.begin_window()
+    assert meter.end_window() == pytest.approx(12.0)
+    meter.reset(None)  # a resumed run whose earlier part was not measured
+    meter.begin_window()
+    assert meter.end_window() is None and meter.source == "nvml-counter"
+    meter.reset()
+    meter.begin_window()
+    assert meter.end_window() == pytest.approx(1.0)
+
+
+# -- power-sampling path -----------------------------------------------------------------------------------------
+def test_power_path_integrates_samples_with_the_trapezoid_rule():
+    clock = Clock()
+    watts = {100.0: 100, 101.0: 200, 102.0: 200, 103.0: 50, 104.0: 50, 105.0: 50}
+    fake = FakeNVML(power=lambda: watts[clock.t] * 1000)
+    meter = EnergyMeter("cuda:0", nvml=fake, clock=clock, sample_interval_s=0)
+    assert meter.source == "nvml-power"
+    meter.begin_window()          # t=100, 100 W
+    clock.t = 101.0
+    meter.poll()                  # 200 W: (100+200)/2·1 = 150 J
+    clock.t = 102.0
+    assert meter.end_window() == pytest.approx(350.0)  # + (200+200)/2·1
+    clock.t = 103.0
+    meter.poll()                  # between windows: sampled, not counted
+    clock.t = 104.0
+    meter.begin_window()
+    clock.t = 105.0
+    assert meter.end_window() == pytest.approx(400.0)  # + 50 W · 1 s
+    assert meter.power_samples == [(0.0, 100.0), (1.0, 200.0), (2.0, 200.0), (3.0, 50.0), (4.0, 50.0), (5.0, 50.0)]
+
+
+def test_power_sampler_thread_gives_power_times_duration_for_constant_power():
+    fake = FakeNVML(power=lambda: 250_000)  # 250 W
+    with EnergyMeter("cuda:0", nvml=fake, sample_interval_s=0.01) as meter:
+        meter.begin_window()
+        started = time.perf_counter()
+        time.sleep(0.15)
+        joules = meter.end_window()
+        took = time.perf_counter() - started
+        assert len(meter.power_samples) >= 5  # the thread sampled on its own
+    assert joules == pytest.approx(250 * took, rel=0.05)
+
+
+def test_power_samples_stay_bounded_and_span_the_whole_run():
+    clock = Clock()
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(power=lambda: 1000), clock=clock, sample_interval_s=0,
+                        max_samples=8)
+    for i in range(100):
+        clock.t = 100.0 + i
+        meter.poll()
+    samples = meter.power_samples
+    assert len(samples) < 8 and samples[0][0] == 0.0 and samples[-1][0] >= 64
+
+
+def test_power_sampler_failing_ends_the_measurement_quietly():
+    fake = FakeNVML(power=readings(*([100_000] * 4), NVMLError_GpuIsLost("GPU is lost")))
+    meter = EnergyMeter("cuda:0", nvml=fake, sample_interval_s=0.005)
+    meter.begin_window()
+    deadline = time.perf_counter() + 1.0
+    while meter.source is not None and time.perf_counter() < deadline:
+        time.sleep(0.005)
+    assert meter.end_window() is None
+    assert "nvmlDeviceGetPowerUsage failed in the power sampler (NVMLError_GpuIsLost" in meter.unavailable_reason
+    meter.close()
+    assert not any(t.name == "decorbench-power-sampler" and t.is_alive() for t in threading.enumerate())
+
+
+# -- which GPU ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("index, visible, entry", [
+    (1, None, 1),
+    (0, "2,3", 2),
+    (1, " 2, 3 ", 3),
+    (0, "GPU-abc,1", "GPU-abc"),
+    (1, "GPU-abc,1", 1),
+])
+def test_cuda_visible_devices_maps_torch_index_to_the_machine_gpu(index, visible, entry):
+    assert visible_device_entry(index, visible) == entry
+
+
+@pytest.mark.parametrize("index, visible", [(1, "0,-1,1"), (0, ""), (2, "0,1"), (1, "0,,1")])
+def test_cuda_visible_devices_that_hide_the_index_are_an_error(index, visible):
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        visible_device_entry(index, visible)
+
+
+def test_pci_bus_id_in_nvml_form():
+    assert pci_bus_id(0, 0x3B, 0) == "00000000:3B:00.0"
+    assert pci_bus_id(1, 0xAF, 0x1F, 3) == "00000001:AF:1F.3"
+
+
+def test_nvml_handle_by_pci_address_first_then_by_visible_index_or_uuid():
+    fake = FakeNVML()
+    assert resolve_nvml_handle(fake, 0, pci=pci_bus_id(0, 0x12, 0), cuda_visible_devices="3")[0] == 2
+    assert resolve_nvml_handle(fake, 1, pci=None, cuda_visible_devices="3,1")[0] == 1
+    handle, how = resolve_nvml_handle(fake, 0, pci="not-an-address", cuda_visible_devices="3")
+    assert handle == 3 and how.startswith("NVML index 3 (entry 0 of CUDA_VISIBLE_DEVICES=3)")
+    assert resolve_nvml_handle(fake, 0, pci=None, cuda_visible_devices="GPU-222")[0] == 2
+
+
+def test_meter_finds_its_gpu_by_torch_pci_address(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: pci_bus_id(0, 0x10 + 2 + index, 0))
+    meter = EnergyMeter("cuda:1", nvml=FakeNVML(counter=lambda: 0))
+    assert meter.nvml_index == 3 and meter.mapping == "PCI bus id 00000000:13:00.0"
+
+
+def test_meter_falls_back_to_cuda_visible_devices_without_torch_cuda(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    meter = EnergyMeter("cuda:1", nvml=FakeNVML(counter=lambda: 0))
+    assert meter.nvml_index == 2 and meter.mapping.startswith("NVML index 2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    meter = EnergyMeter("cuda:1", nvml=(fake := FakeNVML(counter=lambda: 0)))
+    assert meter.source is None and "cannot find the GPU of cuda:1" in meter.unavailable_reason
+    assert fake.shutdowns == 1
+
+
+def test_nvml_errors_described_in_words():
+    class NVMLError_LibraryNotFound(Exception):  # noqa: N801
+        pass
+    assert describe_nvml_error(NVMLError_LibraryNotFound("NVML Shared Library Not Found")) == \
+        "no NVIDIA driver (NVMLError_LibraryNotFound)"
+    assert describe_nvml_error(NVMLError_GpuIsLost("GPU is lost")) == "NVMLError_GpuIsLost: GPU is lost"
+
+
+# -- carbon ------------------------------------------------------------------------------------------------------
+def test_carbon_meter_is_an_offline_labelled_estimate_that_writes_nothing(tmp_path, monkeypatch, capfd):
+    connects = []
+
+    def no_network(*args, **kwargs):
+        connects.append(args)
+        raise OSError("network disabled in this test")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # codecarbon's output_dir, in case
+    meter = CarbonMeter("nld")
+    assert meter.start(), meter.unavailable_reason
+    assert meter.unavailable_reason is None and meter.country_iso_code == "NLD"
+    assert meter.source == "codecarbon-estimate"
+    assert meter.method.startswith("estimate by codecarbon") and "Netherlands (NLD)" in meter.method
+    assert meter.carbon_intensity_g_per_kwh > 0
+    meter.begin_window()
+    time.sleep(0.1)  # between windows: not counted
+    meter.end_window()
+    meter.reset()
+    for _ in range(3):  # windows shorter than codecarbon's 50 ms re-measuring threshold still count
+        meter.begin_window()
+        started = time.perf_counter()
+        time.sleep(0.01)
+        took = time.perf_counter() - started
+        meter.end_window()
+        time.sleep(0.05)  # "eval"
+    kg, joules = meter.total_kg, meter.estimated_energy_j
+    assert joules > 0 and kg == pytest.approx(joules / 3.6e6 * meter.carbon_intensity_g_per_kwh / 1000, rel=1e-6)
+    assert joules < 3 * 1.2 * took * 1000  # three ~10 ms windows, well below 1 kW: the 50 ms evals are left out
+    assert meter.stop() == kg
+    assert meter.end_window() == kg  # stopped: the total stays
+    assert [p.name for p in tmp_path.rglob("*")] == ["tmp"] and connects == []
+    assert "codecarbon" not in capfd.readouterr().err  # its log lines are silenced
+
+
+def test_carbon_meter_with_an_unknown_country_says_so():
+    meter = CarbonMeter("XXX")
+    assert not meter.start()
+    assert meter.total_kg is None and "no carbon intensity for country_iso_code 'XXX'" in meter.unavailable_reason
+    meter.begin_window()
+    assert meter.end_window() is None
+
+
+def test_carbon_meter_without_codecarbon(monkeypatch):
+    monkeypatch.setitem(sys.modules, "codecarbon", None)
+    meter = CarbonMeter("NLD")
+    assert not meter.start() and meter.unavailable_reason.startswith("codecarbon: cannot import it")
+
+
+class Window:
+    def __init__(self, kg, kwh):
+        self.emissions, self.energy_consumed = kg, kwh
+
+
+class FakeTracker:
+    """flush() answers 0.0 (started); each stop_task() the next of `windows`: (kg, kWh), None or an exception."""
+
+    def __init__(self, windows=((1.0, 2.0),), flush=0.0, **kwargs):
+        self.kwargs, self.windows, self.flushed, self.stopped = kwargs, iter(windows), flush, False
+        self.open = False
+
+    def start(self):
+        pass
+
+    def flush(self):
+        return self.flushed
+
+    def start_task(self, name=None):
+        assert not self.open
+        self.open = True
+
+    def stop_task(self):
+        assert self.open
+        self.open = False
+        value = next(self.windows)
+        if isinstance(value, Exception):
+            raise value
+        return None if value is None else Window(*value)
+
+    def stop(self):
+        self.stopped = True
+        return 42.0
+
+
+def test_carbon_meter_keeps_codecarbon_offline_and_file_less():
+    meter = CarbonMeter("NLD", gpu_ids=[2], tracker_factory=FakeTracker)
+    assert meter.start()
+    kwargs = meter._tracker.kwargs
+    assert kwargs["output_methods"] == [] and kwargs["emissions_endpoint"] is None
+    assert kwargs["electricitymaps_api_token"] == "" and kwargs["gpu_ids"] == [2]
+    assert kwargs["country_iso_code"] == "NLD" and "save_to_file" not in kwargs  # deprecated in codecarbon 3
+
+
+def test_carbon_windows_add_up_and_reset_starts_a_new_run():
+    meter = CarbonMeter("NLD", tracker_factory=lambda **kw: FakeTracker([(1.0, 1e-3), (2.0, 2e-3), (4.0, 0.0)]))
+    assert meter.start() and meter.end_window() == 0.0
+    meter.begin_window()
+    assert meter.end_window() == 1.0
+    meter.begin_window()
+    meter.begin_window()  # already open: no-op
+    assert meter.end_window() == 3.0 and meter.estimated_energy_j == pytest.approx(3e-3 * 3.6e6)
+    meter.reset(10.0, None)  # a resumed run: its CO2e so far was 10 kg, its energy estimate unknown
+    meter.begin_window()
+    assert meter.end_window() == 14.0 and meter.estimated_energy_j is None
+    assert meter.stop() == 14.0
+
+
+@pytest.mark.parametrize("window, reason", [
+    (RuntimeError("disk on fire"), "stop_task() raised at a window end (RuntimeError: disk on fire)"),
+    (None, "stop_task() gave no reading at a window end"),
+    ((-1.0, 0.0), "stop_task() read a negative window (-1.0 kg, 0.0 kWh)"),
+])
+def test_carbon_reading_that_fails_mid_run_gives_null_and_reason(window, reason):
+    trackers = []
+
+    def factory(**kw):
+        trackers.append(FakeTracker([(1.0, 1.0), window], **kw))
+        return trackers[-1]
+    meter = CarbonMeter("NLD", tracker_factory=factory)
+    assert meter.start()
+    meter.begin_window()
+    assert meter.end_window() == 1.0
+    meter.begin_window()
+    assert meter.end_window() is None and meter.total_kg is None and meter.estimated_energy_j is None
+    assert reason in meter.unavailable_reason and trackers[0].stopped
+    meter.begin_window()
+    assert meter.end_window() is None and meter.stop() is None
+
+
+def test_carbon_tracker_that_does_not_start_gives_null_and_reason():
+    def broken(**kw):
+        raise ValueError("no hardware")
+    meter = CarbonMeter("NLD", tracker_factory=broken)
+    assert not meter.start()
+    assert meter.unavailable_reason == "codecarbon: the tracker failed to start (ValueError: no hardware)"
+    silent = CarbonMeter("NLD", tracker_factory=lambda **kw: FakeTracker(flush=None, **kw))
+    assert not silent.start() and silent.unavailable_reason.startswith("codecarbon: the tracker did not start")
