@@ -5,6 +5,7 @@ A config is TOML (DESIGN.md §4.4); unknown keys and wrong types are errors, cau
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -248,4 +249,6 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         if status in FINISHED:
             checkpoint.unlink(missing_ok=True)
         ends.append({"run_id": spec.run_id, "status": status, "reason": reason})
+    with contextlib.suppress(OSError):  # only removed when empty: every run finished
+        (out / "checkpoints").rmdir()
     return ends
