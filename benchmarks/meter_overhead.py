@@ -1,0 +1,83 @@
+"""Does instrumenting the loop cost time? `train_run` (stopwatch, energy and carbon meters, FLOP count, records)
+against a bare hand-written loop of the same model, optimizer and batches. Goal: ≤ 1.02× step time.
+
+    python benchmarks/meter_overhead.py [--steps 200] [--repeats 3] [--device cpu]
+
+Both loops train from the same seed on the same data; times are medians over repeats, interleaved.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from decorbench.budget import Budget
+from decorbench.data import load_data
+from decorbench.meters import CarbonMeter, EnergyMeter
+from decorbench.models import create_model
+from decorbench.train import RunSpec, TrainConfig, resolve_device, train_run
+
+DATA = {"num_classes": 10, "image_size": 32, "train_size": 4096, "test_size": 256}
+
+
+class _Discard:
+    def eval(self, record: dict) -> None:
+        pass
+
+
+def bare_step_seconds(spec: RunSpec, device: torch.device) -> float:
+    torch.manual_seed(spec.seed)
+    data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
+                     options=spec.data_options)
+    model = create_model(spec.model, data.num_classes, input_shape=data.input_shape).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr)
+    batches = [b for epoch in range(spec.budget.max_steps // data.steps_per_epoch() + 1)
+               for b in data.train_batches(epoch)][: spec.budget.max_steps]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def instrumented_step_seconds(spec: RunSpec, device: torch.device) -> float:
+    energy, carbon = EnergyMeter(device), CarbonMeter("NLD")
+    carbon.start()
+    try:
+        _, _, totals = train_run(spec, _Discard(), device=device, energy=energy, carbon=carbon)
+    finally:
+        energy.close()
+        carbon.stop()
+    return totals["train_time_s"] / totals["steps"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    spec = RunSpec("overhead", "bp", "small-cnn", "synthetic", 0,
+                   TrainConfig(batch_size=128, lr=1e-3, schedule="constant", eval_every=args.steps // 4),
+                   budget=Budget(max_steps=args.steps), data_options=DATA)
+    bare, instrumented = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_step_seconds(spec, device))
+        instrumented.append(instrumented_step_seconds(spec, device))
+    b, i = statistics.median(bare), statistics.median(instrumented)
+    print(f"device {device}, small-cnn, synthetic 3x32x32, batch 128, {args.steps} steps, eval every "
+          f"{args.steps // 4}, median of {args.repeats}: bare {b * 1e3:.2f} ms/step, instrumented "
+          f"{i * 1e3:.2f} ms/step, ratio {i / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
