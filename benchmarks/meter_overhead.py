@@ -9,6 +9,7 @@ Both loops train from the same seed on the same data; times are medians over rep
 import argparse
 import statistics
 import time
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -33,19 +34,19 @@ def bare_step_seconds(spec: RunSpec, device: torch.device) -> float:
                      options=spec.data_options)
     model = create_model(spec.model, data.num_classes, input_shape=data.input_shape).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr)
-    batches = [b for epoch in range(spec.budget.max_steps // data.steps_per_epoch() + 1)
-               for b in data.train_batches(epoch)][: spec.budget.max_steps]
+    epochs = range(spec.budget.max_steps // data.steps_per_epoch() + 1)
+    batches = islice((b for epoch in epochs for b in data.train_batches(epoch)), spec.budget.max_steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for x, y in batches:
+    for x, y in batches:  # fetched lazily, as train_run does
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / len(batches)
+    return (time.perf_counter() - start) / spec.budget.max_steps
 
 
 def instrumented_step_seconds(spec: RunSpec, device: torch.device) -> float:
