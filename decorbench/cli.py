@@ -95,7 +95,7 @@ def _run(args) -> int:
     evals = load(out)
     evals = evals[evals["run_id"].isin(run_ids)]
     if evals["eval_accuracy"].notna().any():
-        print(format_summary(*summarize(evals, config.budget.target_accuracy)))
+        print(format_summary(summarize(evals, config.budget.target_accuracy)))
     if stop.is_set():
         return EXIT_INTERRUPTED
     return 1 if any(end["status"] == "failed" for end in ends) else 0

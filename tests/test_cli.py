@@ -19,9 +19,12 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     assert len(finals) == 8 and set(finals["status"]) == {"completed"}
     assert set(finals["method"]) == {"bp", "dbp"} and set(finals["model"]) == {"small-cnn", "mlp"}
     assert (finals["eval_accuracy"] >= 0.9).all(), finals["eval_accuracy"]
-    out = capsys.readouterr().out
-    assert "target accuracy 0.900" in out and "speedup_bp_over_dbp" in out
-    assert {line.split()[0] for line in out.splitlines()[2:]} == {"mlp", "small-cnn"}
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["dataset", "model", "method", "runs", "final_accuracy", "time_to_target_s", "reached",
+                              "target", "speedup_bp_over_dbp"]
+    rows = [line.split() for line in out[2:]]
+    assert {(r[1], r[2]) for r in rows} == {(m, k) for m in ("mlp", "small-cnn") for k in ("bp", "dbp")}
+    assert {r[7] for r in rows} == {"0.900"} and all(r[6] == "2/2" for r in rows)
 
 
 @pytest.mark.parametrize("argv, message", [
