@@ -231,7 +231,6 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         record = _run_record(spec, config, device, energy, carbon)
         resuming = checkpoint.exists() and _same_settings(read_run(path)["run"] if path.exists() else None, record)
         if not resuming:
-            path.unlink(missing_ok=True)
             checkpoint.unlink(missing_ok=True)
         with RunWriter(path, record, resume=resuming) as writer:
             on_step = progress(spec) if progress else (lambda *_: None)
