@@ -1,32 +1,39 @@
-"""asv: the cost of one training step with BP and with DBP."""
+"""asv: DBP's two extra pieces of work per ResNet depth, each alone — the decorrelation update of every R from
+one step's samples, and the fused A = W·R formation with its backward (grad_W = grad_A·Rᵀ)."""
 
 import torch
-import torch.nn.functional as F
 
-from decorbench.dbp import decorrelate, update
+from benchmarks.common import DBP_LR, DEPTH_CASES, DEPTHS, DEVICES, device_or_skip, size, synchronize
+from decorbench.dbp import decor_layers, decorrelate, update
 from decorbench.models import create_model
 
 
-class TrainStep:
-    """ResNet-18 (CIFAR stem), 32×32, one Adam step; DBP adds its update."""
+class DecorrelationParts:
+    params = (DEPTHS, list(DEPTH_CASES), DEVICES)
+    param_names = ["depth", "case", "device"]
+    number = 1
+    repeat = (1, 7, 30.0)
+    warmup_time = 0.1  # > 0: one untimed call first (allocator, first-touch)
+    timeout = 300
 
-    params = (["bp", "dbp"], [32])
-    param_names = ["method", "batch"]
-    warmup_time = 0.5
-
-    def setup(self, method, batch):
+    def setup(self, depth, case, device):
+        self.device = device_or_skip(device)
+        side, batch = size(*DEPTH_CASES[case])
         torch.manual_seed(0)
-        self.model = create_model("resnet18", 10, input_shape=(3, 32, 32))
-        if method == "dbp":
-            decorrelate(self.model)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.x, self.y = torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,))
-        self.method = method
+        self.model = decorrelate(create_model(depth, 1000 if side == 224 else 10, input_shape=(3, side, side)))
+        self.model.to(self.device).train()
+        self.model(torch.randn(batch, 3, side, side, device=self.device))  # each layer samples its inputs
+        self.layers = list(decor_layers(self.model).values())
+        self.samples = [m.sample for m in self.layers]
+        self.weight_grads = [torch.randn_like(m.weight) for m in self.layers]
 
-    def time_train_step(self, method, batch):
-        self.opt.zero_grad()
-        F.cross_entropy(self.model(self.x), self.y).backward()
-        self.opt.step()
-        if self.method == "dbp":
-            update(self.model, 1e-4)
+    def time_update(self, depth, case, device):
+        for layer, sample in zip(self.layers, self.samples):
+            layer.sample = sample  # update() consumes them; putting them back costs nothing
+        update(self.model, DBP_LR, as_tensor=True)
+        synchronize(self.device)
 
+    def time_formation(self, depth, case, device):
+        for layer, grad in zip(self.layers, self.weight_grads):
+            layer._fused_weight().backward(grad)
+        synchronize(self.device)

@@ -1,7 +1,7 @@
 """Does instrumenting the loop cost time? `train_run` (stopwatch, energy and carbon meters, FLOP count, records)
 against a bare hand-written loop of the same model, optimizer and batches. Goal: ≤ 1.02× step time.
 
-    python benchmarks/meter_overhead.py [--steps 200] [--repeats 3] [--device cpu]
+    python -m benchmarks.meter_overhead [--steps 200] [--repeats 3] [--device cpu]
 
 Both loops train from the same seed on the same data; times are medians over repeats, interleaved.
 """
@@ -14,6 +14,7 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import TINY
 from decorbench.budget import Budget
 from decorbench.data import load_data
 from decorbench.meters import CarbonMeter, EnergyMeter
@@ -60,6 +61,30 @@ def instrumented_step_seconds(spec: RunSpec, device: torch.device) -> float:
     return totals["train_time_s"] / totals["steps"]
 
 
+def measure(steps: int, repeats: int, device: torch.device) -> tuple[float, float]:
+    """(bare, instrumented) median seconds per step, the two loops interleaved."""
+    spec = RunSpec("overhead", "bp", "small-cnn", "synthetic", 0,
+                   TrainConfig(batch_size=128, lr=1e-3, schedule="constant", eval_every=max(steps // 4, 1)),
+                   budget=Budget(max_steps=steps), data_options=DATA)
+    bare, instrumented = [], []
+    for _ in range(repeats):
+        bare.append(bare_step_seconds(spec, device))
+        instrumented.append(instrumented_step_seconds(spec, device))
+    return statistics.median(bare), statistics.median(instrumented)
+
+
+class MeterOverhead:
+    """asv: instrumented over bare step time (goal ≤ 1.02)."""
+
+    unit = "ratio"
+    rounds = 1
+    timeout = 300
+
+    def track_meter_overhead_ratio(self):
+        bare, instrumented = measure(8 if TINY else 200, 1 if TINY else 3, torch.device("cpu"))
+        return instrumented / bare
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -67,16 +92,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    spec = RunSpec("overhead", "bp", "small-cnn", "synthetic", 0,
-                   TrainConfig(batch_size=128, lr=1e-3, schedule="constant", eval_every=args.steps // 4),
-                   budget=Budget(max_steps=args.steps), data_options=DATA)
-    bare, instrumented = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_step_seconds(spec, device))
-        instrumented.append(instrumented_step_seconds(spec, device))
-    b, i = statistics.median(bare), statistics.median(instrumented)
+    b, i = measure(args.steps, args.repeats, device)
     print(f"device {device}, small-cnn, synthetic 3x32x32, batch 128, {args.steps} steps, eval every "
-          f"{args.steps // 4}, median of {args.repeats}: bare {b * 1e3:.2f} ms/step, instrumented "
+          f"{max(args.steps // 4, 1)}, median of {args.repeats}: bare {b * 1e3:.2f} ms/step, instrumented "
           f"{i * 1e3:.2f} ms/step, ratio {i / b:.3f}")
 
 

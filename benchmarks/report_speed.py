@@ -1,6 +1,6 @@
 """asv: rendering the HTML report for 1,000 runs (the issue's budget: ≤ 5 s).
 
-Also a script: `python benchmarks/report_speed.py` writes 1,000 synthetic runs (2 datasets × 5 models × BP/DBP ×
+Also a script: `python -m benchmarks.report_speed` writes 1,000 synthetic runs (2 datasets × 5 models × BP/DBP ×
 50 seeds, 5 eval points each) to a temporary directory and prints the load + render time.
 """
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import TINY
 from decorbench.report import render_report
 from decorbench.results import RunWriter, run_path
 
-DATASETS, MODELS, SEEDS, EVALS = ("cifar10", "imagenette"), ("resnet10", "resnet18", "resnet34", "mlp", "vit"), 50, 5
+DATASETS, MODELS, SEEDS, EVALS = ("cifar10", "imagenette"), ("resnet10", "resnet18", "resnet34", "mlp", "vit"), 1 if TINY else 50, 5
 
 
 def write_runs(out: Path) -> int:

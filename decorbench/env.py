@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from decorbench import __version__
+from decorbench.gpus import peak_bf16_flops
 
 
 def _version(dist: str) -> str:
@@ -58,7 +59,11 @@ def _gpus() -> list[str]:
     lines = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}")
+        peak = peak_bf16_flops(p.name)
+        mfu = f"MFU against {peak / 1e12:g} TFLOP/s dense bf16 (datasheet)" if peak else \
+            "no datasheet bf16 peak known for it: MFU not reported"
+        lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}; "
+                     f"{mfu}")
     return lines
 
 

@@ -257,3 +257,27 @@ def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_
     assert len(boxes) == 5 and all(b["width"] > 300 and b["height"] > 100 for b in boxes), boxes
     image = Image.open(shot).convert("L")
     assert image.height > 2000 and ImageStat.Stat(image).stddev[0] > 10, "screenshot is blank"
+
+
+def test_mfu_is_flops_per_second_over_the_gpus_datasheet_peak_and_absent_where_unknown(tmp_path):
+    write_run(tmp_path, "h100", "bp", "mlp", 0, gpu_name="NVIDIA H100 80GB HBM3")
+    write_run(tmp_path, "no-gpu", "bp", "mlp", 1, gpu_name=None)
+    write_run(tmp_path, "unknown-gpu", "bp", "mlp", 2, gpu_name="NVIDIA GeForce GTX 1080")
+    html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    evals = load(tmp_path)
+    last = evals.sort_values("step").groupby("run_id").last()
+    expected = last.loc["h100", "flops"] / last.loc["h100", "train_time_s"] / 989.4e12
+    def mfu_cell(run_id):  # the runs table's last column
+        return html.split(f"<td>{run_id}</td>")[1].split("</tr>")[0].rsplit('<td class="num">', 1)[1]
+
+    assert mfu_cell("h100") == f"{fmt(expected, 'fraction')}</td>"
+    assert mfu_cell("no-gpu") == mfu_cell("unknown-gpu") == "—</td>"
+
+
+def test_peak_table_prefers_the_specific_name_and_never_guesses():
+    from decorbench.gpus import peak_bf16_flops
+
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_bf16_flops("NVIDIA L40S") == 362e12 and peak_bf16_flops("NVIDIA L4") == 121e12
+    assert peak_bf16_flops("NVIDIA GeForce GTX 1080") is None and peak_bf16_flops(None) is None

@@ -165,7 +165,8 @@ def step_time(runs: pd.DataFrame) -> Figure | None:
     kwargs = dict(data=data, x="ms", y="label", hue="shown", hue_order=[m.upper() for m in present], order=labels,
                   palette={m.upper(): c for m, c in colors.items()})
     sns.stripplot(**kwargs, dodge=True, ax=left, size=3, alpha=0.45, jitter=0.08, legend=False)
-    sns.pointplot(**kwargs, estimator="median", errorbar=("pi", 100), dodge=0.4, linestyle="none", markers="D",
+    dodge = 0.4 if len(present) > 1 else False  # seaborn divides by (methods − 1) when dodging
+    sns.pointplot(**kwargs, estimator="median", errorbar=("pi", 100), dodge=dodge, linestyle="none", markers="D",
                   markersize=6, err_kws={"linewidth": 1.5}, capsize=0.12, ax=left)
     log = data["ms"].max() > 10 * data["ms"].min()  # models of very different cost: a log axis shows both
     if log:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from decorbench.gpus import peak_bf16_flops
+
 GROUP = ["dataset", "model"]
 # name → eval column whose value at the first eval point at or above the target is the cost to get there
 TO_TARGET = {"time": "train_time_s", "energy": "energy_j", "co2": "co2_kg", "flops": "flops"}
@@ -34,7 +36,8 @@ def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
 
 def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """(runs, targets): one row per run with its last eval point's fields, final_accuracy, step_time_s (training
-    seconds per step), reached, and <name>_to_target for every TO_TARGET column; and the targets used."""
+    seconds per step), mfu (over the whole run; None off the GPUs with a known peak), reached, and <name>_to_target
+    for every TO_TARGET column; and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
     runs = by_step.drop_duplicates("run", keep="last").set_index("run")
     runs["evals"] = evals.groupby("run")["eval_accuracy"].count()
@@ -42,6 +45,9 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     final = scored.drop_duplicates("run", keep="last").set_index("run")
     runs["final_accuracy"] = final["eval_accuracy"]
     runs["step_time_s"] = final["train_time_s"] / final["step"].where(final["step"] > 0)
+    gpu = runs["gpu_name"] if "gpu_name" in runs else pd.Series(None, index=runs.index, dtype=object)
+    peak = gpu.map({name: peak_bf16_flops(name) for name in gpu.dropna().unique()}).astype(float)
+    runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / peak
     goal = targets(runs, target)
     at = pd.MultiIndex.from_frame(scored[GROUP])
     hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy()]

@@ -51,6 +51,8 @@ def _parts(value: float, kind: str) -> tuple[str, str]:
             f"{value / 3600:.3g}", " h")
     if kind == "ratio":
         return f"{value:.2f}", "×"
+    if kind == "fraction":
+        return f"{100 * value:.3g}", " %"
     return _si(value * 1000, "g") if kind == "co2" else _si(value, {"joules": "J", "flops": "FLOP"}[kind])
 
 
@@ -194,7 +196,8 @@ def run_rows(runs: pd.DataFrame) -> list[dict]:
                          seed, float) else str(seed), "status": run["status"] if ended else UNFINISHED,
                      "reason": reason, "problem": bool(run["problem"]), "evals": int(run["evals"]),
                      "final_accuracy": fmt(run["final_accuracy"], "accuracy"),
-                     "train_time": fmt(run["train_time_s"], "seconds"), "file": _file(run, base)})
+                     "train_time": fmt(run["train_time_s"], "seconds"), "mfu": fmt(run["mfu"], "fraction"),
+                     "file": _file(run, base)})
     return rows
 
 

@@ -1,0 +1,34 @@
+"""Model FLOP utilisation (MFU): achieved training FLOP/s over the GPU's peak dense bf16 tensor-core FLOP/s.
+
+Kept free of torch so that reading results (the report) does not pay for importing it.
+
+Peaks are the vendors' datasheet figures without structured sparsity (the usual MFU denominator, as in PaLM's
+definition). A GPU not in the table gets no MFU rather than a guessed one. Matched on NVML/torch device names such
+as "NVIDIA H100 80GB HBM3"; more specific names come first.
+"""
+
+from __future__ import annotations
+
+# (substring of the device name, datasheet peak dense bf16 TFLOP/s)
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("B200", 2250.0),
+    ("A100", 312.0), ("A30", 165.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
+]
+
+
+def peak_bf16_flops(gpu_name: str | None) -> float | None:
+    """The datasheet peak in FLOP/s for this device name, or None if unknown (or no GPU)."""
+    if not gpu_name:
+        return None
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in gpu_name:
+            return tflops * 1e12
+    return None
+
+
+def mfu(flops: float | None, seconds: float | None, gpu_name: str | None) -> float | None:
+    """flops / seconds / peak, or None when any part is unknown."""
+    peak = peak_bf16_flops(gpu_name)
+    if peak is None or not flops or not seconds:
+        return None
+    return flops / seconds / peak
