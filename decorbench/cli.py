@@ -1,6 +1,7 @@
 """decorbench: train BP and DBP side by side and compare what they cost.
 
   decorbench run CONFIG|BUILTIN [--out DIR] [--device auto|cpu|cuda] [--resume] [--set key=value ...]
+  torchrun --nproc_per_node=N -m decorbench run ...   (one run on N processes: DDP; rank 0 writes and prints)
   decorbench report RESULTS... [-o FILE.html] [--target X]
   decorbench env [--country ISO3]
 """
@@ -20,11 +21,14 @@ EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
 
 def _fail(message: str) -> int:
-    print(f"decorbench: error: {message}", file=sys.stderr)
+    from decorbench.distributed import is_main
+
+    if is_main():  # under torchrun every rank fails alike; one line is enough
+        print(f"decorbench: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
-def _stop_on_signals(resume_hint: str) -> threading.Event:
+def _stop_on_signals(resume_hint: str, announce: bool = True) -> threading.Event:
     """First SIGINT/SIGTERM: let the current run write its record and stop. A second SIGINT aborts at once."""
     stop = threading.Event()
 
@@ -32,8 +36,9 @@ def _stop_on_signals(resume_hint: str) -> threading.Event:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.set()
-        print(f"\ndecorbench: {signal.Signals(signum).name}: finishing the current record, then stopping; "
-              f"continue with: {resume_hint}", file=sys.stderr)
+        if announce:
+            print(f"\ndecorbench: {signal.Signals(signum).name}: finishing the current record, then stopping; "
+                  f"continue with: {resume_hint}", file=sys.stderr)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -66,10 +71,21 @@ class _ProgressBars:
             self.bar = None
 
 
+def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
+    """(results directory, runs to do), or why not in one line. Reads the results directory: rank 0 only."""
+    from decorbench.suite import ConfigError, pending_runs
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out or Path("results") / f"{config.name}-{stamp}")
+    try:
+        return out, pending_runs(config, out, args.resume, world_size)
+    except (ConfigError, ValueError) as e:
+        return str(e)
+
+
 def _run(args) -> int:
-    from decorbench.results import load
-    from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
-    from decorbench.summary import format_summary, summarize
+    from decorbench import distributed
+    from decorbench.suite import ConfigError, load_config
     from decorbench.train import resolve_device
 
     try:
@@ -77,26 +93,43 @@ def _run(args) -> int:
         device = resolve_device(args.device)
         if args.resume and not args.out:
             raise ValueError("--resume needs --out DIR: the results directory of the suite to continue")
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        out = Path(args.out or Path("results") / f"{config.name}-{stamp}")
-        todo = pending_runs(config, out, args.resume)
+        device = distributed.init(device)  # under torchrun: join the process group, this rank's device
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    try:
+        plan = distributed.broadcast(_plan(args, config, distributed.world_size()) if distributed.is_main() else None)
+        return _fail(plan) if isinstance(plan, str) else _run_suite(args, config, device, *plan)
+    finally:
+        distributed.shutdown()
+
+
+def _run_suite(args, config, device, out: Path, todo: list) -> int:
+    from decorbench import distributed
+    from decorbench.results import load
+    from decorbench.suite import run_suite
+    from decorbench.summary import format_summary, summarize
+
+    main, world = distributed.is_main(), distributed.world_size()
     sets = [f"--set={assignment}" for assignment in args.set]
-    stop = _stop_on_signals(shlex.join(["decorbench", "run", args.config, "--out", str(out), *sets, "--resume"]))
-    print(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {device}, results in {out}/runs",
-          file=sys.stderr)
-    bars = _ProgressBars()
+    again = [*distributed.launch_prefix(), "decorbench", "run", args.config, "--out", str(out), *sets, "--resume"]
+    stop = _stop_on_signals(shlex.join(again), announce=main)
+    if main:
+        where = f"{world} processes ({device.type})" if world > 1 else device
+        print(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {where}, results in {out}/runs",
+              file=sys.stderr)
+    bars = _ProgressBars() if main else None
     ends = run_suite(config, out, device, todo, should_stop=stop.is_set, progress=bars)
-    bars.close()
-    for end in ends:
-        print(f"  {end['run_id']}: {end['status']} ({end['reason']})", file=sys.stderr)
-    run_ids = {spec.run_id for spec in config.runs()}
-    evals = load(out)
-    evals = evals[evals["run_id"].isin(run_ids)]
-    if evals["eval_accuracy"].notna().any():
-        print(format_summary(summarize(evals, config.budget.target_accuracy)))
-    if stop.is_set():
+    interrupted = distributed.any_rank(stop.is_set())
+    if main:
+        bars.close()
+        for end in ends:
+            print(f"  {end['run_id']}: {end['status']} ({end['reason']})", file=sys.stderr)
+        run_ids = {spec.run_id for spec in config.runs()}
+        evals = load(out)
+        evals = evals[evals["run_id"].isin(run_ids)]
+        if evals["eval_accuracy"].notna().any():
+            print(format_summary(summarize(evals, config.budget.target_accuracy)))
+    if interrupted:
         return EXIT_INTERRUPTED
     return 1 if any(end["status"] == "failed" for end in ends) else 0
 

@@ -20,6 +20,11 @@ torchvision reads them: its CIFAR classes always check md5 sums, even with downl
 that is not byte-identical to the official one (a re-pickled or trimmed copy).
 Each image-folder sample is augmented under its own seed, drawn from (seed, epoch), so the result does not depend
 on the number of workers either.
+
+Several processes (torchrun): `batch_size` stays the global batch and each of `world_size` ranks gets its share of
+every global batch — the tensor datasets a contiguous slice of it, the image folders DistributedSampler's share (the
+same images, in another order) — so a run trains on the same batches whatever the number of processes. Each rank
+evaluates its contiguous share of the test set.
 """
 
 import os
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "imagenette", "synthetic")
 
@@ -73,16 +78,27 @@ class Data:
     batch_size: int
     seed: int
     device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def local_batch_size(self) -> int:
+        """This rank's share of the global `batch_size`."""
+        return self.batch_size // self.world_size
+
+    def test_shard(self) -> range:
+        """The indices of the test set this rank evaluates: all of them in a single process."""
+        return range(self.test_size * self.rank // self.world_size, self.test_size * (self.rank + 1) // self.world_size)
 
     def steps_per_epoch(self) -> int:
         return self.train_size // self.batch_size
 
     def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch in the order (and with the augmentation) fixed by (seed, epoch)."""
+        """One epoch in the order (and with the augmentation) fixed by (seed, epoch); this rank's share of it."""
         raise NotImplementedError
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The whole test set in fixed order, not augmented."""
+        """This rank's shard of the test set in fixed order, not augmented."""
         raise NotImplementedError
 
 
@@ -104,20 +120,23 @@ class TensorData(Data):
         return (x.float() / 255 - self.mean) / self.std if x.dtype == torch.uint8 else x
 
     def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        g, n, b = _generator(self.seed, epoch), self.train_size, self.batch_size
+        g, n, b, share = _generator(self.seed, epoch), self.train_size, self.batch_size, self.local_batch_size
         order = torch.randperm(n, generator=g).to(self.device)
         if self.crop_flip:  # all of the epoch's random draws at once, so no batch waits on the host
             shifts = torch.randint(0, 9, (n, 2), generator=g).to(self.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
-        for s in range(0, n - b + 1, b):
-            x = self.x_train[order[s:s + b]]
+        for start in range(0, n - b + 1, b):
+            mine = slice(start + self.rank * share, start + (self.rank + 1) * share)
+            x = self.x_train[order[mine]]
             if self.crop_flip:
-                x = _crop_flip(x, shifts[s:s + b], flips[s:s + b])
-            yield self._prepare(x), self.y_train[order[s:s + b]]
+                x = _crop_flip(x, shifts[mine], flips[mine])
+            yield self._prepare(x), self.y_train[order[mine]]
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for s in range(0, self.test_size, self.batch_size):
-            yield self._prepare(self.x_test[s:s + self.batch_size]), self.y_test[s:s + self.batch_size]
+        shard, b = self.test_shard(), self.local_batch_size
+        for s in range(shard.start, shard.stop, b):
+            e = min(s + b, shard.stop)
+            yield self._prepare(self.x_test[s:e]), self.y_test[s:e]
 
 
 def _crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int = 4) -> Tensor:
@@ -131,19 +150,13 @@ def _crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int = 4) -> Tensor
              rows[:, None, :, None], cols[:, None, None, :]]
 
 
-class _EpochSampler(Sampler):
-    """Yields (index, sample seed) pairs in the order fixed by (seed, epoch); `epoch` is set before iterating."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def __len__(self) -> int:
-        return self.n
+class _SeededSampler(DistributedSampler):
+    """DistributedSampler's share of the epoch's order, each index paired with its sample's augmentation seed, drawn
+    from (seed, epoch) per dataset index so it is the same on whichever rank the sample lands."""
 
     def __iter__(self):
-        g = _generator(self.seed, self.epoch)
-        order, sample_seeds = torch.randperm(self.n, generator=g), torch.randint(2**62, (self.n,), generator=g)
-        return zip(order.tolist(), sample_seeds.tolist())
+        seeds = torch.randint(2**62, (len(self.dataset),), generator=_generator(self.seed, self.epoch)).tolist()
+        return ((i, seeds[i]) for i in super().__iter__())
 
 
 class _Seeded(Dataset):
@@ -167,19 +180,22 @@ class LoaderData(Data):
 
     def __init__(self, train_set, test_set, *, num_workers: int, **meta):
         super().__init__(train_size=len(train_set), test_size=len(test_set), **meta)
-        self._sampler = _EpochSampler(self.train_size, self.seed)
-        kw = dict(batch_size=self.batch_size, num_workers=num_workers, pin_memory=self.device.type == "cuda",
+        # DistributedSampler seeds its order with seed + epoch: a mixed seed keeps run seeds s and s+1 from sharing
+        # epochs' orders. drop_last: every rank gets the same number of samples, floor(n / world_size).
+        mixed = int(np.random.SeedSequence(self.seed).generate_state(1, np.uint32)[0])
+        self._sampler = _SeededSampler(train_set, self.world_size, self.rank, shuffle=True, seed=mixed, drop_last=True)
+        kw = dict(batch_size=self.local_batch_size, num_workers=num_workers, pin_memory=self.device.type == "cuda",
                   persistent_workers=num_workers > 0)  # own generators: without, DataLoader draws from the global RNG
         self._train = DataLoader(_Seeded(train_set), sampler=self._sampler, drop_last=True,
                                  generator=torch.Generator(), **kw)
-        self._test = DataLoader(test_set, generator=torch.Generator(), **kw)
+        self._test = DataLoader(Subset(test_set, self.test_shard()), generator=torch.Generator(), **kw)
 
     def _to_device(self, loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        self._sampler.epoch = epoch
+        self._sampler.set_epoch(epoch)
         yield from self._to_device(self._train)
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -263,22 +279,27 @@ def _synthetic(*, data_seed: int, num_classes: int, image_size: int, channels: i
 
 
 def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | str = "cpu",
-              root: str | Path | None = None, augment: bool = True, options: dict | None = None) -> Data:
+              root: str | Path | None = None, augment: bool = True, options: dict | None = None,
+              rank: int = 0, world_size: int = 1) -> Data:
     """Dataset `name` (see DATASETS and the module docstring) with batches of `batch_size` on `device`.
 
     `seed` fixes the training order and augmentation per epoch; `root` is ignored by digits and synthetic;
-    `options` takes the keys in OPTIONS[name].
+    `options` takes the keys in OPTIONS[name]. `rank` of `world_size` processes gets its share of every batch.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} (the global batch) does not split evenly over {world_size} "
+                         "processes")
     unknown = sorted(set(options or {}) - set(OPTIONS[name]))
     if unknown:
         valid = ", ".join(OPTIONS[name]) or "none"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid: {valid}")
     opts = {**OPTIONS[name], **(options or {})}
-    meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device))
+    meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device), rank=rank,
+                world_size=world_size)
     base = Path(root).expanduser() if root is not None else None
     if name == "digits":
         data = _digits(**meta)

@@ -1,6 +1,7 @@
 """MANY runs from one config: methods × models × seeds on one dataset, each isolated from the others' failures.
 
 A config is TOML (DESIGN.md §4.4); unknown keys and wrong types are errors, caught before anything runs.
+Under torchrun every rank runs the same suite in step; rank 0 alone reads and writes the results directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.data import DATASETS
 from decorbench.data import OPTIONS as DATA_OPTIONS
@@ -175,7 +177,8 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
 def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy: EnergyMeter | None = None,
                 carbon: CarbonMeter | None = None) -> dict:
     return {"run_id": spec.run_id, "suite": spec.suite, "method": spec.method, "model": spec.model,
-            "dataset": spec.dataset, "seed": spec.seed, "budget": dataclasses.asdict(spec.budget),
+            "dataset": spec.dataset, "seed": spec.seed, "world_size": distributed.world_size(),
+            "budget": dataclasses.asdict(spec.budget),
             "hyperparameters": {"train": dataclasses.asdict(spec.train),
                                 "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
                                 "data": dataclasses.asdict(config.data)},
@@ -194,8 +197,16 @@ def _same_settings(old: dict | None, new: dict) -> bool:
     return old is not None and all(json.loads(json.dumps(new[k])) == old.get(k) for k in keys)
 
 
-def pending_runs(config: SuiteConfig, out: Path, resume: bool) -> list[RunSpec]:
-    """The runs still to do. Without resume, existing results are an error: nothing written is ever replaced."""
+def checkpoint_path(out: Path, run_id: str) -> Path:
+    return out / "checkpoints" / f"{run_id}.pt"
+
+
+def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int = 1) -> list[RunSpec]:
+    """The runs still to do by `world_size` processes. Without resume, existing results are an error: nothing
+    written is ever replaced. A checkpointed run continues only with as many processes as wrote its checkpoint."""
+    if config.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
+                          f"{world_size} processes")
     todo = []
     for spec in config.runs():
         path = run_path(out, spec.run_id)
@@ -204,50 +215,86 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool) -> list[RunSpec]:
         elif not resume:
             raise ConfigError(f"{path} already exists; pass --resume to continue this suite or choose another --out")
         else:
-            end = read_run(path)["end"]
-            if end is None or end["status"] not in FINISHED:
+            stored = read_run(path)
+            if stored["end"] is None or stored["end"]["status"] not in FINISHED:
+                ran_with = (stored["run"] or {}).get("world_size", 1)
+                if ran_with != world_size and checkpoint_path(out, spec.run_id).exists():
+                    raise ConfigError(f"{spec.run_id} was checkpointed by {ran_with} process(es); resume it with "
+                                      f"{ran_with}, not {world_size}, so each continues its own random state")
                 todo.append(spec)
     return todo
+
+
+class _Discard:
+    """The results writer of every rank but 0."""
+
+    def eval(self, record: dict) -> None:
+        pass
+
+    def end(self, status: str, reason: str, totals: dict | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "_Discard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _carbon_meter(config: SuiteConfig, energy: EnergyMeter) -> CarbonMeter | None:
+    """codecarbon estimates the whole machine, so one tracker per machine (on its local rank 0), over the GPUs of
+    that machine's ranks; one per rank would count the machine's CPU and memory once per rank. Collective."""
+    gpus = distributed.gather((distributed.node(), energy.nvml_index))
+    if distributed.local_rank() != 0:
+        return None
+    ids = [index for machine, index in gpus if machine == distributed.node() and index is not None]
+    return CarbonMeter(config.carbon.country_iso_code, gpu_ids=ids or None)
 
 
 def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[RunSpec], *,
               should_stop: Callable[[], bool] = lambda: False,
               progress: Callable[[RunSpec], Callable[[int, int | None, dict | None], None]] | None = None
               ) -> list[dict]:
-    """Run `todo` in order, one results file each. A run that raises is recorded as failed; the suite goes on.
+    """Run `todo` in order, one results file each. A run that raises is recorded as failed; the suite goes on —
+    except under torchrun, where the other ranks cannot go on in step with a failed one: there it ends the job.
 
     An unfinished run continues from its last checkpoint when its config is unchanged, else starts again (its old
     file replaced). Checkpoints of finished runs are deleted. Returns the end records.
     """
-    ends = []
+    ends, main = [], distributed.is_main()
     for spec in todo:
-        if should_stop():
+        if distributed.any_rank(should_stop()):
             break
-        path, checkpoint = run_path(out, spec.run_id), out / "checkpoints" / f"{spec.run_id}.pt"
+        path, checkpoint = run_path(out, spec.run_id), checkpoint_path(out, spec.run_id)
         energy = EnergyMeter(device)  # meters never raise; one that cannot measure says why
-        carbon = CarbonMeter(config.carbon.country_iso_code,
-                             gpu_ids=None if energy.nvml_index is None else [energy.nvml_index])
-        carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware probe)
+        carbon = _carbon_meter(config, energy)
+        if carbon is not None:
+            carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware)
         record = _run_record(spec, config, device, energy, carbon)
-        resuming = checkpoint.exists() and _same_settings(read_run(path)["run"] if path.exists() else None, record)
-        if not resuming:
+        resuming = distributed.broadcast(main and checkpoint.exists() and _same_settings(
+            read_run(path)["run"] if path.exists() else None, record))
+        if main and not resuming:
             checkpoint.unlink(missing_ok=True)
-        with RunWriter(path, record, resume=resuming) as writer:
+        with RunWriter(path, record, resume=resuming) if main else _Discard() as writer:
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
                 status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,
                                                    should_stop=should_stop, on_step=on_step,
                                                    energy=energy, carbon=carbon)
             except Exception as e:  # isolate: record it, tell the user, keep going
+                if distributed.active():
+                    raise  # RunWriter records it as failed
                 status, reason, totals = "failed", f"{type(e).__name__}: {e}".splitlines()[0], {}
                 traceback.print_exc(file=sys.stderr)
             finally:
                 energy.close()
-                carbon.stop()
+                if carbon is not None:
+                    carbon.stop()
             writer.end(status, reason, totals)
-        if status in FINISHED:
+        if main and status in FINISHED:
             checkpoint.unlink(missing_ok=True)
         ends.append({"run_id": spec.run_id, "status": status, "reason": reason})
-    with contextlib.suppress(OSError):  # only removed when empty: every run finished
-        (out / "checkpoints").rmdir()
+    if main:
+        with contextlib.suppress(OSError):  # only removed when empty: every run finished
+            (out / "checkpoints").rmdir()
     return ends

@@ -1,5 +1,9 @@
 """ONE run: build the model (decorrelated for DBP), train it under a budget, evaluate at fixed points, and hand
-each eval record to the writer. Knows nothing about suites, files or HTML."""
+each eval record to the writer. Knows nothing about suites, files or HTML.
+
+Under torchrun the same loop runs on every rank, on its share of each global batch, with the model in
+DistributedDataParallel; every number that ends a run or goes into a record is first reduced over the ranks
+(`decorbench.distributed`), so all ranks stop at the same step and rank 0's records describe the whole job."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint, save_checkpoint
 from decorbench.data import Data, load_data
@@ -126,7 +131,7 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, amp: bool, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) over the whole test set, with one host synchronisation."""
+    """(mean cross-entropy, top-1 accuracy) over the whole test set: each rank its shard, summed over the ranks."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -136,24 +141,37 @@ def evaluate(model: nn.Module, data: Data, amp: bool, device: torch.device) -> t
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train()
-    return loss_sum.item() / data.test_size, correct.item() / data.test_size
+    loss, hits = distributed.sum_over_ranks([loss_sum.item(), correct.item()])
+    return loss / data.test_size, hits / data.test_size
+
+
+def _rng(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def _state(model: nn.Module, opt, scheduler, device: torch.device) -> dict:
-    """Everything a continued run needs to go on exactly as if never stopped (R is in the model's state_dict)."""
+    """Everything a continued run needs to go on exactly as if never stopped (R is in the model's state_dict).
+
+    Collective: the model and optimizer are the same on every rank, the random state (DBP's sampling) is not, so
+    each rank's is kept, in rank order.
+    """
     return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            "scheduler": scheduler.state_dict() if scheduler else None, "rng": distributed.gather(_rng(device)),
+            "world_size": distributed.world_size()}
 
 
 def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device) -> None:
+    if saved["world_size"] != distributed.world_size():
+        raise ValueError(f"the checkpoint was written by {saved['world_size']} process(es), this job has "
+                         f"{distributed.world_size()}: resume with as many, so each continues its random state")
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"].cpu())
+    rng = saved["rng"][distributed.rank()]
+    torch.set_rng_state(rng["cpu"])
     if device.type == "cuda":
-        torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -173,6 +191,10 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     same spec) continues from it: same weights, R, optimizer, schedule, RNG, data position and clocks.
     `energy` / `carbon`: meters read at the edges of the stopwatch's training windows, so eval is excluded from
     energy_j and co2_kg as it is from train_time_s; without them both stay null.
+    Under torchrun (the process group initialised by `distributed.init`) every rank calls this with the same spec and
+    checkpoint path; rank 0 alone reads and writes the checkpoint. train_time_s is the slowest rank's, energy_j and
+    co2_kg are summed over the ranks that have a meter, and `flops` counts one step on the global batch as a single
+    process computes it (the DBP update, which every rank repeats, counted once).
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
@@ -181,35 +203,46 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             and not (b.max_epochs or b.max_steps or b.max_train_seconds or b.stop_at_target):
         why = energy.unavailable_reason if energy is not None else "no energy meter"
         raise ValueError(f"budget.max_energy_j cannot end this run on its own: {why}")
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)  # the same on every rank: the same initial weights
     data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
-                     root=spec.data_root, options=spec.data_options)
-    model = create_model(spec.model, data.num_classes, input_shape=data.input_shape)
+                     root=spec.data_root, options=spec.data_options, rank=distributed.rank(),
+                     world_size=distributed.world_size())
+    net = create_model(spec.model, data.num_classes, input_shape=data.input_shape)
     dbp = spec.method == "dbp"
     if dbp:
         d = spec.dbp
-        decorrelate(model, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
-    model.to(device).train()
-    opt = _optimizer(model.parameters(), spec.train)
+        decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
+    net.to(device).train()
+    model = distributed.wrap(net, device)
+    opt = _optimizer(net.parameters(), spec.train)
     steps_per_epoch = data.steps_per_epoch()
     eval_every = spec.train.eval_every or steps_per_epoch
     length = planned_steps(spec.budget, steps_per_epoch)
     scheduler = _schedule(opt, spec.train, length, steps_per_epoch)
-    step_flops = count_flops(model, torch.zeros((spec.train.batch_size, *data.input_shape), device=device))
+    step_flops = count_flops(net, torch.zeros((spec.train.batch_size, *data.input_shape), device=device))
 
     reset_peak_memory(device)
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
-    saved = load_checkpoint(checkpoint, device)
+    saved = distributed.broadcast(load_checkpoint(checkpoint, torch.device("cpu")) if distributed.is_main() else None)
     resumed = saved is not None and saved["spec"] == dataclasses.asdict(spec)
     if resumed:
-        _restore(saved, model, opt, scheduler, device)
+        _restore(saved, net, opt, scheduler, device)
         step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
-    # a resumed run continues its totals; a checkpoint without them (older, or unmeasured) leaves them unknown
+    # A resumed run continues its totals (rank 0 carries them; the other ranks add what they measure from now on);
+    # a checkpoint without them (older, or unmeasured) leaves them unknown.
+    carried = resumed and distributed.is_main()
     if energy is not None:
-        energy.reset(saved.get("energy_j") if resumed else 0.0)
+        energy.reset(saved.get("energy_j") if carried else 0.0)
     if carbon is not None:
-        carbon.reset(saved.get("co2_kg") if resumed else 0.0)
+        carbon.reset(saved.get("co2_kg") if carried else 0.0)
+
+    def stop_agreed(at_eval: bool) -> bool:
+        """Whether to stop now. Ranks must stop at the same step, so under DDP they agree at every eval point and
+        every STOP_POLL_STEPS steps (a collective, not paid per step)."""
+        if not distributed.active():
+            return should_stop()
+        return (at_eval or step % distributed.STOP_POLL_STEPS == 0) and distributed.any_rank(should_stop())
 
     def begin_training_window() -> None:
         if carbon is not None:
@@ -230,40 +263,49 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             if scheduler is not None:
                 scheduler.step()
             if dbp:
-                decor_loss += update(model, spec.dbp.lr, as_tensor=True)
+                decor_loss += update(net, spec.dbp.lr, as_tensor=True, distributed=distributed.active())
             train_loss += loss.detach()
             step, window = step + 1, window + 1
             planned_end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=0.0,
                                                 energy_j=None, accuracy=None)
-            stop = should_stop()
-            if step % eval_every and planned_end is None and not stop:
+            at_eval = step % eval_every == 0 or planned_end is not None
+            stop = stop_agreed(at_eval)
+            if not (at_eval or stop):
                 on_step(step, length, None)
                 continue
-            train_time_s = stopwatch.stop()  # synchronises with the GPU
-            energy_j = energy.end_window() if energy is not None else None
-            co2_kg = carbon.end_window() if carbon is not None else None
-            eval_loss, accuracy = evaluate(model, data, spec.train.amp, device)
+            stopwatch.total_s = distributed.max_over_ranks([stopwatch.stop()])[0]  # stop() syncs with the GPU
+            train_time_s = stopwatch.total_s  # the slowest rank's
+            energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
+            co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
+            distributed.average_running_stats(net)
+            eval_loss, accuracy = evaluate(net, data, spec.train.amp, device)
+            loss_sum, decor_sum = distributed.sum_over_ranks([train_loss.item(), decor_loss.item()])
+            ranks = distributed.world_size()
             record = {
                 "step": step, "epoch": step / steps_per_epoch, "samples": step * spec.train.batch_size,
                 "train_time_s": train_time_s, "wall_time_s": time.perf_counter() - wall_start,
-                "train_loss": _finite_or_none(train_loss.item() / window), "eval_loss": _finite_or_none(eval_loss),
+                "train_loss": _finite_or_none(loss_sum / window / ranks), "eval_loss": _finite_or_none(eval_loss),
                 "eval_accuracy": accuracy, "flops": step * step_flops,
                 "energy_j": energy_j, "energy_source": energy.source if energy_j is not None else None,
                 "co2_kg": co2_kg,
-                "peak_memory_bytes": peak_memory_bytes(device),
-                "decor_loss": _finite_or_none(decor_loss.item() / window) if dbp else None,
+                "peak_memory_bytes": int(distributed.max_over_ranks([peak_memory_bytes(device)])[0]),
+                "decor_loss": _finite_or_none(decor_sum / window / ranks) if dbp else None,
             }
             if checkpoint is not None:
-                save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
-                                             "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"],
-                                             "energy_j": energy_j, "co2_kg": co2_kg,
-                                             **_state(model, opt, scheduler, device)})
+                state = _state(net, opt, scheduler, device)
+                if distributed.is_main():
+                    save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
+                                                 "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"],
+                                                 "energy_j": energy_j, "co2_kg": co2_kg, **state})
             sink.eval(record)
             on_step(step, length, record)
             totals = {"steps": step, "train_time_s": train_time_s, "flops": step * step_flops,
                       "flops_per_step": step_flops, "final_accuracy": accuracy, "energy_j": energy_j, "co2_kg": co2_kg}
             if energy is not None and energy.unavailable_reason:
                 totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
+            elif energy is not None and energy_j is None:
+                totals["energy_unavailable_reason"] = ("part of the run's energy is unknown: another rank's meter "
+                                                       "could not measure, or an earlier part of a resumed run")
             if energy is not None and energy.warnings:
                 totals["energy_warnings"] = list(energy.warnings)
             if carbon is not None and carbon.unavailable_reason:

@@ -2,11 +2,17 @@
 
 Statistics are uncentred (as in the paper's code). With the "normalized" rule the decorrelation term is
 scaled by 1/(d−1) and the variance term by 2, so one η suits layers with d from 27 to 4,608.
+
+Under DistributedDataParallel every rank must hold the same R. With `distributed=True` each layer's C is estimated
+from the samples of all ranks together, so every rank runs the same deterministic step on the same numbers; per layer
+the ranks exchange whichever is smaller: their sampled rows (an all-gather, (w−1)·n·d values into each rank for n
+rows per rank and w ranks) or the d×d second moment of the rows (an all-reduce, ≈ 2·(w−1)/w·d² per rank).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from decorbench.dbp.layers import DecorMixin
@@ -40,20 +46,35 @@ def _moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return z.T @ (z @ R) / n, (z * z).mean(0), ((z @ z.T) / n).square().sum()
     if form == "dense_z":
         z = x @ R.T
-        c = z.T @ z / n
-    else:
-        c = R @ (x.T @ x / n) @ R.T
+        return _of_c(z.T @ z / n, R)
+    return _of_c(R @ (x.T @ x / n) @ R.T, R)
+
+
+def _of_c(c: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return c @ R, c.diagonal(), c.square().sum()
 
 
+def _pooled_moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_moments` over the rows every rank sampled (each rank the same number), identical on every rank."""
+    w, (n, d) = dist.get_world_size(), x.shape
+    if w * n < 2 * d:  # the rows are the smaller message (ring all-gather vs ring all-reduce traffic)
+        rows = x.new_empty(w * n, d)
+        dist.all_gather_single(rows, x.contiguous())
+        return _moments(rows.to(R.dtype), R)
+    x = x.to(R.dtype)
+    second = x.T @ x / (w * n)
+    dist.all_reduce(second)
+    return _of_c(R @ second @ R.T, R)
+
+
 @torch.no_grad()
-def _step(layer: DecorMixin, lr: float) -> torch.Tensor:
+def _step(layer: DecorMixin, lr: float, distributed: bool) -> torch.Tensor:
     """Update layer.R in place; return its decorrelation loss ((1−κ)·Σ offdiag(C)² + κ·Σ (diag(C)−1)²) / d².
 
     G·R = a·C·R + diag((b−a)·diag(C) − b)·R, so R ← diag(scale)·R − η·a·C·R.
     """
     R = layer.R
-    c_r, var, c_sq = _moments(layer.sample.to(R.dtype), R)
+    c_r, var, c_sq = _pooled_moments(layer.sample, R) if distributed else _moments(layer.sample.to(R.dtype), R)
     a, b = _coefficients(layer)
     R.mul_((1.0 - lr * ((b - a) * var - b))[:, None]).add_(c_r, alpha=-lr * a)
     d = R.shape[0]
@@ -61,18 +82,20 @@ def _step(layer: DecorMixin, lr: float) -> torch.Tensor:
     return ((1.0 - layer.kappa) * offdiag_sq + layer.kappa * (var - 1.0).square().sum()) / d**2
 
 
-def update(model: nn.Module, lr: float, *, as_tensor: bool = False) -> float | torch.Tensor:
+def update(model: nn.Module, lr: float, *, as_tensor: bool = False,
+           distributed: bool = False) -> float | torch.Tensor:
     """One decorrelation step for every layer that sampled inputs in the latest training forward.
 
     Returns the mean decorrelation loss (measured before the step). `as_tensor=True` returns it as a
     0-dim tensor and skips the finiteness check, so a GPU training loop is not forced to synchronise
     (a NaN then surfaces in the task loss). Otherwise raises FloatingPointError naming the layers whose
-    R or inputs became NaN/Inf.
+    R or inputs became NaN/Inf. `distributed=True` (every rank of the default torch.distributed process group
+    calls it, as under DistributedDataParallel): C pools all ranks' samples, so R stays the same on every rank.
     """
     layers = {name: m for name, m in decor_layers(model).items() if m.sample is not None}
     if not layers:
         raise RuntimeError("no decorrelation layer holds samples: run a training-mode forward pass before update()")
-    losses = torch.stack([_step(m, lr) for m in layers.values()])
+    losses = torch.stack([_step(m, lr, distributed) for m in layers.values()])
     for m in layers.values():
         m.sample = None
     if not as_tensor:
