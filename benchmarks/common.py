@@ -10,10 +10,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from decorbench.dbp import decorrelate, update
+from decorbench.dbp import decorrelate
 from decorbench.models import create_model
+from decorbench.step import make_step, prepare_model
 
 TINY = os.environ.get("DECORBENCH_BENCH_TINY") == "1"
 METHODS = ["bp", "dbp"]
@@ -49,7 +49,8 @@ def synchronize(device: torch.device) -> None:
 
 
 class Step:
-    """One training step of `model` (decorrelated for DBP) on a fixed random batch: Adam, then the DBP update."""
+    """One training step of `model` (decorrelated for DBP) on a fixed random batch: decorbench's own step (Adam, then
+    the DBP update). On a GPU with its fast path, bf16 autocast and channels_last, as the GPU suites run it."""
 
     def __init__(self, method: str, model: str, side: int, batch: int, device: torch.device, num_classes: int = 10):
         torch.manual_seed(0)
@@ -57,19 +58,17 @@ class Step:
         self.dbp = method == "dbp"
         if self.dbp:
             decorrelate(self.model)
-        self.model.to(device).train()
+        fast = device.type == "cuda"
+        prepare_model(self.model.to(device).train(), channels_last=fast)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.step = make_step(self.model, self.opt, amp=fast, channels_last=fast,
+                              dbp_lr=DBP_LR if self.dbp else None)
         self.x = torch.randn(batch, 3, side, side, device=device)
         self.y = torch.randint(num_classes, (batch,), device=device)
         self.device = device
 
     def __call__(self) -> None:
-        loss = F.cross_entropy(self.model(self.x), self.y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        if self.dbp:
-            update(self.model, DBP_LR, as_tensor=True)
+        self.step(self.x, self.y)
         synchronize(self.device)
 
     def seconds(self, repeats: int) -> list[float]:

@@ -24,9 +24,10 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint, save_checkpoint
 from decorbench.data import Data, load_data
-from decorbench.dbp import decorrelate, update
+from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
+from decorbench.step import make_step, prepare_model
 
 METHODS = ("bp", "dbp")
 OPTIMIZERS = ("adam", "sgd")
@@ -50,6 +51,8 @@ class TrainConfig:
     gamma: float = 0.1
     eval_every: int = 0  # steps between eval points; 0 = once per epoch
     amp: bool = False  # bf16 autocast, for BP and DBP alike; R stays fp32
+    channels_last: bool = False  # NHWC activations and conv weights (tensor-core friendly on GPUs)
+    compile: bool = False  # torch.compile forward + backward (BP and DBP alike; the first steps pay compilation)
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -212,9 +215,12 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     if dbp:
         d = spec.dbp
         decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
-    net.to(device).train()
+    prepare_model(net.to(device).train(), channels_last=spec.train.channels_last)
     model = distributed.wrap(net, device)
     opt = _optimizer(net.parameters(), spec.train)
+    t = spec.train
+    train_step = make_step(model, opt, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
+                           dbp_lr=spec.dbp.lr if dbp else None, distributed=distributed.active(), decorrelated=net)
     steps_per_epoch = data.steps_per_epoch()
     eval_every = spec.train.eval_every or steps_per_epoch
     length = planned_steps(spec.budget, steps_per_epoch)
@@ -255,16 +261,12 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     while True:
         # Batch order is a function of (seed, epoch): skipping the batches already done resumes mid-epoch exactly.
         for x, y in islice(data.train_batches(step // steps_per_epoch), step % steps_per_epoch, None):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.train.amp):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, decor = train_step(x, y)
             if scheduler is not None:
                 scheduler.step()
             if dbp:
-                decor_loss += update(net, spec.dbp.lr, as_tensor=True, distributed=distributed.active())
-            train_loss += loss.detach()
+                decor_loss += decor
+            train_loss += loss
             step, window = step + 1, window + 1
             planned_end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=0.0,
                                                 energy_j=None, accuracy=None)

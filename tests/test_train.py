@@ -94,3 +94,16 @@ def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
     for record in second.evals:  # the same weights, R, optimizer, schedule, RNG and batches as never stopped
         for key in ("eval_loss", "eval_accuracy", "flops") + (window_means if record["step"] > 15 else ()):
             assert record[key] == pytest.approx(expected[record["step"]][key], rel=1e-5), (record["step"], key)
+
+
+@pytest.mark.parametrize("method", ["bp", "dbp"])
+@pytest.mark.parametrize("option", ["channels_last", "compile"])
+def test_fast_path_options_train_the_same_model(method, option):
+    # The memory format and compilation change how the step runs, not what it computes.
+    plain = run(method, model="small-cnn")[3]
+    fast = run(method, model="small-cnn", **{option: True})[3]
+    for a, b in zip(plain, fast, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["eval_accuracy"] == pytest.approx(a["eval_accuracy"], abs=1 / 450)
+        assert b["flops"] == a["flops"]
+

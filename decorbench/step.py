@@ -1,0 +1,56 @@
+"""ONE training step as a function of a batch — the unit every time, energy and FLOP figure is about.
+
+Why one definition: `train_run`, the asv benchmarks and the measurement scripts under reports/ must all time the
+same step, or their numbers would not describe each other. The GPU fast path lives here, applied to BP and DBP
+alike: bf16 autocast (R stays fp32), channels_last activations, and torch.compile of forward + backward. Nothing in
+the step waits for the GPU: losses come back as device tensors, read by the caller when it chooses to synchronise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from decorbench.dbp import update
+
+Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
+
+
+def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
+    """The model in the memory format the step feeds it (convolution weights NHWC for channels_last)."""
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False, channels_last: bool = False,
+              compile: bool = False, dbp_lr: float | None = None, distributed: bool = False,
+              decorrelated: nn.Module | None = None) -> Step:
+    """`step(x, y) -> (loss, decor_loss)`: forward, backward, optimizer step and, when `dbp_lr` is given, the
+    decorrelation update of `decorrelated` (default: `model`; pass the bare network when `model` is its DDP
+    wrapper). decor_loss is None for BP. Both losses are detached device tensors.
+
+    compile: forward + loss + backward go through torch.compile (the DBP layers' sampling included); the optimizer
+    step and the decorrelation update stay eager, so BP and DBP get the same treatment of the shared part.
+    """
+    net = model if decorrelated is None else decorrelated
+
+    def loss_of(x: Tensor, y: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            return F.cross_entropy(model(x).float(), y)
+
+    if compile:
+        loss_of = torch.compile(loss_of)
+
+    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = loss_of(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decor = update(net, dbp_lr, as_tensor=True, distributed=distributed) if dbp_lr is not None else None
+        return loss.detach(), decor
+
+    return step

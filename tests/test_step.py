@@ -1,0 +1,57 @@
+"""The training step shared by runs, benchmarks and scripts: what it returns, and the fast path's promises."""
+
+import pytest
+import torch
+
+from decorbench.dbp import decor_layers, decorrelate
+from decorbench.models import create_model
+from decorbench.step import make_step, prepare_model
+
+
+def _setup(method, device="cpu", channels_last=False, **options):
+    torch.manual_seed(0)
+    net = create_model("small-cnn", 10, input_shape=(3, 16, 16))
+    if method == "dbp":
+        decorrelate(net, kappa=0.5)
+    prepare_model(net.to(device), channels_last=channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    step = make_step(net, opt, dbp_lr=1e-3 if method == "dbp" else None, channels_last=channels_last, **options)
+    x = torch.randn(32, 3, 16, 16, device=device)
+    y = torch.randint(10, (32,), device=device)
+    return net, step, x, y
+
+
+def test_bp_step_returns_a_detached_loss_and_no_decorrelation_loss():
+    net, step, x, y = _setup("bp")
+    before = [p.clone() for p in net.parameters()]
+    loss, decor = step(x, y)
+    assert decor is None and loss.dim() == 0 and not loss.requires_grad and loss.item() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_dbp_step_under_bf16_autocast_updates_r_in_fp32():
+    net, step, x, y = _setup("dbp", amp=True, channels_last=True)
+    layers = decor_layers(net).values()
+    for _ in range(3):
+        loss, decor = step(x, y)
+    assert torch.isfinite(loss) and torch.isfinite(decor) and decor.item() > 0
+    for m in layers:
+        assert m.R.dtype == torch.float32
+        assert not torch.equal(m.R, torch.eye(m.decor_dim))
+        assert m.sample is None  # consumed by the update
+    conv = next(m for m in layers if m.weight.dim() == 4)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["bp", "dbp"])
+def test_gpu_step_never_waits_for_the_device(method):
+    _, step, x, y = _setup(method, "cuda", amp=True, channels_last=True)
+    step(x, y)  # warm-up: cuDNN autotuning and the allocator may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
