@@ -1,6 +1,7 @@
 """`render_report`: the HTML says what the results say, shows every string as text, survives bad files, and a real
 browser draws it without errors and without the network."""
 
+import html
 import math
 import os
 import re
@@ -14,7 +15,7 @@ import pytest
 from decorbench.report import render_report
 from decorbench.report.stats import CI, RANGE, median, ratio
 from decorbench.report.tables import fmt, span
-from decorbench.results import RunWriter, load, provenance, run_path
+from decorbench.results import EVAL_FIELDS, RunWriter, load, provenance, run_path
 
 EVIL = "<script>alert(1)</script>$x^2$"
 PROVENANCE = provenance("cpu")  # once: it runs git
@@ -281,3 +282,107 @@ def test_peak_table_prefers_the_specific_name_and_never_guesses():
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989.4e12
     assert peak_bf16_flops("NVIDIA L40S") == 362e12 and peak_bf16_flops("NVIDIA L4") == 121e12
     assert peak_bf16_flops("NVIDIA GeForce GTX 1080") is None and peak_bf16_flops(None) is None
+
+
+def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", **run_fields):
+    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds."""
+    run = {**PROVENANCE, "run_id": run_id, "suite": "claim", "method": method, "model": model, "dataset": dataset,
+           "seed": seed, "budget": {"max_epochs": len(accuracies)}, "hyperparameters": {}, "country_iso_code": "NLD",
+           **run_fields}
+    with RunWriter(run_path(out, run_id), run) as writer:
+        for i, accuracy in enumerate(accuracies, start=1):
+            writer.eval({**dict.fromkeys(EVAL_FIELDS), "step": 10 * i, "epoch": i, "train_time_s": step_s * i,
+                         "eval_accuracy": accuracy, "flops": 10**9 * i})
+        writer.end("completed", "max_epochs done", {"steps": 10 * len(accuracies)})
+
+
+def claim_text(html_text: str, group: str | None = None) -> str:
+    """The claim section (or one group's row of it) as a reader sees it: tags dropped, entities decoded."""
+    part = html_text.split('<section id="claim">')[1].split("</section>")[0]
+    if group is not None:
+        part = part.split(f"<tr><th>{group}</th>")[1].split("</tr>")[0]
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", part)))
+
+
+@pytest.fixture(scope="module")
+def claimed(tmp_path_factory):
+    """Three groups with hand-computed outcomes (default target = BP's median final accuracy):
+    imagenet·resnet18 on a GPU: target 77 %; BP reaches it once, at 30 s; DBP at 12 s and 14 s → 30/13 = 2.31×
+      (pairs 30/14 = 2.14, 30/12 = 2.50); final accuracy DBP 80.5 % vs BP 77 % = +3.50 pp, ranges apart.
+    cifar10·resnet18 on a CPU: target 71 %; BP at 3 s, DBP once at 6 s (the other stays at 70 %) → 0.50×;
+      DBP 71.5 % vs BP 71 % = +0.50 pp, ranges overlap.
+    digits·mlp on a CPU: target 91 %; DBP ends at 60 % and 62 %, never reaching it; 61 % − 91 % = −30.00 pp.
+    """
+    out = tmp_path_factory.mktemp("claim")
+    gpu = {"device": "cuda:0", "gpu_name": "NVIDIA H100 80GB HBM3"}
+    for run_id, method, seed, accuracies, step_s in [("bp-0", "bp", 0, [0.5, 0.7, 0.76], 10),
+                                                     ("bp-1", "bp", 1, [0.5, 0.7, 0.78], 10),
+                                                     ("dbp-0", "dbp", 0, [0.6, 0.79, 0.80], 6),
+                                                     ("dbp-1", "dbp", 1, [0.65, 0.78, 0.81], 7)]:
+        write_points(out, f"in-{run_id}", method, "resnet18", seed, accuracies, step_s, "imagenet", **gpu)
+    for run_id, method, seed, accuracies, step_s in [("bp-0", "bp", 0, [0.5, 0.6, 0.70], 1),
+                                                     ("bp-1", "bp", 1, [0.5, 0.6, 0.72], 1),
+                                                     ("dbp-0", "dbp", 0, [0.4, 0.6, 0.73], 2),
+                                                     ("dbp-1", "dbp", 1, [0.4, 0.5, 0.70], 2)]:
+        write_points(out, f"c10-{run_id}", method, "resnet18", seed, accuracies, step_s, "cifar10")
+    for run_id, method, seed, accuracies in [("bp-0", "bp", 0, [0.8, 0.9]), ("bp-1", "bp", 1, [0.8, 0.92]),
+                                             ("dbp-0", "dbp", 0, [0.5, 0.6]), ("dbp-1", "dbp", 1, [0.5, 0.62])]:
+        write_points(out, f"mlp-{run_id}", method, "mlp", seed, accuracies, 1)
+    write_points(out, "cnn-bp-0", "bp", "small-cnn", 0, [0.9], 1)
+    return out, render_report([out], out / "report.html").read_text()
+
+
+def test_claim_is_met_where_dbp_is_over_twice_as_fast_and_every_dbp_run_more_accurate(claimed):
+    _, page = claimed
+    intro = claim_text(page).split("dataset · model")[0]
+    assert "arXiv 2405.02385 reports that, training ResNet-18 on ImageNet, DBP reaches BP's best test accuracy" in intro
+    assert "closest we compute to the paper's measure, time to BP's best test accuracy" in intro
+    assert page.index('id="summary"') < page.index('id="claim"') < page.index('id="figures"')
+    row_text = claim_text(page, "imagenet · resnet18")
+    assert "2.31× 2.14–2.50× · min–max reached the target: BP 1/2, DBP 2/2 runs" in row_text
+    assert "+3.50 pp DBP 80.50 % (80.00–81.00 %, n = 2) BP 77.00 % (76.00–78.00 %, n = 2)" in row_text
+    assert "Time: meets the paper's > 2×." in row_text
+    assert "Accuracy: higher, as the paper reports: every DBP run above every BP run (2 DBP vs 2 BP runs)." in row_text
+    assert "none among data set, model, device and target" in row_text
+
+
+def test_claim_says_slowdown_within_the_seed_spread_and_what_differs_from_the_paper(claimed):
+    _, page = claimed
+    row_text = claim_text(page, "cifar10 · resnet18")
+    assert "0.50× reached the target: BP 1/2, DBP 1/2 runs" in row_text  # one pair: no spread
+    assert ("Time: slower than BP (a slowdown), unlike the paper; DBP reached the target in only 1/2 runs."
+            in row_text)
+    assert "+0.50 pp" in row_text and "Accuracy: within the seed spread (the min–max ranges overlap)" in row_text
+    assert "cifar10: not the paper's data set (ImageNet)" in row_text
+    assert "wall-clock on a CPU, not comparable to the paper's GPU timing" in row_text
+    assert "not a model the paper reports" not in row_text  # resnet18 is the paper's
+    assert "Not checked, one method only: digits · small-cnn (BP runs only)." in claim_text(page)
+
+
+def test_claim_says_dbp_never_reached_bps_accuracy_instead_of_a_speedup(claimed):
+    _, page = claimed
+    row_text = claim_text(page, "digits · mlp")
+    assert row_text.split()[0] == "—"
+    assert "Time: DBP reached BP's accuracy (91.00 %) in 0/2 runs within its budget." in row_text
+    assert "-30.00 pp" in row_text and "Accuracy: lower, unlike the paper" in row_text
+    assert "digits: not the paper's data set (ImageNet)" in row_text
+    assert "mlp: not a model the paper reports (ResNet-18; later ResNet-34/50)" in row_text
+
+
+def test_claim_with_a_given_target_says_it_is_not_the_papers_measure(claimed, tmp_path):
+    out, _ = claimed
+    page = render_report([out], tmp_path / "r.html", target=0.5).read_text()
+    assert "The target is 50.00 % in every group, given with --target, not BP's own accuracy" in claim_text(page)
+    row_text = claim_text(page, "imagenet · resnet18")
+    assert "target 50.00 % given with --target, not BP's own accuracy" in row_text
+    assert "reached the target: BP 2/2, DBP 2/2 runs" in row_text  # 50 % at the first eval: 10 s vs 6 s and 7 s
+    assert "1.54× 1.43–1.67× · min–max" in row_text and "faster, but below the paper's > 2×" in row_text
+
+
+def test_claim_cannot_be_checked_without_both_methods(tmp_path):
+    write_points(tmp_path, "bp-0", "bp", "mlp", 0, [0.8, 0.9], 1)
+    write_points(tmp_path, "bp-1", "bp", "mlp", 1, [0.8, 0.92], 1)
+    text = claim_text(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert ("The claim cannot be checked here: it compares DBP with BP, and no (dataset, model) in these results has "
+            "runs of both (digits · mlp (BP runs only)).") in text
+    assert "speed-up to target" not in text

@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from .. import __version__
 from ..results import load
-from . import figures, tables
+from . import claim, figures, tables
 from .runs import per_run, tidy
 
 __all__ = ["render_report"]
@@ -87,6 +87,7 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
         runs_total=len(runs), files_skipped=skipped, provenance=tables.provenance(runs),
         target_given=None if target is None else tables.fmt(float(target), "accuracy"),
         notes=tables.notes(runs, evals), summary=tables.summary(runs, goals, target is not None),
+        claim=claim.check(runs, goals, target),
         no_accuracy=runs["final_accuracy"].isna().all(), figures=_figures(evals, runs, goals),
         statuses=tables.status_counts(runs), runs=tables.run_rows(runs))
     output = Path(output)
