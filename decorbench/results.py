@@ -59,6 +59,8 @@ def provenance(device) -> dict:
     tracked = _git("ls-files", "--error-unmatch", "__init__.py") is not None
     commit = _git("rev-parse", "HEAD") if tracked else None
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copy of a checkout without its .git (a container, a remote machine): the sender says
+        commit = os.environ.get("DECORBENCH_GIT_COMMIT") or None
     gpu_name = gpu_driver = None
     if device.type == "cuda":
         try:

@@ -207,3 +207,10 @@ def test_provenance_never_fails_without_git(monkeypatch):
     monkeypatch.setenv("PATH", "")  # no git executable to be found
     prov = provenance("cpu")
     assert prov["git_commit"] is None and prov["git_dirty"] is None
+
+
+def test_provenance_takes_the_commit_from_the_environment_where_git_cannot_tell(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("DECORBENCH_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    prov = provenance("cpu")
+    assert prov["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and prov["git_dirty"] is None
