@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from decorbench.dbp import DecorLinear, decor_layers, decorrelate, update
 from decorbench.models import create_model
+from decorbench.step import make_step
 
 DECOR_LR = 1e-4
 CASES = {
@@ -37,16 +38,10 @@ CASES = {
 }
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, decor: bool) -> Callable[[], None]:
-    opt = torch.optim.Adam(model.parameters())
-
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        if decor:
-            update(model, DECOR_LR)
-    return step
+def fixed_batch_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, decor: bool) -> Callable[[], object]:
+    """decorbench's training step (Adam, then the DBP update) on one fixed batch."""
+    step = make_step(model, torch.optim.Adam(model.parameters()), dbp_lr=DECOR_LR if decor else None)
+    return lambda: step(x, y)
 
 
 def clock(fn: Callable[[], object]) -> float:
@@ -122,7 +117,7 @@ def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
     dbp_model = decorrelate(copy.deepcopy(bp_model))
     x = torch.randn(case["batch"], 3, case["size"], case["size"])
     y = torch.randint(case["classes"], (case["batch"],))
-    bp_step, dbp_step = make_step(bp_model, x, y, decor=False), make_step(dbp_model, x, y, decor=True)
+    bp_step, dbp_step = fixed_batch_step(bp_model, x, y, False), fixed_batch_step(dbp_model, x, y, True)
     step_s = median_seconds({"bp": lambda: clock(bp_step), "dbp": lambda: clock(dbp_step)}, warmup, steps)
 
     layers = list(decor_layers(dbp_model).values())
