@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decorbench.dbp import update
+from decorbench.dbp import set_sampling, update
 
-Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
+Step = Callable[..., tuple[Tensor, Tensor | None]]
 
 
 def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
@@ -27,9 +27,10 @@ def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False, channels_last: bool = False,
               compile: bool = False, dbp_lr: float | None = None, distributed: bool = False,
               decorrelated: nn.Module | None = None) -> Step:
-    """`step(x, y) -> (loss, decor_loss)`: forward, backward, optimizer step and, when `dbp_lr` is given, the
-    decorrelation update of `decorrelated` (default: `model`; pass the bare network when `model` is its DDP
-    wrapper). decor_loss is None for BP. Both losses are detached device tensors.
+    """`step(x, y, decorrelate=True) -> (loss, decor_loss)`: forward, backward, optimizer step and, when `dbp_lr` is
+    given and `decorrelate` is true, the decorrelation update of `decorrelated` (default: `model`; pass the bare
+    network when `model` is its DDP wrapper). With `decorrelate=False` the layers sample nothing and R stays as it is
+    (DBP's update_every). decor_loss is None without an update. Both losses are detached device tensors.
 
     compile: forward + loss + backward go through torch.compile (the DBP layers' sampling included); the optimizer
     step and the decorrelation update stay eager, so BP and DBP get the same treatment of the shared part.
@@ -43,14 +44,17 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
     if compile:
         loss_of = torch.compile(loss_of)
 
-    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+    def step(x: Tensor, y: Tensor, decorrelate: bool = True) -> tuple[Tensor, Tensor | None]:
+        dbp = dbp_lr is not None and decorrelate
+        if dbp_lr is not None:
+            set_sampling(net, dbp)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_of(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        decor = update(net, dbp_lr, as_tensor=True, distributed=distributed) if dbp_lr is not None else None
+        decor = update(net, dbp_lr, as_tensor=True, distributed=distributed) if dbp else None
         return loss.detach(), decor
 
     return step

@@ -72,9 +72,12 @@ class DBPConfig:
     rule: str = "standard"  # standard | normalized
     skip: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None
+    update_every: int = 1  # steps per R update (the steps between sample nothing and leave R alone)
 
     def __post_init__(self) -> None:
         _check_choice("dbp.rule", self.rule, ("standard", "normalized"))
+        if self.update_every < 1:
+            raise ValueError(f"dbp.update_every must be at least 1, got {self.update_every}")
         if self.lr < 0 or not 0 <= self.kappa <= 1 or not 0 < self.sample_fraction <= 1:
             raise ValueError("dbp.lr must be ≥ 0, dbp.kappa in [0, 1] and dbp.sample_fraction in (0, 1]")
 
@@ -225,11 +228,18 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     eval_every = spec.train.eval_every or steps_per_epoch
     length = planned_steps(spec.budget, steps_per_epoch)
     scheduler = _schedule(opt, spec.train, length, steps_per_epoch)
-    step_flops = count_flops(net, torch.zeros((spec.train.batch_size, *data.input_shape), device=device))
+    batch = torch.zeros((spec.train.batch_size, *data.input_shape), device=device)
+    step_flops = count_flops(net, batch, update_r=False)  # forward + backward (with DBP: the A = W·R formation)
+    update_flops = count_flops(net, batch) - step_flops  # DBP's update of every R, paid every update_every steps
+    every = spec.dbp.update_every
+
+    def flops_after(steps: int) -> int:
+        return steps * step_flops + -(-steps // every) * update_flops  # updates at steps 0, every, 2·every, ...
 
     reset_peak_memory(device)
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
+    updates = 0  # R updates in the current window
     saved = distributed.broadcast(load_checkpoint(checkpoint, torch.device("cpu")) if distributed.is_main() else None)
     resumed = saved is not None and saved["spec"] == dataclasses.asdict(spec)
     if resumed:
@@ -261,11 +271,12 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     while True:
         # Batch order is a function of (seed, epoch): skipping the batches already done resumes mid-epoch exactly.
         for x, y in islice(data.train_batches(step // steps_per_epoch), step % steps_per_epoch, None):
-            loss, decor = train_step(x, y)
+            loss, decor = train_step(x, y, decorrelate=dbp and step % every == 0)
             if scheduler is not None:
                 scheduler.step()
-            if dbp:
+            if decor is not None:
                 decor_loss += decor
+                updates += 1
             train_loss += loss
             step, window = step + 1, window + 1
             planned_end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=0.0,
@@ -287,11 +298,11 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                 "step": step, "epoch": step / steps_per_epoch, "samples": step * spec.train.batch_size,
                 "train_time_s": train_time_s, "wall_time_s": time.perf_counter() - wall_start,
                 "train_loss": _finite_or_none(loss_sum / window / ranks), "eval_loss": _finite_or_none(eval_loss),
-                "eval_accuracy": accuracy, "flops": step * step_flops,
+                "eval_accuracy": accuracy, "flops": flops_after(step),
                 "energy_j": energy_j, "energy_source": energy.source if energy_j is not None else None,
                 "co2_kg": co2_kg,
                 "peak_memory_bytes": int(distributed.max_over_ranks([peak_memory_bytes(device)])[0]),
-                "decor_loss": _finite_or_none(decor_sum / window / ranks) if dbp else None,
+                "decor_loss": _finite_or_none(decor_sum / updates / ranks) if updates else None,
             }
             if checkpoint is not None:
                 state = _state(net, opt, scheduler, device)
@@ -301,8 +312,9 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                                                  "energy_j": energy_j, "co2_kg": co2_kg, **state})
             sink.eval(record)
             on_step(step, length, record)
-            totals = {"steps": step, "train_time_s": train_time_s, "flops": step * step_flops,
-                      "flops_per_step": step_flops, "final_accuracy": accuracy, "energy_j": energy_j, "co2_kg": co2_kg}
+            totals = {"steps": step, "train_time_s": train_time_s, "flops": flops_after(step),
+                      "flops_per_step": flops_after(step) / step, "final_accuracy": accuracy, "energy_j": energy_j,
+                      "co2_kg": co2_kg}
             if energy is not None and energy.unavailable_reason:
                 totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
             elif energy is not None and energy_j is None:
@@ -314,7 +326,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                 totals["carbon_unavailable_reason"] = carbon.unavailable_reason
             if record["train_loss"] is None:
                 return "diverged", f"non-finite training loss by step {step}", totals
-            if dbp and record["decor_loss"] is None:
+            if updates and record["decor_loss"] is None:
                 return "diverged", f"non-finite decorrelation loss by step {step}", totals
             end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=train_time_s,
                                         energy_j=energy_j, accuracy=accuracy)
@@ -324,5 +336,5 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                 return "interrupted", f"stopped by signal at step {step}", totals
             train_loss.zero_()
             decor_loss.zero_()
-            window = 0
+            window = updates = 0
             begin_training_window()

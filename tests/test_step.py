@@ -43,6 +43,16 @@ def test_dbp_step_under_bf16_autocast_updates_r_in_fp32():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_a_step_without_decorrelation_samples_nothing_and_leaves_r_alone():
+    net, step, x, y = _setup("dbp")
+    layers = list(decor_layers(net).values())
+    loss, decor = step(x, y, decorrelate=False)
+    assert decor is None and torch.isfinite(loss)
+    assert all(m.sample is None and torch.equal(m.R, torch.eye(m.decor_dim)) for m in layers)
+    _, decor = step(x, y)
+    assert decor.item() > 0 and all(not torch.equal(m.R, torch.eye(m.decor_dim)) for m in layers)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["bp", "dbp"])
 def test_gpu_step_never_waits_for_the_device(method):

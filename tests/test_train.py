@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from decorbench.budget import Budget
+from decorbench.dbp import decorrelate
+from decorbench.meters import count_flops
+from decorbench.models import create_model
 from decorbench.results import EVAL_FIELDS
 from decorbench.train import DBPConfig, RunSpec, TrainConfig, train_run
 
@@ -107,3 +110,35 @@ def test_fast_path_options_train_the_same_model(method, option):
         assert b["eval_accuracy"] == pytest.approx(a["eval_accuracy"], abs=1 / 450)
         assert b["flops"] == a["flops"]
 
+
+
+
+def _dbp_run(update_every, steps, eval_every):
+    spec = RunSpec("t", "dbp", "mlp", "digits", 0, TrainConfig(batch_size=64, eval_every=eval_every,
+                                                                 schedule="constant"),
+                   DBPConfig(lr=1e-3, kappa=0.5, update_every=update_every), Budget(max_steps=steps))
+    sink = Records()
+    status = train_run(spec, sink, device=torch.device("cpu"))[0]
+    return status, sink.evals
+
+
+def test_update_every_k_steps_pays_for_the_updates_it_makes():
+    net = decorrelate(create_model("mlp", 10, input_shape=(1, 8, 8)), kappa=0.5)
+    batch = torch.zeros(64, 1, 8, 8)
+    without = count_flops(net, batch, update_r=False)
+    update_flops = count_flops(net, batch) - without
+    assert update_flops > 0
+    _, evals = _dbp_run(update_every=3, steps=6, eval_every=3)
+    assert [r["flops"] for r in evals] == [3 * without + update_flops, 6 * without + 2 * update_flops]
+    assert all(r["decor_loss"] > 0 for r in evals)  # each window holds one update (steps 0 and 3)
+
+
+def test_a_window_without_an_update_has_no_decorrelation_loss_and_is_not_divergence():
+    status, evals = _dbp_run(update_every=2, steps=4, eval_every=1)
+    assert status == "completed"
+    assert [r["decor_loss"] is not None for r in evals] == [True, False, True, False]
+
+
+def test_update_every_must_be_positive():
+    with pytest.raises(ValueError, match="update_every"):
+        DBPConfig(update_every=0)

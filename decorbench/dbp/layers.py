@@ -18,6 +18,7 @@ class DecorMixin:
     kappa: float
     sample_fraction: float
     rule: str
+    sampling: bool
     sample: torch.Tensor | None
 
     def _init_decor(self, d: int, kappa: float, sample_fraction: float, rule: str, device=None) -> None:
@@ -32,6 +33,7 @@ class DecorMixin:
         self.kappa = kappa
         self.sample_fraction = sample_fraction
         self.rule = rule
+        self.sampling = True  # False: training forwards keep no sample (steps that skip the update)
         self.sample = None  # (n_s, d) inputs x kept from the latest training forward, detached
 
     @property
@@ -60,7 +62,7 @@ class DecorLinear(DecorMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.training:
+        if self.training and self.sampling:
             self.sample = self._sample_inputs(rows.detach())
         # Fused A = W·R costs out·d² (plus the same in backward); z = R·x costs rows·d² (plus the
         # same for grad_x). Pick the cheaper per call: the classifier head at small batch goes unfused.
@@ -87,7 +89,7 @@ class DecorConv2d(DecorMixin, nn.Conv2d):
         self._init_decor(d, kappa, sample_fraction, rule, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and self.sampling:
             self.sample = self._sample_inputs(x.detach())
         return self._conv_forward(x, self._fused_weight(), self.bias)
 

@@ -23,6 +23,13 @@ def decor_layers(model: nn.Module) -> dict[str, DecorMixin]:
     return {name: m for name, m in model.named_modules() if isinstance(m, DecorMixin)}
 
 
+def set_sampling(model: nn.Module, on: bool) -> None:
+    """Whether training forwards sample layer inputs: off for the steps that skip the update, so they pay nothing
+    for DBP but the A = W·R formation."""
+    for m in decor_layers(model).values():
+        m.sampling = on
+
+
 def _coefficients(layer: DecorMixin) -> tuple[float, float]:
     """(a, b) in G = a·offdiag(C) + b·(diag(C) − I)."""
     a, b = 1.0 - layer.kappa, layer.kappa
