@@ -8,6 +8,8 @@ import time
 import pytest
 
 from decorbench.cli import main
+from decorbench.data import load_data
+from decorbench.suite import builtin_names, load_config
 from decorbench.results import load, read_run, run_path
 
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
@@ -126,3 +128,19 @@ def test_env_reports_every_meter_and_exits_0(capsys):
     out = capsys.readouterr().out
     for meter in ("time", "flops", "memory", "energy: NVML counter", "energy: NVML power", "carbon: codecarbon"):
         assert f"  {meter}" in out
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_every_builtin_suite_loads_and_pairs_bp_with_dbp(name):
+    config = load_config(name)
+    specs = config.runs()
+    assert config.name == name and {s.method for s in specs} == {"bp", "dbp"}
+    assert len(specs) == len(config.models) * len(config.seeds) * 2
+
+
+def test_gpu_reference_runs_the_fast_path_on_learnable_cifar_shaped_data():
+    config = load_config("gpu-reference")
+    assert config.train.amp and config.train.channels_last and len(config.seeds) >= 2
+    assert {"resnet18", "resnet34"} <= set(config.models)
+    data = load_data(config.dataset, batch_size=config.train.batch_size, seed=0, options=config.data.options)
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
