@@ -136,13 +136,16 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, amp: bool, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) over the whole test set: each rank its shard, summed over the ranks."""
+def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) over the whole test set: each rank its shard, summed over the ranks.
+    Precision and memory format as in training (`train.amp`, `train.channels_last`)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for x, y in data.test_batches():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        if train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -291,7 +294,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
             co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
             distributed.average_running_stats(net)
-            eval_loss, accuracy = evaluate(net, data, spec.train.amp, device)
+            eval_loss, accuracy = evaluate(net, data, spec.train, device)
             loss_sum, decor_sum = distributed.sum_over_ranks([train_loss.item(), decor_loss.item()])
             ranks = distributed.world_size()
             record = {
