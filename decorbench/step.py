@@ -43,11 +43,14 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
 
     if compile:
         loss_of = torch.compile(loss_of)
+    sampling = None  # the layers' sampling switch as last set: walked over only when it changes
 
     def step(x: Tensor, y: Tensor, decorrelate: bool = True) -> tuple[Tensor, Tensor | None]:
+        nonlocal sampling
         dbp = dbp_lr is not None and decorrelate
-        if dbp_lr is not None:
+        if dbp_lr is not None and sampling is not dbp:
             set_sampling(net, dbp)
+            sampling = dbp
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_of(x, y)
