@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from decorbench.dbp import decorrelate
-from decorbench.gpus import peak_bf16_flops
+from decorbench.gpus import mfu
 from decorbench.meters import EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
 from decorbench.results import provenance
@@ -145,8 +145,7 @@ def summarise(case: Case, device: torch.device) -> dict:
         out[f"{meter}_j_per_step"] = None if known is None else known / steps
         out[f"{meter}_watts"] = None if known is None else known / seconds
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    peak = peak_bf16_flops(gpu)
-    out["mfu"] = None if peak is None else case.flops / out["step_s"] / peak
+    out["mfu"] = mfu(case.flops, out["step_s"], gpu)
     return out
 
 
