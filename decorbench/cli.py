@@ -159,11 +159,13 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from decorbench.configs import builtin_names
+
     parser = argparse.ArgumentParser(prog="decorbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite of BP and DBP trainings (a TOML file or a built-in name)")
-    run.add_argument("config", help="path to a suite TOML, or a built-in: smoke, cifar10-resnets, imagenet-resnet18")
+    run.add_argument("config", help=f"path to a suite TOML, or a built-in: {', '.join(builtin_names())}")
     run.add_argument("--out", help="results directory (default: a new results/<suite>-<UTC time>)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     run.add_argument("--resume", action="store_true", help="in --out: skip finished runs, redo unfinished ones")

@@ -23,6 +23,7 @@ import torch
 
 from decorbench import distributed
 from decorbench.budget import Budget
+from decorbench.configs import builtin_names
 from decorbench.data import DATASETS
 from decorbench.data import OPTIONS as DATA_OPTIONS
 from decorbench.meters import CarbonMeter, EnergyMeter
@@ -66,11 +67,6 @@ class SuiteConfig:
         return [RunSpec(self.name, method, model, self.dataset, seed, self.train, self.dbp, self.budget,
                         self.data.root, self.data.options)
                 for seed in self.seeds for model in self.models for method in self.methods]
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.name.removesuffix(".toml") for p in resources.files("decorbench.configs").iterdir()
-                  if p.name.endswith(".toml"))
 
 
 def _check_type(value, hint, where: str):

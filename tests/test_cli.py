@@ -8,9 +8,10 @@ import time
 import pytest
 
 from decorbench.cli import main
+from decorbench.configs import builtin_names
 from decorbench.data import load_data
-from decorbench.suite import builtin_names, load_config
 from decorbench.results import load, read_run, run_path
+from decorbench.suite import load_config
 
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
 
@@ -128,6 +129,14 @@ def test_env_reports_every_meter_and_exits_0(capsys):
     out = capsys.readouterr().out
     for meter in ("time", "flops", "memory", "energy: NVML counter", "energy: NVML power", "carbon: codecarbon"):
         assert f"  {meter}" in out
+
+
+def test_run_help_names_every_builtin_suite(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a hyphenated name
+    with pytest.raises(SystemExit) as exit:
+        main(["run", "--help"])
+    listed = capsys.readouterr().out
+    assert exit.value.code == 0 and all(name in listed for name in builtin_names())
 
 
 @pytest.mark.parametrize("name", builtin_names())
