@@ -96,6 +96,8 @@ def test_summary_shows_the_medians_spreads_and_speedups_computed_from_the_data(s
             flops = part[part["run_id"].isin(times.index) & (part["eval_accuracy"] >= target)]
             first_flops = flops.sort_values("step").groupby("run_id")["flops"].first()
             assert fmt(first_flops.median(), "flops") in row(shown, "FLOPs to target")
+            first_step = flops.sort_values("step").groupby("run_id")["step"].first()
+            assert fmt(first_step.median(), "steps") in row(shown, "steps to target")
             if 1 < len(times) < 3:
                 assert f"{span(times.min(), times.max(), 'seconds')} · {RANGE}" in row(shown, "time to target")
         assert fmt(medians["bp"] / medians["dbp"], "ratio") in row(shown, "time to target")

@@ -18,6 +18,7 @@ METHOD_ORDER = {"bp": 0, "dbp": 1}
 UNFINISHED = "no end record"  # the status shown for a run whose file has no end record
 # (runs column, label, unit kind, whether BP/DBP is shown)
 METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
+           ("steps_to_target", "steps to target", "steps", True),
            ("time_to_target", "time to target", "seconds", True),
            ("energy_to_target", "energy to target", "joules", True),
            ("co2_to_target", "CO2e to target", "co2", True),
@@ -49,6 +50,8 @@ def _parts(value: float, kind: str) -> tuple[str, str]:
     if kind == "seconds":
         return _si(value, "s") if value < 60 else (f"{value / 60:.3g}", " min") if value < 7200 else (
             f"{value / 3600:.3g}", " h")
+    if kind == "steps":  # a median over an even number of runs may end in .5
+        return f"{value:,.1f}".removesuffix(".0"), ""
     if kind == "ratio":
         return f"{value:.2f}", "×"
     if kind == "fraction":
