@@ -12,6 +12,7 @@ run (signals, budgets, divergence) are taken on values reduced across ranks, nev
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -80,10 +81,16 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# torch 2.13 renamed the keyword (the old one warns there); torch 2.11 and 2.12 know only the old one.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                   else {"broadcast_buffers": False})
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` in DistributedDataParallel under DDP, else itself.
 
-    forward_sync_buffers=False (formerly broadcast_buffers=False): DDP would otherwise copy every buffer from rank 0
+    forward_sync_buffers=False (broadcast_buffers=False before torch 2.13): DDP would otherwise copy every buffer from rank 0
     at each forward — each DBP layer's d×d R included, which would hide a rank whose R went astray and cost d² per
     layer per step. Buffers are still copied from rank 0 once, at wrapping. R is kept equal by the pooled update
     (dbp.update(distributed=True)), BatchNorm statistics by `average_running_stats`.
@@ -91,7 +98,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     if not active():
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   forward_sync_buffers=False)
+                                   **_NO_BUFFER_SYNC)
 
 
 def _reduce(values: list[float], op: dist.ReduceOp) -> list[float]:

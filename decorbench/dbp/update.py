@@ -61,12 +61,16 @@ def _of_c(c: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return c @ R, c.diagonal(), c.square().sum()
 
 
+# torch 2.13 renamed all_gather_into_tensor (the old name warns there); torch 2.11 and 2.12 have only the old one.
+_all_gather_rows = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def _pooled_moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_moments` over the rows every rank sampled (each rank the same number), identical on every rank."""
     w, (n, d) = dist.get_world_size(), x.shape
     if w * n < 2 * d:  # the rows are the smaller message (ring all-gather vs ring all-reduce traffic)
         rows = x.new_empty(w * n, d)
-        dist.all_gather_single(rows, x.contiguous())
+        _all_gather_rows(rows, x.contiguous())
         return _moments(rows.to(R.dtype), R)
     x = x.to(R.dtype)
     second = x.T @ x / (w * n)
