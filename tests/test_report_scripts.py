@@ -1,8 +1,11 @@
 """The measurement scripts under reports/scripts run end to end (tiny sizes, CPU) and write what they promise."""
 
 import json
+import os
 import runpy
+import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -27,3 +30,36 @@ def test_gpu_step_cost_writes_both_methods_per_case_and_says_why_energy_is_missi
     assert saved["provenance"]["device"] == "cpu" and "--depths small-cnn" in saved["provenance"]["command"]
     table = out.with_suffix(".md").read_text()
     assert "| small-cnn | 8 | eager |" in table and "Energy (counter) not measured: device is cpu" in table
+
+
+SESSION = "reports/scripts/gpu_session.sh"
+TINY = {"STEP_COST_ARGS": "--depths small-cnn --batches 8 --windows 1 --window-s 0.01 --idle-s 0.01 --device cpu",
+        "SUITE_ARGS": 'smoke --device cpu --set models=["mlp"] --set seeds=[0] --set budget.max_epochs=1'}
+
+
+def _session(out, seconds, *phases):
+    env = {**os.environ, **TINY, "PYTHON": sys.executable, "DECORBENCH_GIT_COMMIT": "0" * 40}
+    done = subprocess.run(["bash", SESSION, str(out), str(seconds), *phases], env=env, capture_output=True,
+                          text=True, timeout=300)
+    with tarfile.open(out / "gpu-session.tar.gz") as tar:
+        names = {n.removeprefix("./") for n in tar.getnames()}
+    return done, names
+
+
+def test_gpu_session_bundles_every_phase_and_keeps_a_log(tmp_path):
+    done, names = _session(tmp_path, 240, "env", "step-cost", "reference")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {"env.txt", "step_cost.json", "step_cost.md", "reference/report.html"} <= names
+    assert {n for n in names if n.startswith("reference/runs/")} == {
+        "reference/runs/smoke-digits-mlp-bp-s0.jsonl", "reference/runs/smoke-digits-mlp-dbp-s0.jsonl"}
+    log = (tmp_path / "session.log").read_text()
+    assert "== env: 0" in log and "== step-cost: 0" in log and "== reference: 0" in log
+    assert "training capped at 20 s per run" in log  # (240 s - 5 s of phases before - 30 - 20 - 4 x 25) / 4
+    assert "| small-cnn | 8 | eager |" in done.stdout  # the step-cost table comes last, in the tool's output tail
+
+
+def test_gpu_session_skips_a_phase_it_has_no_time_for_and_still_bundles(tmp_path):
+    done, names = _session(tmp_path, 100, "reference")
+    assert done.returncode == 0
+    assert "too little" in done.stdout and "== reference: skipped" in done.stdout
+    assert "reference/runs" not in {n.rstrip("/") for n in names}

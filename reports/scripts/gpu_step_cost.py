@@ -193,6 +193,15 @@ def markdown(prov: dict, idle: dict, results: list[dict], reasons: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(out: Path, prov: dict, idle: dict, results: list[dict], reasons: dict) -> None:
+    """Both files, each replaced whole (a job killed while writing leaves the previous version, not half a file)."""
+    saved = {"provenance": prov, "dbp": DBP, "idle_watts": idle, "energy_unavailable": reasons, "results": results}
+    for suffix, text in ((".json", json.dumps(saved, indent=1)), (".md", markdown(prov, idle, results, reasons))):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out.with_suffix(suffix))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="path prefix of the .json and .md written")
@@ -208,9 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     prov = {**provenance(device), "command": " ".join(["python", *sys.argv])}
     energy = meters(device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
     try:
         idle = idle_power(device, energy, args.idle_s)
-        results = []
+        reasons = {k: m.unavailable_reason for k, m in energy.items()}
         for depth in args.depths:
             for batch in args.batches:
                 for path in args.paths:
@@ -218,18 +230,12 @@ def main(argv: list[str] | None = None) -> None:
                     results.append({"depth": depth, "batch": batch, "path": path, **r})
                     print(f"{depth} batch {batch} {path}: DBP/BP step time "
                           f"{r['dbp']['step_s'] / r['bp']['step_s']:.2f}", flush=True)
-        reasons = {k: m.unavailable_reason for k, m in energy.items()}
+                    reasons = {k: m.unavailable_reason for k, m in energy.items()}
+                    write(out, prov, idle, results, reasons)  # each case kept at once: a time-boxed job may be killed
     finally:
         for m in energy.values():
             m.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"provenance": prov, "dbp": DBP, "idle_watts": idle, "energy_unavailable": reasons, "results": results},
-        indent=1))
-    text = markdown(prov, idle, results, reasons)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(markdown(prov, idle, results, reasons))
 
 
 if __name__ == "__main__":
