@@ -32,6 +32,12 @@ class Budget:
             raise ValueError("the budget has no limit: set max_epochs, max_steps, max_train_seconds, max_energy_j "
                              "or stop_at_target")
 
+    @property
+    def energy_only(self) -> bool:
+        """Whether max_energy_j is the one limit that can end a run (then an unmeasured run could never end)."""
+        return self.max_energy_j is not None and not (self.max_epochs or self.max_steps or self.max_train_seconds
+                                                       or self.stop_at_target)
+
     def exhausted(self, *, step: int, epoch: int, train_time_s: float, energy_j: float | None,
                   accuracy: float | None) -> tuple[str, str] | None:
         """(status, reason) of the first limit reached by this state, or None to go on.

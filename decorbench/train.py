@@ -208,8 +208,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
     b = spec.budget
-    if b.max_energy_j is not None and (energy is None or energy.source is None) \
-            and not (b.max_epochs or b.max_steps or b.max_train_seconds or b.stop_at_target):
+    if b.energy_only and (energy is None or energy.source is None):
         why = energy.unavailable_reason if energy is not None else "no energy meter"
         raise ValueError(f"budget.max_energy_j cannot end this run on its own: {why}")
     torch.manual_seed(spec.seed)  # the same on every rank: the same initial weights
@@ -335,6 +334,9 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                                         energy_j=energy_j, accuracy=accuracy)
             if end is not None:
                 return (*end, totals)
+            if b.energy_only and energy_j is None:  # the meter failed mid-run: nothing could end the run any more
+                return "failed", ("budget.max_energy_j can no longer end this run: its energy is unknown from "
+                                  f"step {step} on ({totals.get('energy_unavailable_reason')})"), totals
             if stop:
                 return "interrupted", f"stopped by signal at step {step}", totals
             train_loss.zero_()

@@ -82,6 +82,14 @@ class FakeNVML:
         return self.power()
 
 
+@pytest.fixture(autouse=True)
+def _the_fakes_gpus_not_this_machines(monkeypatch):
+    """The fake NVML's GPUs are found as on a machine without CUDA, whatever GPUs and CUDA_VISIBLE_DEVICES this
+    one has (a test that needs either sets it)."""
+    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 def readings(*values):
     """A callable returning `values` one by one (an exception instance is raised)."""
     it = iter(values)

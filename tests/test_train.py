@@ -7,10 +7,12 @@ import torch
 
 from decorbench.budget import Budget
 from decorbench.dbp import decorrelate
-from decorbench.meters import count_flops
+from decorbench.meters import EnergyMeter, count_flops
+from decorbench.meters import energy as energy_module
 from decorbench.models import create_model
 from decorbench.results import EVAL_FIELDS
 from decorbench.train import DBPConfig, RunSpec, TrainConfig, train_run
+from test_meters import FakeNVML, NVMLError_GpuIsLost, readings
 
 
 class Records:
@@ -21,11 +23,11 @@ class Records:
         self.evals.append(record)
 
 
-def run(method="bp", *, budget=Budget(max_steps=4), model="mlp", **train):
+def run(method="bp", *, budget=Budget(max_steps=4), model="mlp", energy=None, **train):
     train = {"batch_size": 64, "eval_every": 2, "schedule": "constant", **train}
     spec = RunSpec("t", method, model, "digits", 0, TrainConfig(**train), DBPConfig(lr=1e-3, kappa=0.5), budget)
     sink = Records()
-    status, reason, totals = train_run(spec, sink, device=torch.device("cpu"))
+    status, reason, totals = train_run(spec, sink, device=torch.device("cpu"), energy=energy)
     return status, reason, totals, sink.evals
 
 
@@ -43,6 +45,23 @@ def test_eval_records_carry_every_field_and_grow_monotonically(method):
     assert last["energy_j"] is None and last["co2_kg"] is None and last["energy_source"] is None
     assert last["peak_memory_bytes"] > 0
     assert (last["decor_loss"] is not None) == (method == "dbp")
+
+
+@pytest.mark.parametrize("budget, status", [(Budget(max_steps=8, max_energy_j=100.0), "completed"),
+                                            (Budget(max_energy_j=100.0), "failed")])
+def test_energy_of_training_windows_in_records_and_a_meter_failing_mid_run_leaves_null(monkeypatch, budget, status):
+    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: None)  # the fake's GPUs, not this machine's
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # probe; window edges 0→1000, 5000→6000 mJ (the eval between them is not counted); then the GPU is lost
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=readings(0, 0, 1_000, 5_000, 6_000,
+                                                                 NVMLError_GpuIsLost("GPU is lost"))))
+    got, reason, totals, evals = run(budget=budget, energy=meter)
+    assert [(r["energy_j"], r["energy_source"]) for r in evals[:3]] == [(1.0, "nvml-counter"), (2.0, "nvml-counter"),
+                                                                       (None, None)]
+    assert totals["energy_j"] is None and "NVMLError_GpuIsLost" in totals["energy_unavailable_reason"]
+    assert got == status and evals[-1]["step"] == {"completed": 8, "failed": 6}[status]
+    if status == "failed":  # nothing else could have ended it
+        assert reason.startswith("budget.max_energy_j can no longer end this run: its energy is unknown from step 6")
 
 
 def test_bp_and_dbp_of_a_pair_start_from_the_same_weights_and_data():

@@ -6,7 +6,8 @@
 #
 # PHASE (default all four, in this order):
 #   env        `decorbench env` and `nvidia-smi -q` (the GPU's state: clocks, power limit, temperature)
-#   tests      the step, meter and env tests, here with a GPU and NVML (the step never waits for the device)
+#   tests      the step, meter and env tests, here with a GPU and NVML (the step never waits for the device; the
+#              real NVML counter finds the board torch uses and reads plausible joules)
 #   step-cost  reports/scripts/gpu_step_cost.py: DBP vs BP step time, NVML energy by counter and by sampled power,
 #              idle power, MFU; ResNet-10/18/34/50 at batch 128 and 256
 #   reference  the gpu-reference suite on ResNet-18, 2 seeds, each run's training capped so the four fit the time
@@ -68,8 +69,8 @@ for phase in $phases; do
         nvidia-smi -q >"$work/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not available"
         ;;
     tests)
-        timebox "$(upto 120)" "$python" -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_meters.py \
-            tests/test_env.py | tee "$work/tests.txt"
+        timebox "$(upto 120)" "$python" -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_gpu_meters.py \
+            tests/test_meters.py tests/test_env.py | tee "$work/tests.txt"
         status=$?
         ;;
     step-cost)
