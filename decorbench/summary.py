@@ -12,14 +12,16 @@ from decorbench.report.runs import GROUP, per_run, tidy
 
 def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per (dataset, model, method): runs, target, median final accuracy, median time to target, how many
-    seeds reached it, and the speed-up = median BP time-to-target / median DBP time-to-target.
+    seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's is), and the speed-up =
+    median BP time-to-target / median DBP time-to-target.
 
     The target defaults to BP's median final accuracy per dataset and model, as in the report.
     """
     runs, goal = per_run(tidy(evals), target)
     table = runs.groupby([*GROUP, "method"]).agg(
         runs=("final_accuracy", "size"), final_accuracy=("final_accuracy", "median"),
-        time_to_target_s=("time_to_target", "median"), reached=("reached", lambda s: f"{int(s.sum())}/{len(s)}"))
+        time_to_target_s=("time_to_target", "median"), reached=("reached", lambda s: f"{int(s.sum())}/{len(s)}"),
+        co2e_g=("co2_kg", lambda s: s.median() * 1000 if s.notna().all() else float("nan")))
     table = table.join(goal, on=GROUP)
     tta = table["time_to_target_s"].unstack("method")
     if {"bp", "dbp"} <= set(tta.columns):
@@ -29,8 +31,9 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
 
 def format_summary(table: pd.DataFrame) -> str:
     shown = table.copy()
-    for col in ("target", "final_accuracy", "time_to_target_s", "speedup_bp_over_dbp"):
+    for col in ("target", "final_accuracy", "time_to_target_s", "speedup_bp_over_dbp", "co2e_g"):
         if col in shown:
-            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}" if col == "co2e_g" else f"{v:.3f}")
     return ("time = training seconds to the first eval at or above the target, median over seeds; "
+            "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
             "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False))
