@@ -22,8 +22,9 @@ PROVENANCE = provenance("cpu")  # once: it runs git
 
 
 def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, status="completed",
-              reason="max_epochs 5 done", energy=True, **run_fields):
-    """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's."""
+              reason="max_epochs 5 done", energy=True, energy_lost_at=None, **run_fields):
+    """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's.
+    `energy_lost_at`: the eval from which the energy meter has failed (its reason in the end record)."""
     rng = np.random.default_rng([seed, len(model), method == "dbp"])
     run = {**PROVENANCE, "run_id": run_id, "suite": "test", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": evals}, "hyperparameters": {"lr": 1e-3}, "country_iso_code": "NLD",
@@ -31,14 +32,17 @@ def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, statu
     step_s = 0.01 * (1.3 if method == "dbp" else 1.0) * rng.uniform(0.8, 1.2)
     with RunWriter(run_path(out, run_id), run) as writer:
         for i in range(1, evals + 1):
+            measured = energy and (energy_lost_at is None or i < energy_lost_at)
             writer.eval({"step": 10 * i, "epoch": i, "samples": 640 * i, "train_time_s": step_s * 10 * i,
                          "wall_time_s": step_s * 11 * i, "train_loss": 1 / i, "eval_loss": 1 / i,
                          "eval_accuracy": 1 - 0.6 * math.exp(-i / rng.uniform(1, 2)), "flops": 10**9 * i,
-                         "energy_j": 50.0 * step_s * i if energy else None,
-                         "energy_source": "nvml-counter" if energy else None, "co2_kg": 1e-6 * i if energy else None,
+                         "energy_j": 50.0 * step_s * i if measured else None,
+                         "energy_source": "nvml-counter" if measured else None,
+                         "co2_kg": 1e-6 * i if energy else None,
                          "peak_memory_bytes": 2**20, "decor_loss": 0.1 / i if method == "dbp" else None})
         if status:
-            writer.end(status, reason, {"steps": 10 * evals})
+            lost = {"energy_unavailable_reason": "NVML: GPU is lost"} if energy_lost_at else {}
+            writer.end(status, reason, {"steps": 10 * evals, **lost})
     return run_path(out, run_id)
 
 
@@ -105,11 +109,18 @@ def test_summary_shows_the_medians_spreads_and_speedups_computed_from_the_data(s
     assert f"· {RANGE}" in row(card(html, "digits", "mlp"), "final accuracy")  # 2 seeds: min–max
 
 
+def test_a_meter_that_failed_mid_run_is_named_with_its_reason(tmp_path):
+    write_run(tmp_path, "bp", "bp", "mlp", 0)
+    write_run(tmp_path, "dbp", "dbp", "mlp", 0, energy_lost_at=3)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    assert "Energy is unknown for 1 of 2 runs: NVML: GPU is lost." in page
+
+
 def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suite):
     _, html = suite
     assert "<th>carbon region (country)</th><td>NLD</td>" in html
     assert f"<th>Python</th><td>{PROVENANCE['python']}</td>" in html
-    assert "Energy was not measured in 10 of 10 runs: no energy meter is wired in yet." in html
+    assert "Energy is unknown for 10 of 10 runs: no energy meter is wired in yet." in html
     assert "Not drawn: no run recorded its energy" in html  # and no energy figure
     assert html.count("<svg") == 4  # time, FLOPs, step time, decorrelation loss
     time_figure = html.split("<h3>Accuracy vs training time</h3>")[1].split("</svg>")[0]

@@ -151,10 +151,11 @@ def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
     out = []
     for label, value, reason in (("Energy", "energy_j", "energy_unavailable_reason"),
                                  ("CO2e", "co2_kg", "carbon_unavailable_reason")):
-        missing = runs[~runs["run"].isin(evals.loc[evals[value].notna(), "run"])]
+        missing = runs[runs[value].isna()]  # the total at the run's end: unknown if a meter failed on the way
         if len(missing):
-            why = _distinct(_field(missing, reason, "no reason recorded"))
-            out.append(f"{label} was not measured in {len(missing)} of {len(runs)} runs: {why}.")
+            at_start = _field(missing, reason, "")  # a meter that never worked; else why it stopped, at the end
+            why = _distinct(at_start.where(at_start != "", _field(missing, f"totals.{reason}", "no reason recorded")))
+            out.append(f"{label} is unknown for {len(missing)} of {len(runs)} runs: {why}.")
     estimated = evals.loc[evals["energy_source"] == "codecarbon-estimate", "run"].nunique()
     if estimated:
         out.append(f"Energy of {estimated} runs is codecarbon's estimate from an assumed power, not a measurement.")
