@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from decorbench.meters import CarbonMeter, EnergyMeter
+from decorbench.meters import CarbonMeter, EnergyMeter, peak_memory_bytes, reset_peak_memory
 from decorbench.meters import energy as energy_module
 from decorbench.meters.energy import describe_nvml_error, pci_bus_id, resolve_nvml_handle, visible_device_entry
 
@@ -467,3 +467,15 @@ def test_carbon_tracker_that_does_not_start_gives_null_and_reason():
     assert meter.unavailable_reason == "codecarbon: the tracker failed to start (ValueError: no hardware)"
     silent = CarbonMeter("NLD", tracker_factory=lambda **kw: FakeTracker(flush=None, **kw))
     assert not silent.start() and silent.unavailable_reason.startswith("codecarbon: the tracker did not start")
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resettable peak is Linux's VmHWM")
+def test_cpu_peak_memory_resets_between_runs_of_one_process():
+    size = 400 * 2**20
+    reset_peak_memory("cpu")
+    x = torch.ones(size // 4)  # touched, so resident
+    with_x = peak_memory_bytes("cpu")
+    del x
+    reset_peak_memory("cpu")  # the next run: its peak starts from what is resident now
+    assert with_x - peak_memory_bytes("cpu") >= 0.9 * size
