@@ -33,7 +33,7 @@ def test_gpu_step_cost_writes_both_methods_per_case_and_says_why_energy_is_missi
 
 
 SESSION = "reports/scripts/gpu_session.sh"
-TINY = {"STEP_COST_ARGS": "--depths small-cnn --batches 8 --windows 1 --window-s 0.01 --idle-s 0.01 --device cpu",
+TINY = {"OVERHEAD_ARGS": "--steps 4 --repeats 1 --device cpu", "STEP_COST_ARGS": "--depths small-cnn --batches 8 --windows 1 --window-s 0.01 --idle-s 0.01 --device cpu",
         "SUITE_ARGS": 'smoke --device cpu --set models=["mlp"] --set seeds=[0] --set budget.max_epochs=1'}
 
 
@@ -47,14 +47,14 @@ def _session(out, seconds, *phases):
 
 
 def test_gpu_session_bundles_every_phase_and_keeps_a_log(tmp_path):
-    done, names = _session(tmp_path, 240, "env", "step-cost", "reference")
+    done, names = _session(tmp_path, 240, "env", "overhead", "step-cost", "reference")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert {"env.txt", "step_cost.json", "step_cost.md", "reference/report.html"} <= names
+    assert {"env.txt", "meter_overhead.txt", "step_cost.json", "step_cost.md", "reference/report.html"} <= names
     assert {n for n in names if n.startswith("reference/runs/")} == {
         "reference/runs/smoke-digits-mlp-bp-s0.jsonl", "reference/runs/smoke-digits-mlp-dbp-s0.jsonl"}
     log = (tmp_path / "session.log").read_text()
-    assert "== env: 0" in log and "== step-cost: 0" in log and "== reference: 0" in log
-    assert "training capped at 20 s per run" in log  # (240 s - 5 s of phases before - 30 - 20 - 4 x 25) / 4
+    assert "== env: 0" in log and "== overhead: 0" in log and "== step-cost: 0" in log and "== reference: 0" in log
+    assert "training capped at " in log  # (240 s - the phases before - 30 - 20 - 4 x 25) / 4
     assert "| small-cnn | 8 | eager |" in done.stdout  # the step-cost table comes last, in the tool's output tail
 
 

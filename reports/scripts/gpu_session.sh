@@ -4,25 +4,27 @@
 #
 #   DECORBENCH_GIT_COMMIT=<sha> bash reports/scripts/gpu_session.sh OUT [SECONDS [PHASE...]]
 #
-# PHASE (default all four, in this order):
+# PHASE (default all five, in this order):
 #   env        `decorbench env` and `nvidia-smi -q` (the GPU's state: clocks, power limit, temperature)
 #   tests      the step, meter and env tests, here with a GPU and NVML (the step never waits for the device; the
 #              real NVML counter finds the board torch uses and reads plausible joules)
+#   overhead   benchmarks/meter_overhead.py on the GPU: the instrumented loop (NVML, codecarbon) vs a bare one
 #   step-cost  reports/scripts/gpu_step_cost.py: DBP vs BP step time, NVML energy by counter and by sampled power,
 #              idle power, MFU; ResNet-10/18/34/50 at batch 128 and 256
 #   reference  the gpu-reference suite on ResNet-18, 2 seeds, each run's training capped so the four fit the time
 #              left, then its report
 # Writes OUT/session.log and OUT/gpu-session.tar.gz (everything: env.txt, nvidia-smi.txt, tests.txt,
-# step_cost.{md,json}, reference/ with runs/ and report.html), rebuilt after every phase; the device tool
+# meter_overhead.txt, step_cost.{md,json}, reference/ with runs/ and report.html), rebuilt after every phase; the device tool
 # returns at most 8 files, two folders deep. Installs .whl/*.whl first if there (reports/scripts/gpu_wheels.sh).
-# STEP_COST_ARGS and SUITE_ARGS replace the phases' default arguments (the tests run it tiny on a CPU).
+# OVERHEAD_ARGS, STEP_COST_ARGS and SUITE_ARGS replace the phases' default arguments (the tests run it tiny on a CPU).
 set -uo pipefail
 
 out=${1:?usage: gpu_session.sh OUT [SECONDS [PHASE...]]}
 budget=${2:-480}
 shift $(($# < 2 ? $# : 2))
-phases=${*:-env tests step-cost reference}
+phases=${*:-env tests overhead step-cost reference}
 python=${PYTHON:-python3}
+overhead_args=${OVERHEAD_ARGS:---steps 300 --repeats 3 --device cuda}
 step_cost_args=${STEP_COST_ARGS:---windows 3 --window-s 1.5 --idle-s 5}
 suite_args=${SUITE_ARGS:-gpu-reference --set models=[\"resnet18\"] --set seeds=[0,1]}
 runs=4            # the reference phase's runs: bp and dbp x 2 seeds
@@ -73,6 +75,11 @@ for phase in $phases; do
             tests/test_meters.py tests/test_env.py | tee "$work/tests.txt"
         status=$?
         ;;
+    overhead)
+        # shellcheck disable=SC2086
+        timebox "$(upto 120)" "$python" -m benchmarks.meter_overhead $overhead_args | tee "$work/meter_overhead.txt"
+        status=$?
+        ;;
     step-cost)
         # leaves the reference phase, when it follows, at least half of what is left
         share=$(left)
@@ -98,7 +105,7 @@ for phase in $phases; do
         fi
         ;;
     *)
-        echo "unknown phase $phase (env, tests, step-cost, reference)"
+        echo "unknown phase $phase (env, tests, overhead, step-cost, reference)"
         status=unknown
         ;;
     esac
