@@ -95,10 +95,14 @@ def _nvml_driver() -> tuple[str, int | None]:
 def _probe_time() -> str:
     from decorbench.meters import Stopwatch
 
-    watch = Stopwatch(torch.device("cpu"))
-    watch.start()
-    took = watch.stop()
-    sync = "synchronised with the GPU at window edges" if torch.cuda.is_available() else "no GPU to synchronise"
+    gpu = torch.cuda.is_available()
+    watch = Stopwatch(torch.device("cuda" if gpu else "cpu"))
+    try:
+        watch.start()
+        took = watch.stop()
+    except Exception as e:
+        return f"FAILS: {type(e).__name__}: {e}"
+    sync = "synchronised with the GPU at window edges" if gpu else "no GPU to synchronise"
     return f"works: time.perf_counter windows ({sync}; an empty window took {took * 1e6:.0f} µs)"
 
 
@@ -122,9 +126,10 @@ def _probe_memory() -> str:
 
     try:
         peak = peak_memory_bytes(torch.device("cpu"))
+        gpu = (f" ({peak_memory_bytes(torch.device('cuda')) / 2**20:.0f} MiB so far)" if torch.cuda.is_available()
+               else " (no GPU here)")
     except Exception as e:
         return f"FAILS: {type(e).__name__}: {e}"
-    gpu = "" if torch.cuda.is_available() else " (no GPU here)"
     return (f"works: on a CPU this process's peak resident set ({peak / 2**20:.0f} MiB so far), on a GPU the CUDA "
             f"allocator's peak{gpu}")
 
@@ -147,8 +152,11 @@ def _probe_energy() -> tuple[str, str]:
                 continue
             name = f"{device} ({meter.gpu_name}, {meter.mapping})"
             meter.begin_window()
-            joules = meter.end_window()
-            if meter.source == "nvml-counter":
+            source, joules = meter.source, meter.end_window()
+            if joules is None:  # it worked when made, then a reading failed
+                counter.append(f"FAILS on {name}: {meter.unavailable_reason}")
+                power.append(f"FAILS on {name}: {meter.unavailable_reason}")
+            elif source == "nvml-counter":
                 counter.append(f"works on {name}: a window read {joules:.3f} J")
                 power.append(f"not needed on {name} (the counter works); the fallback when it does not")
             else:

@@ -1,11 +1,14 @@
 """`decorbench env` tells the truth about this machine: what it has, and which meters work here and why not."""
 
+import functools
 import sys
 
 import pytest
 import torch
 
 from decorbench.env import describe_environment
+from decorbench.meters import energy as energy_module
+from test_meters import FakeNVML, NVMLError_GpuIsLost, readings
 
 
 def _nvml_error_here() -> str | None:
@@ -61,3 +64,15 @@ def test_without_codecarbon_the_carbon_line_says_why(monkeypatch):
 
 def test_skipping_the_carbon_probe_says_so():
     assert "not probed" in describe_environment(probe_carbon=False)
+
+
+def test_an_nvml_counter_that_fails_when_read_is_reported_as_failing(monkeypatch):
+    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: None)  # the fake's GPUs
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # one probed device, cuda:0
+    fake = FakeNVML(counter=readings(0, NVMLError_GpuIsLost("GPU is lost")))  # works at the probe, then fails
+    monkeypatch.setattr(energy_module, "EnergyMeter", functools.partial(energy_module.EnergyMeter, nvml=fake))
+    lines = {line.split("  ")[1].strip(): line for line in describe_environment(probe_carbon=False).splitlines()
+             if line.startswith("  ")}
+    for meter in ("energy: NVML counter", "energy: NVML power"):
+        assert "FAILS on cuda:0 (Fake GPU, NVML index 0" in lines[meter] and "NVMLError_GpuIsLost" in lines[meter]
