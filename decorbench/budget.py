@@ -27,16 +27,19 @@ class Budget:
             raise ValueError(f"budget.target_accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.stop_at_target and self.target_accuracy is None:
             raise ValueError("budget.stop_at_target needs budget.target_accuracy")
-        if self.max_epochs is None and self.max_steps is None and self.max_train_seconds is None \
-                and self.max_energy_j is None and not self.stop_at_target:
+        if self.max_energy_j is None and not self._ends_without_energy:
             raise ValueError("the budget has no limit: set max_epochs, max_steps, max_train_seconds, max_energy_j "
                              "or stop_at_target")
 
     @property
+    def _ends_without_energy(self) -> bool:
+        return (self.max_epochs is not None or self.max_steps is not None or self.max_train_seconds is not None
+                or self.stop_at_target)
+
+    @property
     def energy_only(self) -> bool:
         """Whether max_energy_j is the one limit that can end a run (then an unmeasured run could never end)."""
-        return self.max_energy_j is not None and not (self.max_epochs or self.max_steps or self.max_train_seconds
-                                                       or self.stop_at_target)
+        return self.max_energy_j is not None and not self._ends_without_energy
 
     def exhausted(self, *, step: int, epoch: int, train_time_s: float, energy_j: float | None,
                   accuracy: float | None) -> tuple[str, str] | None:

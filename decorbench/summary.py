@@ -33,7 +33,8 @@ def format_summary(table: pd.DataFrame) -> str:
     shown = table.copy()
     for col in ("target", "final_accuracy", "time_to_target_s", "speedup_bp_over_dbp", "co2e_g"):
         if col in shown:
-            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}" if col == "co2e_g" else f"{v:.3f}")
+            spec = ".3g" if col == "co2e_g" else ".3f"  # grams span orders of magnitude
+            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else format(v, spec))
     return ("time = training seconds to the first eval at or above the target, median over seeds; "
             "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
             "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False))

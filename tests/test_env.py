@@ -66,9 +66,7 @@ def test_skipping_the_carbon_probe_says_so():
     assert "not probed" in describe_environment(probe_carbon=False)
 
 
-def test_an_nvml_counter_that_fails_when_read_is_reported_as_failing(monkeypatch):
-    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: None)  # the fake's GPUs
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+def test_an_nvml_counter_that_fails_when_read_is_reported_as_failing(monkeypatch, fake_nvml_gpus):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # one probed device, cuda:0
     fake = FakeNVML(counter=readings(0, NVMLError_GpuIsLost("GPU is lost")))  # works at the probe, then fails
     monkeypatch.setattr(energy_module, "EnergyMeter", functools.partial(energy_module.EnergyMeter, nvml=fake))

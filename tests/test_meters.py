@@ -15,6 +15,9 @@ from decorbench.meters import energy as energy_module
 from decorbench.meters.energy import describe_nvml_error, pci_bus_id, resolve_nvml_handle, visible_device_entry
 
 
+pytestmark = pytest.mark.usefixtures("fake_nvml_gpus")  # conftest.py: the fake's GPUs, not this machine's
+
+
 # -- a fake NVML module ------------------------------------------------------------------------------------------
 class NVMLError(Exception):
     pass
@@ -80,14 +83,6 @@ class FakeNVML:
         if self.power is None:
             raise NVMLError_NotSupported("Not Supported")
         return self.power()
-
-
-@pytest.fixture(autouse=True)
-def _the_fakes_gpus_not_this_machines(monkeypatch):
-    """The fake NVML's GPUs are found as on a machine without CUDA, whatever GPUs and CUDA_VISIBLE_DEVICES this
-    one has (a test that needs either sets it)."""
-    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: None)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def readings(*values):

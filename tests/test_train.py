@@ -8,7 +8,6 @@ import torch
 from decorbench.budget import Budget
 from decorbench.dbp import decorrelate
 from decorbench.meters import EnergyMeter, count_flops
-from decorbench.meters import energy as energy_module
 from decorbench.models import create_model
 from decorbench.results import EVAL_FIELDS
 from decorbench.train import DBPConfig, RunSpec, TrainConfig, train_run
@@ -49,9 +48,8 @@ def test_eval_records_carry_every_field_and_grow_monotonically(method):
 
 @pytest.mark.parametrize("budget, status", [(Budget(max_steps=8, max_energy_j=100.0), "completed"),
                                             (Budget(max_energy_j=100.0), "failed")])
-def test_energy_of_training_windows_in_records_and_a_meter_failing_mid_run_leaves_null(monkeypatch, budget, status):
-    monkeypatch.setattr(energy_module, "torch_pci_bus_id", lambda index: None)  # the fake's GPUs, not this machine's
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+def test_energy_of_training_windows_in_records_and_a_meter_failing_mid_run_leaves_null(fake_nvml_gpus, budget,
+                                                                                        status):
     # probe; window edges 0→1000, 5000→6000 mJ (the eval between them is not counted); then the GPU is lost
     meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=readings(0, 0, 1_000, 5_000, 6_000,
                                                                  NVMLError_GpuIsLost("GPU is lost"))))

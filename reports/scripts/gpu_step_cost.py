@@ -193,6 +193,11 @@ def markdown(prov: dict, idle: dict, results: list[dict], reasons: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unavailable(energy: dict[str, EnergyMeter]) -> dict[str, str | None]:
+    """Why each meter cannot measure (None where it can); a meter may fail mid-sweep, so asked anew each time."""
+    return {k: m.unavailable_reason for k, m in energy.items()}
+
+
 def write(out: Path, prov: dict, idle: dict, results: list[dict], reasons: dict) -> None:
     """Both files, each replaced whole (a job killed while writing leaves the previous version, not half a file)."""
     saved = {"provenance": prov, "dbp": DBP, "idle_watts": idle, "energy_unavailable": reasons, "results": results}
@@ -222,7 +227,6 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = []
     try:
         idle = idle_power(device, energy, args.idle_s)
-        reasons = {k: m.unavailable_reason for k, m in energy.items()}
         for depth in args.depths:
             for batch in args.batches:
                 for path in args.paths:
@@ -230,12 +234,11 @@ def main(argv: list[str] | None = None) -> None:
                     results.append({"depth": depth, "batch": batch, "path": path, **r})
                     print(f"{depth} batch {batch} {path}: DBP/BP step time "
                           f"{r['dbp']['step_s'] / r['bp']['step_s']:.2f}", flush=True)
-                    reasons = {k: m.unavailable_reason for k, m in energy.items()}
-                    write(out, prov, idle, results, reasons)  # each case kept at once: a time-boxed job may be killed
+                    write(out, prov, idle, results, unavailable(energy))  # kept at once: a time-boxed job may be killed
     finally:
         for m in energy.values():
             m.close()
-    print(markdown(prov, idle, results, reasons))
+    print(markdown(prov, idle, results, unavailable(energy)))
 
 
 if __name__ == "__main__":
