@@ -30,13 +30,31 @@ STATUSES = ("completed", "budget", "target", "diverged", "interrupted", "failed"
 _NUMERIC = tuple(f for f in EVAL_FIELDS if f != "energy_source")
 
 
-def _git(*args: str) -> str | None:
-    """stdout of a git command run in the package's directory, or None if git is missing, slow or fails."""
+def _git(cwd: Path, *args: str) -> str | None:
+    """stdout of a git command run in `cwd`, or None if git is missing, slow or fails."""
     try:
-        done = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+# What computes a number, besides the package itself: a change elsewhere (results written into the checkout,
+# a report, the README) leaves the measurement as the commit describes it.
+_CODE_OUTSIDE_PACKAGE = (":(top)benchmarks", ":(top)reports/scripts", ":(top)pyproject.toml", ":(top)constraints.txt")
+
+
+def source_state(package_dir: Path) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout `package_dir` is tracked in; dirty means its code (the package, benchmarks,
+    report scripts, pyproject) differs from the commit. (None, None) when git cannot tell, e.g. an installed copy
+    inside some unrelated checkout."""
+    if _git(package_dir, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return None, None
+    commit = _git(package_dir, "rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = _git(package_dir, "status", "--porcelain", "--untracked-files=no", "--", ".", *_CODE_OUTSIDE_PACKAGE)
+    return commit, None if status is None else status != ""
 
 
 def _cpu_model() -> str | None:
@@ -55,10 +73,7 @@ def provenance(device) -> dict:
     import torch  # here, not at module level: reading results (reports) should not pay for importing torch
 
     device = torch.device(device)
-    # only trust the commit if the package is tracked there (not an install inside some other checkout)
-    tracked = _git("ls-files", "--error-unmatch", "__init__.py") is not None
-    commit = _git("rev-parse", "HEAD") if tracked else None
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit, dirty = source_state(Path(__file__).parent)
     if commit is None:  # a copy of a checkout without its .git (a container, a remote machine): the sender says
         commit = os.environ.get("DECORBENCH_GIT_COMMIT") or None
     gpu_name = gpu_driver = None
@@ -76,7 +91,7 @@ def provenance(device) -> dict:
     return {
         "decorbench_version": __version__,
         "git_commit": commit,
-        "git_dirty": None if status is None else status != "",
+        "git_dirty": dirty,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import subprocess
 import warnings
 from datetime import datetime, timezone
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from decorbench.results import (END_FIELDS, EVAL_FIELDS, RUN_FIELDS, RunWriter, load, provenance, read_run,
-                                run_path)
+                                run_path, source_state)
 
 
 def run_record(run_id: str = "r0", method: str = "bp", seed: int = 0) -> dict:
@@ -214,3 +215,26 @@ def test_provenance_takes_the_commit_from_the_environment_where_git_cannot_tell(
     monkeypatch.setenv("DECORBENCH_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
     prov = provenance("cpu")
     assert prov["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and prov["git_dirty"] is None
+
+
+def test_source_state_calls_a_checkout_dirty_for_code_changes_only(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    package = tmp_path / "decorbench"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "run.jsonl").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "init")
+    commit, dirty = source_state(package)
+    assert re.fullmatch(r"[0-9a-f]{40}", commit) and dirty is False
+    (tmp_path / "reports" / "run.jsonl").unlink()  # results written over in the checkout: still the same code
+    (tmp_path / "README.md").write_text("new, untracked\n")
+    assert source_state(package) == (commit, False)
+    (package / "__init__.py").write_text("x = 1\n")
+    assert source_state(package) == (commit, True)
+    assert source_state(tmp_path.parent) == (None, None)  # not a checkout that tracks a package there

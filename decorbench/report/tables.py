@@ -137,7 +137,7 @@ def provenance(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(label, value) pairs; a field with several values across runs lists each with its run count."""
     commit = _field(runs, "git_commit").str[:12]
     dirty = _field(runs, "git_dirty").eq("True")
-    runs = runs.assign(commit=commit.where(~dirty, commit + " + uncommitted changes"))
+    runs = runs.assign(commit=commit.where(~dirty, commit + " + uncommitted code changes"))
     rows = [(label, _distinct(_field(runs, column))) for label, column in PROVENANCE]
     rows.append(("results files", f"{runs['source'].nunique()} in {results_dir(runs) or 'several places'}"))
     started = pd.to_datetime(_field(runs, "started_at"), errors="coerce", utc=True).dropna()
