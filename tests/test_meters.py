@@ -6,6 +6,7 @@ import sys
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,8 +42,9 @@ class FakeNVML:
 
     NVMLError = NVMLError
 
-    def __init__(self, counter=None, power=None, init_error=None):
+    def __init__(self, counter=None, power=None, init_error=None, processes=None, mig=None):
         self.counter, self.power, self.init_error = counter, power, init_error
+        self.processes, self.mig = processes, mig  # callable giving the board's compute PIDs; MIG mode (0/1)
         self.inits = self.shutdowns = 0
         self.calls = []
 
@@ -83,6 +85,22 @@ class FakeNVML:
         if self.power is None:
             raise NVMLError_NotSupported("Not Supported")
         return self.power()
+
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        if self.processes is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=None) for pid in self.processes()]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
+        if self.processes is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return []
+
+    def nvmlDeviceGetMigMode(self, handle):
+        if self.mig is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return [self.mig, self.mig]
 
 
 def readings(*values):
@@ -176,6 +194,25 @@ def test_counter_wrapping_past_2_to_the_64_is_a_small_step():
     meter = EnergyMeter("cuda:0", nvml=fake)
     meter.begin_window()
     assert meter.end_window() == pytest.approx(1.2) and meter.warnings == []
+
+
+def test_a_board_shared_with_other_processes_or_split_by_mig_is_flagged():
+    fake = FakeNVML(counter=lambda: 0, processes=readings([7], [7, 8], [7, 8, 9], [7, 8]), mig=0)
+    meter = EnergyMeter("cuda:0", nvml=fake)
+    meter.begin_window()
+    meter.end_window()
+    assert meter.warnings == []  # this process alone
+    for _ in range(3):
+        meter.begin_window()
+        meter.end_window()
+    assert meter.warnings == ["3 processes were on Fake GPU at once: its energy counts them all, not this run alone"]
+    assert meter.total_j == 0.0  # still measured: the flag says whose joules they are
+
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=lambda: 0, mig=1))
+    meter.begin_window()
+    assert meter.end_window() == 0.0
+    assert meter.warnings == ["MIG is on: the energy is that of the whole Fake GPU, all its instances together, "
+                              "not this run's instance alone"]
 
 
 def test_nvml_failing_mid_run_degrades_to_null_with_reason_and_never_raises():

@@ -22,9 +22,10 @@ PROVENANCE = provenance("cpu")  # once: it runs git
 
 
 def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, status="completed",
-              reason="max_epochs 5 done", energy=True, energy_lost_at=None, **run_fields):
+              reason="max_epochs 5 done", energy=True, energy_lost_at=None, energy_warnings=(), **run_fields):
     """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's.
-    `energy_lost_at`: the eval from which the energy meter has failed (its reason in the end record)."""
+    `energy_lost_at`: the eval from which the energy meter has failed (its reason in the end record);
+    `energy_warnings`: the meter's warnings, in the end record."""
     rng = np.random.default_rng([seed, len(model), method == "dbp"])
     run = {**PROVENANCE, "run_id": run_id, "suite": "test", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": evals}, "hyperparameters": {"lr": 1e-3}, "country_iso_code": "NLD",
@@ -42,7 +43,8 @@ def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, statu
                          "peak_memory_bytes": 2**20, "decor_loss": 0.1 / i if method == "dbp" else None})
         if status:
             lost = {"energy_unavailable_reason": "NVML: GPU is lost"} if energy_lost_at else {}
-            writer.end(status, reason, {"steps": 10 * evals, **lost})
+            warned = {"energy_warnings": list(energy_warnings)} if energy_warnings else {}
+            writer.end(status, reason, {"steps": 10 * evals, **lost, **warned})
     return run_path(out, run_id)
 
 
@@ -114,6 +116,16 @@ def test_a_meter_that_failed_mid_run_is_named_with_its_reason(tmp_path):
     write_run(tmp_path, "dbp", "dbp", "mlp", 0, energy_lost_at=3)
     page = render_report([tmp_path], tmp_path / "r.html").read_text()
     assert "Energy is unknown for 1 of 2 runs: NVML: GPU is lost." in page
+
+
+def test_energy_the_meter_warned_about_is_flagged_with_its_warnings(tmp_path):
+    shared = "3 processes were on H100 at once: its energy counts them all, not this run alone"
+    write_run(tmp_path, "bp", "bp", "mlp", 0, energy_warnings=[shared])
+    write_run(tmp_path, "dbp", "dbp", "mlp", 0, energy_warnings=[shared, "MIG is on"])
+    write_run(tmp_path, "dbp1", "dbp", "mlp", 1)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    assert f"Energy of 2 of 3 runs, read with care: {shared}." in page
+    assert "Energy of 1 of 3 runs, read with care: MIG is on." in page
 
 
 def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suite):

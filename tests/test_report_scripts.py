@@ -27,6 +27,7 @@ def test_gpu_step_cost_writes_both_methods_per_case_and_says_why_energy_is_missi
         assert r["counter_j_per_step"] is None and r["mfu"] is None  # no GPU: nothing invented
     assert case["dbp"]["flops_per_step"] > case["bp"]["flops_per_step"] > 0
     assert saved["energy_unavailable"] == {"counter": "device is cpu: no GPU energy meter"}
+    assert saved["energy_warnings"] == {"counter": []}
     assert saved["provenance"]["device"] == "cpu" and "--depths small-cnn" in saved["provenance"]["command"]
     table = out.with_suffix(".md").read_text()
     assert "| small-cnn | 8 | eager |" in table and "Energy (counter) not measured: device is cpu" in table

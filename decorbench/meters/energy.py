@@ -19,7 +19,10 @@ Sources, best first (DESIGN.md §5):
 
 What it measures: the whole GPU board as NVML reports it, whoever uses it (other processes on the same GPU count;
 under MIG the counter belongs to the whole physical GPU). Not the CPU, memory or the rest of the machine: the
-carbon meter (codecarbon) covers those, as an estimate.
+carbon meter (codecarbon) covers those, as an estimate. So that a shared board's joules are not read as the run's
+own, `warnings` says so when MIG is on, or when NVML lists more than one process on the board at a window's end
+(other jobs, or DDP ranks sharing the GPU, each of which would count the same joules). Where NVML lists no
+processes (some containers hide them), sharing goes unseen.
 
 Failures: an NVML call that fails after the start ends the measurement for good: `end_window()` returns None from
 then on and `unavailable_reason` names the call and the error. The joules summed so far would miss part of the run,
@@ -133,7 +136,8 @@ class EnergyMeter:
         self.nvml_index: int | None = None  # NVML's index of the GPU (also codecarbon's gpu_ids)
         self.mapping: str | None = None  # how the torch device was matched to the NVML device
         self.total_j: float | None = None  # cumulative joules of the closed windows since reset()
-        self.warnings: list[str] = []
+        self.warnings: list[str] = []  # why the joules may not be this run's alone, or may miss some
+        self._most_processes = 0  # the most processes NVML listed on the board at a window end
         self.sample_interval_s = sample_interval_s
         self._clock, self._t0, self._max_samples = clock, clock(), max(2, max_samples)
         self._nvml = self._handle = None
@@ -201,6 +205,12 @@ class EnergyMeter:
                     f"({describe_nvml_error(counter_error)}) nor its power ({describe_nvml_error(power_error)})")
                 return
         self.total_j = 0.0
+        try:
+            if nvml.nvmlDeviceGetMigMode(self._handle)[0]:
+                self.warnings.append(f"MIG is on: the energy is that of the whole {self.gpu_name or 'GPU'}, all "
+                                     f"its instances together, not this run's instance alone")
+        except Exception:  # no MIG on this board or this NVML
+            pass
         if self.source == "nvml-power" and self.sample_interval_s and self.sample_interval_s > 0:
             self._thread = threading.Thread(target=self._sampler, name="decorbench-power-sampler", daemon=True)
             self._thread.start()
@@ -243,6 +253,7 @@ class EnergyMeter:
             self._open = False
             if self.total_j is not None:
                 self.total_j += joules
+            self._note_sharing()
             return self.total_j
 
     def reset(self, total_j: float | None = 0.0) -> None:
@@ -303,6 +314,25 @@ class EnergyMeter:
         self.warnings.append(f"NVML energy counter went back from {start} to {end} mJ (driver reload or GPU "
                              f"reset?): counted the {end} mJ since; the window's energy before that is missing")
         return end
+
+    def _note_sharing(self) -> None:
+        """One warning, kept up to date, when NVML lists more processes on the board than this one."""
+        try:
+            pids = {p.pid for query in (self._nvml.nvmlDeviceGetComputeRunningProcesses,
+                                        self._nvml.nvmlDeviceGetGraphicsRunningProcesses)
+                    for p in query(self._handle)}
+        except Exception:  # an NVML without these queries: sharing cannot be seen, and the energy is still right
+            return
+        if len(pids) <= max(1, self._most_processes):
+            return
+        if self._most_processes > 1:
+            self.warnings.remove(self._sharing_warning())
+        self._most_processes = len(pids)
+        self.warnings.append(self._sharing_warning())
+
+    def _sharing_warning(self) -> str:
+        return (f"{self._most_processes} processes were on {self.gpu_name or 'the GPU'} at once: its energy counts "
+                f"them all, not this run alone")
 
     def _integrate(self, t: float, watts: float) -> None:
         last_t, last_w = self._last

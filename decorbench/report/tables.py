@@ -156,6 +156,10 @@ def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
             at_start = _field(missing, reason, "")  # a meter that never worked; else why it stopped, at the end
             why = _distinct(at_start.where(at_start != "", _field(missing, f"totals.{reason}", "no reason recorded")))
             out.append(f"{label} is unknown for {len(missing)} of {len(runs)} runs: {why}.")
+    if "totals.energy_warnings" in runs:  # measured, but maybe not the run's alone, or missing a part
+        flagged = runs["totals.energy_warnings"].dropna().explode().dropna()
+        for warning, n in flagged.value_counts(sort=False).items():
+            out.append(f"Energy of {n} of {len(runs)} runs, read with care: {warning}.")
     estimated = evals.loc[evals["energy_source"] == "codecarbon-estimate", "run"].nunique()
     if estimated:
         out.append(f"Energy of {estimated} runs is codecarbon's estimate from an assumed power, not a measurement.")

@@ -153,7 +153,7 @@ def _f(value, spec: str, scale: float = 1.0) -> str:
     return "—" if value is None else format(value * scale, spec)
 
 
-def markdown(prov: dict, idle: dict, results: list[dict], reasons: dict) -> str:
+def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
     lines = [f"GPU {prov['gpu_name'] or '(none: ' + prov['device'] + ')'}, driver {prov['gpu_driver'] or '—'}, "
              f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, commit {prov['git_commit'] or 'unknown'}, "
              f"{prov['started_at']}", "", f"Command: `{prov['command']}`", "",
@@ -187,21 +187,26 @@ def markdown(prov: dict, idle: dict, results: list[dict], reasons: dict) -> str:
         total = sum(s for _, s in pairs) / sum(c for c, _ in pairs) - 1
         lines.append(f"Power sampling vs energy counter over the same {len(pairs)} windows: total "
                      f"{total:+.2%}, per window {min(deviation):+.2%} to {max(deviation):+.2%}.")
-    for meter, reason in reasons.items():
+    for meter, reason in state["unavailable"].items():
         if reason:
             lines.append(f"Energy ({meter}) not measured: {reason}.")
+    for meter, warnings in state["warnings"].items():
+        lines += [f"Energy ({meter}), read with care: {warning}." for warning in warnings]
     return "\n".join(lines) + "\n"
 
 
-def unavailable(energy: dict[str, EnergyMeter]) -> dict[str, str | None]:
-    """Why each meter cannot measure (None where it can); a meter may fail mid-sweep, so asked anew each time."""
-    return {k: m.unavailable_reason for k, m in energy.items()}
+def meter_state(energy: dict[str, EnergyMeter]) -> dict[str, dict]:
+    """Why each meter cannot measure (None where it can) and its warnings (a shared board, MIG, a counter reset);
+    a meter may fail or warn mid-sweep, so asked anew each time."""
+    return {"unavailable": {k: m.unavailable_reason for k, m in energy.items()},
+            "warnings": {k: list(m.warnings) for k, m in energy.items()}}
 
 
-def write(out: Path, prov: dict, idle: dict, results: list[dict], reasons: dict) -> None:
+def write(out: Path, prov: dict, idle: dict, results: list[dict], state: dict) -> None:
     """Both files, each replaced whole (a job killed while writing leaves the previous version, not half a file)."""
-    saved = {"provenance": prov, "dbp": DBP, "idle_watts": idle, "energy_unavailable": reasons, "results": results}
-    for suffix, text in ((".json", json.dumps(saved, indent=1)), (".md", markdown(prov, idle, results, reasons))):
+    saved = {"provenance": prov, "dbp": DBP, "idle_watts": idle, "energy_unavailable": state["unavailable"],
+             "energy_warnings": state["warnings"], "results": results}
+    for suffix, text in ((".json", json.dumps(saved, indent=1)), (".md", markdown(prov, idle, results, state))):
         tmp = out.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(out.with_suffix(suffix))
@@ -234,11 +239,11 @@ def main(argv: list[str] | None = None) -> None:
                     results.append({"depth": depth, "batch": batch, "path": path, **r})
                     print(f"{depth} batch {batch} {path}: DBP/BP step time "
                           f"{r['dbp']['step_s'] / r['bp']['step_s']:.2f}", flush=True)
-                    write(out, prov, idle, results, unavailable(energy))  # kept at once: a time-boxed job may be killed
+                    write(out, prov, idle, results, meter_state(energy))  # kept at once: a time-boxed job may be killed
     finally:
         for m in energy.values():
             m.close()
-    print(markdown(prov, idle, results, unavailable(energy)))
+    print(markdown(prov, idle, results, meter_state(energy)))
 
 
 if __name__ == "__main__":
