@@ -59,3 +59,18 @@ def test_training_time_waits_for_the_gpu_and_the_peak_is_the_allocators():
     torch.cuda.synchronize(device)
     assert total >= 0.5 * events[0].elapsed_time(events[1]) / 1e3  # the queued work was waited for
     assert peak_memory_bytes(device) >= 2**30
+
+
+def test_sharing_is_flagged_exactly_when_nvml_lists_more_than_one_process_on_the_board():
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.ones(1, device=device)  # this process is on the board
+    with EnergyMeter(device) as meter:
+        meter.begin_window()
+        meter.end_window()
+        import pynvml
+        handle = pynvml.nvmlDeviceGetHandleByIndex(meter.nvml_index)
+        pids = {p.pid for query in (pynvml.nvmlDeviceGetComputeRunningProcesses,
+                                    pynvml.nvmlDeviceGetGraphicsRunningProcesses) for p in query(handle)}
+    assert all(0 < pid <= 2**22 for pid in pids), pids  # real PIDs: nvidia-ml-py and the driver agree on the struct
+    flagged = [w for w in meter.warnings if "processes were on" in w]
+    assert bool(flagged) == (len(pids) > 1), (pids, meter.warnings)
