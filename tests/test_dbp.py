@@ -117,6 +117,19 @@ def test_conv_samples_all_patches_of_a_fraction_of_the_images(padding_mode):
     assert matches.any(dim=0).sum() == 2  # and they are two different images
 
 
+def test_linear_samples_every_token_of_a_fraction_of_the_items():
+    torch.manual_seed(0)
+    layer = DecorLinear(5, 3, sample_fraction=0.5)
+    x = torch.randn(4, 6, 5)  # (images, tokens, d), as in a vision transformer
+    layer(x)
+    sampled = layer.sample.reshape(-1, 6, 5)
+    assert sampled.shape[0] == 2
+    matches = (sampled[:, None] == x[None]).flatten(2).all(dim=2)  # (2 sampled, 4 images)
+    assert matches.sum(dim=1).tolist() == [1, 1] and matches.any(dim=0).sum() == 2
+    layer(torch.randn(5))  # one unbatched vector: itself
+    assert layer.sample.shape == (1, 5)
+
+
 def test_samples_are_kept_in_training_mode_only():
     torch.manual_seed(0)
     layer = DecorLinear(8, 4, sample_fraction=0.25)

@@ -61,18 +61,22 @@ class DecorLinear(DecorMixin, nn.Linear):
         self._init_decor(in_features, kappa, sample_fraction, rule, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
         if self.training and self.sampling:
-            self.sample = self._sample_inputs(rows.detach())
+            self.sample = self._sample_inputs(x.detach())
+        rows = x.reshape(-1, self.in_features)
         # Fused A = W·R costs out·d² (plus the same in backward); z = R·x costs rows·d² (plus the
         # same for grad_x). Pick the cheaper per call: the classifier head at small batch goes unfused.
         if rows.shape[0] < self.out_features:
             return F.linear(F.linear(x, self.R.to(x.dtype)), self.weight, self.bias)
         return F.linear(x, self._fused_weight(), self.bias)
 
-    def _sample_inputs(self, rows: torch.Tensor) -> torch.Tensor:
-        """A random sample_fraction of the input rows, without replacement."""
-        return rows[torch.randperm(rows.shape[0], device=rows.device)[: self._num_samples(rows.shape[0])]]
+    def _sample_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every input row of a random sample_fraction of the batch's items (along dim 0, without replacement):
+        for (batch, tokens, d) input, all tokens of the sampled images, as convolutions take all their patches."""
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        items = x[torch.randperm(x.shape[0], device=x.device)[: self._num_samples(x.shape[0])]]
+        return items.reshape(-1, self.in_features)
 
 
 class DecorConv2d(DecorMixin, nn.Conv2d):
