@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("-o", "--output", help="HTML file to write (default: DIR/report.html for one results "
                                                "directory, else ./report.html)")
     report.add_argument("--target", type=float, help="target accuracy 0..1 for the to-target numbers "
-                                                      "(default: BP's median final accuracy per dataset and model)")
+                                                      "(default: the runs' budget.target_accuracy if they share "
+                                                      "one, else BP's median final accuracy per dataset and model)")
     env = sub.add_parser("env", help="hardware, versions, and which meters work here (and why not)")
     env.add_argument("--country", default="NLD", help="ISO 3166-1 alpha-3 code the carbon probe uses (default NLD)")
     args = parser.parse_args(argv)

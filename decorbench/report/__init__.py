@@ -19,7 +19,7 @@ from markupsafe import Markup
 from .. import __version__
 from ..results import load
 from . import claim, figures, tables
-from .runs import per_run, tidy
+from .runs import per_run, recorded_target, tidy
 
 __all__ = ["render_report"]
 
@@ -72,22 +72,26 @@ def _figures(evals, runs, goals) -> list[dict]:
 def render_report(paths, output: Path | str, target: float | None = None) -> Path:
     """Write the HTML report for the results at `paths` (files or directories) to `output`; return its path.
 
-    target: the accuracy that "to target" numbers refer to, for every (dataset, model); default: BP's median final
-    accuracy in each. Raises ValueError (one line) for no results at all or a target outside [0, 1].
+    target: the accuracy that "to target" numbers refer to, for every (dataset, model); default: the
+    budget.target_accuracy all the runs were given (as `decorbench run` measures), else BP's median final accuracy
+    in each group. Raises ValueError (one line) for no results at all or a target outside [0, 1].
     """
     if target is not None and not 0 <= float(target) <= 1:
         raise ValueError(f"target must be an accuracy between 0 and 1, not {target!r}")
     evals, skipped = _load(paths)
     evals = tidy(evals)
+    source = "given with --target"
+    if target is None:
+        target, source = recorded_target(evals), "the runs' budget.target_accuracy"
     runs, goals = per_run(evals, target)
     env = Environment(loader=PackageLoader("decorbench.report"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     html = env.get_template("report.html.j2").render(
         version=__version__, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         runs_total=len(runs), files_skipped=skipped, provenance=tables.provenance(runs),
-        target_given=None if target is None else tables.fmt(float(target), "accuracy"),
-        notes=tables.notes(runs, evals), summary=tables.summary(runs, goals, target is not None),
-        claim=claim.check(runs, goals, target),
+        target_given=None if target is None else tables.fmt(float(target), "accuracy"), target_source=source,
+        notes=tables.notes(runs, evals), summary=tables.summary(runs, goals, None if target is None else source),
+        claim=claim.check(runs, goals, target, source),
         no_accuracy=runs["final_accuracy"].isna().all(), figures=_figures(evals, runs, goals),
         statuses=tables.status_counts(runs), runs=tables.run_rows(runs))
     output = Path(output)

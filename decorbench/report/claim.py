@@ -26,38 +26,38 @@ PAPER_DATASET = "imagenet"  # decorbench's name for ILSVRC-2012 (imagenette is a
 PAPER_MODELS = ("resnet18", "resnet34", "resnet50")  # v2's headline model, then v4's "up to a 50-layer ResNet"
 
 
-def check(runs: pd.DataFrame, goals: pd.Series, target: float | None = None) -> dict:
+def check(runs: pd.DataFrame, goals: pd.Series, target: float | None = None, source: str = "given") -> dict:
     """{paper, claim: what is checked; rows: one per (dataset, model) with BP and DBP runs; unchecked: the groups
     with one of them only; cannot: why nothing could be checked ("" when something was); target: the sentence on
-    what "to target" means here}."""
+    what "to target" means here}. target, source: a common target and where it came from (None: BP's own)."""
     rows, unchecked = [], []
     for (dataset, model), group in runs.groupby(GROUP, sort=True):
         present = set(group["method"])
         if {"bp", "dbp"} <= present:
-            rows.append(_row(dataset, model, group, goals.get((dataset, model), math.nan), target))
+            rows.append(_row(dataset, model, group, goals.get((dataset, model), math.nan), target, source))
         else:
             only = " and ".join(sorted(m.upper() for m in present)) or "no"
             unchecked.append(f"{dataset} · {model} ({only} runs only)")
     cannot = "" if rows else ("The claim cannot be checked here: it compares DBP with BP, and no (dataset, model) in "
                               f"these results has runs of both ({'; '.join(unchecked)}).")
     return {"paper": PAPER, "claim": CLAIM, "rows": rows, "unchecked": unchecked, "cannot": cannot,
-            "target": _target_sentence(target)}
+            "target": _target_sentence(target, source)}
 
 
-def _target_sentence(target: float | None) -> str:
+def _target_sentence(target: float | None, source: str) -> str:
     """Why our "time to target" is the paper's measure or how it differs: the paper times BP's *best* accuracy."""
     if target is None:
         return ("The target is BP's median final accuracy in each group: the closest we compute to the paper's "
                 "measure, time to BP's best test accuracy.")
-    return (f"The target is {fmt(float(target), 'accuracy')} in every group, given with --target, not BP's own "
-            "accuracy; the paper's measure is time to BP's best test accuracy, and the closest we compute is the "
-            "default target, BP's median final accuracy.")
+    return (f"The target is {fmt(float(target), 'accuracy')} in every group, {source}, not BP's own "
+            "accuracy; the paper's measure is time to BP's best test accuracy, and the closest we compute is BP's "
+            "median final accuracy, the target for runs given none.")
 
 
-def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, target: float | None) -> dict:
+def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, target: float | None, source: str) -> dict:
     bp, dbp = (group[group["method"] == m] for m in ("bp", "dbp"))
     return {"group": f"{dataset} · {model}", **_speedup(bp, dbp, goal, target), **_accuracy(bp, dbp),
-            "caveats": _caveats(dataset, model, group, target)}
+            "caveats": _caveats(dataset, model, group, target, source)}
 
 
 def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | None) -> dict:
@@ -66,7 +66,7 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | N
     below the target are the rule, not news: by default it is BP's own median)."""
     reached = f"reached the target: BP {bp['reached'].sum()}/{len(bp)}, DBP {dbp['reached'].sum()}/{len(dbp)} runs"
     out = {"speedup": "—", "speedup_spread": "", "speedup_note": reached}
-    goal_text = ("BP's accuracy" if target is None else "the given target") + f" ({fmt(goal, 'accuracy')})"
+    goal_text = ("BP's accuracy" if target is None else "the target") + f" ({fmt(goal, 'accuracy')})"
     if bp["final_accuracy"].isna().all():
         return {**out, "speed_verdict": "BP's runs have no eval accuracy yet, so there is no target"}
     for name, part in (("DBP", dbp), ("BP", bp)):
@@ -125,7 +125,7 @@ def _points(difference: float) -> str:
     return f"{'±0.00' if shown[1:] == '0.00' else shown} pp"
 
 
-def _caveats(dataset: str, model: str, group: pd.DataFrame, target: float | None) -> list[str]:
+def _caveats(dataset: str, model: str, group: pd.DataFrame, target: float | None, source: str) -> list[str]:
     """What differs from the paper's setting, read from the results: data set, model, device, target."""
     out = []
     if dataset.lower() != PAPER_DATASET:
@@ -134,7 +134,7 @@ def _caveats(dataset: str, model: str, group: pd.DataFrame, target: float | None
         out.append(f"{model}: not a model the paper reports (ResNet-18; later ResNet-34/50)")
     out += _device_caveats(group)
     if target is not None:
-        out.append(f"target {fmt(float(target), 'accuracy')} given with --target, not BP's own accuracy")
+        out.append(f"target {fmt(float(target), 'accuracy')}, {source}, not BP's own accuracy")
     return out
 
 

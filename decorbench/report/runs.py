@@ -24,6 +24,14 @@ def tidy(evals: pd.DataFrame) -> pd.DataFrame:
     return evals.assign(run=evals["source"], **labels)
 
 
+def recorded_target(evals: pd.DataFrame) -> float | None:
+    """The budget.target_accuracy all the runs were given, if they agree on one; else None."""
+    if "budget.target_accuracy" not in evals:
+        return None
+    given = evals.drop_duplicates("run")["budget.target_accuracy"]
+    return float(given.iloc[0]) if given.notna().all() and given.nunique() == 1 else None
+
+
 def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
     """Target accuracy per (dataset, model): the given one, else BP's median final accuracy there (all methods'
     if the group has no BP run)."""

@@ -91,8 +91,9 @@ def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
     return _cell(median(reached[column]), kind, note)
 
 
-def summary(runs: pd.DataFrame, goals: pd.Series, target_given: bool) -> list[dict]:
-    """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP)."""
+def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
+    """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP).
+    target_source: where a common target came from; None: each group's is BP's median final accuracy."""
     groups = []
     for (dataset, model), group in runs.groupby(GROUP, sort=True):
         present = methods(group)
@@ -108,7 +109,7 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_given: bool) -> list[di
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         target = goals.get((dataset, model), math.nan)
-        source = "given" if target_given else "BP's median final accuracy"
+        source = target_source or "BP's median final accuracy"
         groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
                        "target": fmt(target, "accuracy"), "target_source": source,
                        "has_ratio": pair})
