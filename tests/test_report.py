@@ -118,6 +118,15 @@ def test_a_meter_that_failed_mid_run_is_named_with_its_reason(tmp_path):
     assert "Energy is unknown for 1 of 2 runs: NVML: GPU is lost." in page
 
 
+def test_how_co2e_was_estimated_is_stated(tmp_path):
+    how = "estimate by codecarbon 3.3.2 (offline): the whole machine's electricity × NLD 267.6 gCO2e/kWh"
+    write_run(tmp_path, "bp", "bp", "mlp", 0, carbon_method=how)
+    write_run(tmp_path, "dbp", "dbp", "mlp", 0, carbon_method=how)
+    write_run(tmp_path, "dbp1", "dbp", "mlp", 1, energy=False, carbon_method=how)  # its CO2e unknown: not counted
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert f"CO2e of 2 of 3 runs is an {how}." in page
+
+
 def test_energy_the_meter_warned_about_is_flagged_with_its_warnings(tmp_path):
     shared = "3 processes were on H100 at once: its energy counts them all, not this run alone"
     write_run(tmp_path, "bp", "bp", "mlp", 0, energy_warnings=[shared])

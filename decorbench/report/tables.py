@@ -161,6 +161,10 @@ def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
         flagged = runs["totals.energy_warnings"].dropna().explode().dropna()
         for warning, n in flagged.value_counts(sort=False).items():
             out.append(f"Energy of {n} of {len(runs)} runs, read with care: {warning}.")
+    if "carbon_method" in runs:  # CO2e is never a measurement: say how each run's was estimated
+        methods = runs.loc[runs["co2_kg"].notna(), "carbon_method"].dropna()
+        for method, n in methods.value_counts(sort=False).items():
+            out.append(f"CO2e of {n} of {len(runs)} runs is an {method}.")
     estimated = evals.loc[evals["energy_source"] == "codecarbon-estimate", "run"].nunique()
     if estimated:
         out.append(f"Energy of {estimated} runs is codecarbon's estimate from an assumed power, not a measurement.")
