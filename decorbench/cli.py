@@ -73,14 +73,17 @@ class _ProgressBars:
 
 def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
     """(results directory, runs to do), or why not in one line. Reads the results directory: rank 0 only."""
+    from decorbench.data import missing_data
     from decorbench.suite import ConfigError, pending_runs
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out or Path("results") / f"{config.name}-{stamp}")
     try:
-        return out, pending_runs(config, out, args.resume, world_size)
+        todo = pending_runs(config, out, args.resume, world_size)
     except (ConfigError, ValueError) as e:
         return str(e)
+    missing = missing_data(config.dataset, config.data.root) if todo else None
+    return missing or (out, todo)
 
 
 def _run(args) -> int:

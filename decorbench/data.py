@@ -214,16 +214,41 @@ def _digits(**meta) -> Data:
                       **meta)
 
 
+def _files_root(name: str, root: str | Path | None) -> Path:
+    """Where the files of `name` are looked for: `root`, else its default under _data_root()."""
+    if root is not None:
+        return Path(root).expanduser()
+    return _data_root() / {"imagenette": "imagenette2", "imagenet": "imagenet"}.get(name, "")
+
+
+def missing_data(name: str, root: str | Path | None = None) -> str | None:
+    """Why data set `name` cannot be read from `root` (None: its default place), in one line; None when its files
+    are there (or it needs none). Checked before a suite writes anything, and again when the data are loaded."""
+    if name in _CIFAR:
+        base = _files_root(name, root)
+        folder, train_files, test_file = _CIFAR[name][:3]
+        if all((base / folder / f).is_file() for f in [*train_files, test_file]):
+            return None
+        cls = "CIFAR10" if name == "cifar10" else "CIFAR100"
+        return (f"{name} not found: expected {base / folder}/ ({', '.join([*train_files, test_file])}); get it on a "
+                f"machine with internet: python -c \"import torchvision; torchvision.datasets.{cls}('{base}', "
+                f"download=True)\" (or https://www.cs.toronto.edu/~kriz/cifar.html), or set $DECORBENCH_DATA / the "
+                f"data root")
+    if name in ("imagenet", "imagenette"):
+        base = _files_root(name, root)
+        if all((base / split).is_dir() for split in ("train", "val")):
+            return None
+        how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
+               "https://image-net.org (ILSVRC-2012, val sorted into class folders)")
+        return (f"{name} not found: expected {base}/train/<class>/ and {base}/val/<class>/ with images; get it "
+                f"from {how}, or set $DECORBENCH_DATA / the data root")
+    return None
+
+
 def _cifar(root: Path, augment: bool, **meta) -> Data:
     name = meta["name"]
     folder, train_files, test_file, label_key, mean, std = _CIFAR[name]
     path = root / folder
-    if not all((path / f).is_file() for f in [*train_files, test_file]):
-        cls = "CIFAR10" if name == "cifar10" else "CIFAR100"
-        raise FileNotFoundError(
-            f"{name} not found: expected {path}/ ({', '.join([*train_files, test_file])}); get it on a machine with "
-            f"internet: python -c \"import torchvision; torchvision.datasets.{cls}('{root}', download=True)\" "
-            f"(or https://www.cs.toronto.edu/~kriz/cifar.html), or set $DECORBENCH_DATA / the data root")
 
     def read(files: list[str]) -> tuple[Tensor, Tensor]:
         entries = []
@@ -242,11 +267,6 @@ def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int |
     from torchvision.transforms import v2
 
     name = meta["name"]
-    if not all((root / split).is_dir() for split in ("train", "val")):
-        how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
-               "https://image-net.org (ILSVRC-2012, val sorted into class folders)")
-        raise FileNotFoundError(f"{name} not found: expected {root}/train/<class>/ and {root}/val/<class>/ with "
-                                f"images; get it from {how}, or set $DECORBENCH_DATA / the data root")
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
     test_tf = v2.Compose([v2.ToImage(), v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size), *finish])
     train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])
@@ -300,16 +320,17 @@ def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | s
     opts = {**OPTIONS[name], **(options or {})}
     meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device), rank=rank,
                 world_size=world_size)
-    base = Path(root).expanduser() if root is not None else None
+    missing = missing_data(name, root)
+    if missing:
+        raise FileNotFoundError(missing)
     if name == "digits":
         data = _digits(**meta)
     elif name == "synthetic":
         data = _synthetic(**opts, **meta)
     elif name in _CIFAR:
-        data = _cifar(base or _data_root(), augment, **meta)
+        data = _cifar(_files_root(name, root), augment, **meta)
     else:
-        default = _data_root() / ("imagenette2" if name == "imagenette" else "imagenet")
-        data = _image_folder(base or default, augment, **opts, **meta)
+        data = _image_folder(_files_root(name, root), augment, **opts, **meta)
     if batch_size > data.train_size:
         raise ValueError(f"batch_size {batch_size} is larger than the {name} training set ({data.train_size})")
     return data

@@ -170,14 +170,33 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     return config
 
 
+def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
+    """What makes a run this run, as its results record stores it (JSON types): a stored run with other settings
+    is another experiment."""
+    return json.loads(json.dumps({
+        "budget": dataclasses.asdict(spec.budget),
+        "hyperparameters": {"train": dataclasses.asdict(spec.train),
+                            "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
+                            "data": dataclasses.asdict(config.data)}}))
+
+
+def _changed(stored: dict, settings: dict, where: str = "") -> list[str]:
+    """'key: old -> new' for every setting whose stored value differs."""
+    out = []
+    for key in sorted(set(stored) | set(settings)):
+        old, new = stored.get(key), settings.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _changed(old, new, f"{where}{key}.")
+        elif old != new:
+            out.append(f"{where}{key}: {json.dumps(old)} -> {json.dumps(new)}")
+    return out
+
+
 def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy: EnergyMeter | None = None,
                 carbon: CarbonMeter | None = None) -> dict:
     return {"run_id": spec.run_id, "suite": spec.suite, "method": spec.method, "model": spec.model,
             "dataset": spec.dataset, "seed": spec.seed, "world_size": distributed.world_size(),
-            "budget": dataclasses.asdict(spec.budget),
-            "hyperparameters": {"train": dataclasses.asdict(spec.train),
-                                "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
-                                "data": dataclasses.asdict(config.data)},
+            **_settings(spec, config),
             "country_iso_code": config.carbon.country_iso_code,
             "energy_unavailable_reason": energy.unavailable_reason if energy else "no energy meter",
             "energy_gpu": energy.mapping if energy else None,  # how the torch device was matched to NVML's GPU
@@ -187,19 +206,14 @@ def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy
             **provenance(device)}
 
 
-def _same_settings(old: dict | None, new: dict) -> bool:
-    """Whether a stored run record was written for the same run settings (compared as JSON)."""
-    keys = ("run_id", "budget", "hyperparameters")
-    return old is not None and all(json.loads(json.dumps(new[k])) == old.get(k) for k in keys)
-
-
 def checkpoint_path(out: Path, run_id: str) -> Path:
     return out / "checkpoints" / f"{run_id}.pt"
 
 
 def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int = 1) -> list[RunSpec]:
     """The runs still to do by `world_size` processes. Without resume, existing results are an error: nothing
-    written is ever replaced. A checkpointed run continues only with as many processes as wrote its checkpoint."""
+    written is ever replaced. With resume, so are results of other settings (budget, hyperparameters) than the
+    config's now. A checkpointed run continues only with as many processes as wrote its checkpoint."""
     if config.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
                           f"{world_size} processes")
@@ -212,6 +226,12 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
             raise ConfigError(f"{path} already exists; pass --resume to continue this suite or choose another --out")
         else:
             stored = read_run(path)
+            changed = _changed({k: (stored["run"] or {}).get(k) for k in ("budget", "hyperparameters")},
+                               _settings(spec, config)) if stored["run"] else []
+            if changed:
+                raise ConfigError(f"{path} was run with other settings ({'; '.join(changed[:3])}"
+                                  f"{'; ...' if len(changed) > 3 else ''}); --resume continues a suite with the same "
+                                  "settings: choose another --out for new ones")
             if stored["end"] is None or stored["end"]["status"] not in FINISHED:
                 ran_with = (stored["run"] or {}).get("world_size", 1)
                 if ran_with != world_size and checkpoint_path(out, spec.run_id).exists():
@@ -254,8 +274,8 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
     """Run `todo` in order, one results file each. A run that raises is recorded as failed; the suite goes on —
     except under torchrun, where the other ranks cannot go on in step with a failed one: there it ends the job.
 
-    An unfinished run continues from its last checkpoint when its config is unchanged, else starts again (its old
-    file replaced). Checkpoints of finished runs are deleted. Returns the end records.
+    An unfinished run continues from its last checkpoint (pending_runs made sure its settings are the same), else
+    starts again (its old file replaced). Checkpoints of finished runs are deleted. Returns the end records.
     """
     ends, main = [], distributed.is_main()
     for spec in todo:
@@ -267,8 +287,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         if carbon is not None:
             carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware)
         record = _run_record(spec, config, device, energy, carbon)
-        resuming = distributed.broadcast(main and checkpoint.exists() and _same_settings(
-            read_run(path)["run"] if path.exists() else None, record))
+        resuming = distributed.broadcast(main and checkpoint.exists() and path.exists())
         if main and not resuming:
             checkpoint.unlink(missing_ok=True)
         with RunWriter(path, record, resume=resuming) if main else _Discard() as writer:

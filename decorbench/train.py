@@ -105,11 +105,20 @@ class EvalSink(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N as a torch device; ValueError (one line) for any other or a GPU that is not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
-    return torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+    return device
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -48,6 +48,11 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--set", "budget.max_epochs=0", "--set", "budget.max_train_seconds=9"], "must be positive"),
     (["run", "smoke", "--set", "budget={max_train_seconds=9}"], "'cosine' needs budget.max_epochs"),
     (["run", "smoke", "--device", "cuda"], "no CUDA GPU"),
+    (["run", "smoke", "--device", "bogus"], "unknown device 'bogus': use auto, cpu, cuda or cuda:N"),
+    (["run", "smoke", "--device", "meta"], "unknown device 'meta'"),
+    (["run", "smoke", "--set", "dataset=cifar10", "--set", "data.root=\"no-data\""],
+     "cifar10 not found: expected no-data/cifar-10-batches-py/"),
+    (["run", "smoke", "--set", "dataset=imagenette"], "imagenette not found: expected"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -89,12 +94,23 @@ def test_existing_results_are_never_overwritten_without_resume(tmp_path, capsys)
 
 
 def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
-    argv = ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "dataset=cifar10",
-            "--set", f"data.root=\"{tmp_path / 'no-data'}\"", *ONE_PAIR]
+    argv = ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "train.batch_size=5000", *ONE_PAIR]
     assert main(argv) == 1
-    ends = [read_run(run_path(tmp_path / "out", f"smoke-cifar10-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
+    ends = [read_run(run_path(tmp_path / "out", f"smoke-digits-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
     assert [e["status"] for e in ends] == ["failed", "failed"]
-    assert all("no-data" in e["reason"] for e in ends)
+    assert all("batch_size 5000 is larger than the digits training set" in e["reason"] for e in ends)
+
+
+def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsys):
+    args = ["run", "smoke", "--out", str(tmp_path), "--set", "budget.max_epochs=1", *ONE_PAIR]
+    assert main(args) == 0
+    before = run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--set", "budget.max_epochs=2", "--set", "dbp.lr=0.01", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was run with other settings (budget.max_epochs: 1 -> 2)" in err[0], err
+    assert "choose another --out" in err[0]
+    assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
