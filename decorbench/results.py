@@ -53,7 +53,7 @@ def source_state(package_dir: Path) -> tuple[str | None, bool | None]:
     commit = _git(package_dir, "rev-parse", "HEAD")
     if commit is None:
         return None, None
-    status = _git(package_dir, "status", "--porcelain", "--untracked-files=no", "--", ".", *_CODE_OUTSIDE_PACKAGE)
+    status = _git(package_dir, "status", "--porcelain", "--", ".", *_CODE_OUTSIDE_PACKAGE)  # new files count too
     return commit, None if status is None else status != ""
 
 

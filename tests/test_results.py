@@ -235,6 +235,9 @@ def test_source_state_calls_a_checkout_dirty_for_code_changes_only(tmp_path):
     (tmp_path / "reports" / "run.jsonl").unlink()  # results written over in the checkout: still the same code
     (tmp_path / "README.md").write_text("new, untracked\n")
     assert source_state(package) == (commit, False)
+    (package / "extra.py").write_text("x = 1\n")  # a new module, not committed
+    assert source_state(package) == (commit, True)
+    (package / "extra.py").unlink()
     (package / "__init__.py").write_text("x = 1\n")
     assert source_state(package) == (commit, True)
     assert source_state(tmp_path.parent) == (None, None)  # not a checkout that tracks a package there
