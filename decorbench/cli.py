@@ -28,6 +28,10 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"decorbench: warning: {message}", file=sys.stderr)
+
+
 def _stop_on_signals(resume_hint: str, announce: bool = True) -> threading.Event:
     """First SIGINT/SIGTERM: let the current run write its record and stop. A second SIGINT aborts at once."""
     stop = threading.Event()
@@ -149,14 +153,10 @@ def _report(args) -> int:
 
     one_dir = len(args.results) == 1 and Path(args.results[0]).is_dir()
     default = Path(args.results[0]) / "report.html" if one_dir else Path("report.html")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            path = render_report(args.results, Path(args.output) if args.output else default, target=args.target)
-        except ValueError as e:
-            return _fail(str(e))
-    for w in caught:
-        print(f"decorbench: warning: {w.message}", file=sys.stderr)
+    try:
+        path = render_report(args.results, Path(args.output) if args.output else default, target=args.target)
+    except ValueError as e:
+        return _fail(str(e))
     print(f"decorbench: report written to {path}", file=sys.stderr)
     return 0
 
@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     env = sub.add_parser("env", help="hardware, versions, and which meters work here (and why not)")
     env.add_argument("--country", default="NLD", help="ISO 3166-1 alpha-3 code the carbon probe uses (default NLD)")
     args = parser.parse_args(argv)
-    return {"run": _run, "report": _report, "env": _env}[args.command](args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a user sees every warning, as one line, not Python's source excerpt
+        warnings.showwarning = _show_warning
+        return {"run": _run, "report": _report, "env": _env}[args.command](args)
 
 
 if __name__ == "__main__":

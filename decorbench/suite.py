@@ -14,6 +14,7 @@ import tomllib
 import traceback
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,7 @@ import torch
 
 from decorbench import distributed
 from decorbench.budget import Budget
+from decorbench.checkpoint import load_checkpoint
 from decorbench.configs import builtin_names
 from decorbench.data import DATASETS
 from decorbench.data import OPTIONS as DATA_OPTIONS
@@ -63,9 +65,10 @@ class SuiteConfig:
     data: DataConfig = DataConfig()
 
     def runs(self) -> list[RunSpec]:
-        """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished."""
-        return [RunSpec(self.name, method, model, self.dataset, seed, self.train, self.dbp, self.budget,
-                        self.data.root, self.data.options)
+        """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished. A BP run
+        carries the default [dbp] table: DBP's settings are not part of what it is (nor of its results record)."""
+        return [RunSpec(self.name, method, model, self.dataset, seed, self.train,
+                        self.dbp if method == "dbp" else DBPConfig(), self.budget, self.data.root, self.data.options)
                 for seed in self.seeds for model in self.models for method in self.methods]
 
 
@@ -210,6 +213,22 @@ def checkpoint_path(out: Path, run_id: str) -> Path:
     return out / "checkpoints" / f"{run_id}.pt"
 
 
+def _read_stored(path: Path, run_id: str) -> dict:
+    """The records of `run_id` at `path`, or ConfigError if the file is not that run's: --resume never replaces a
+    file it did not write. A file without one complete line (a crash cut the run record) is that run's to redo."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a cut-off last line is repaired when the run resumes, and said then
+            stored = read_run(path)
+        complete_lines = b"\n" in path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
+    run = stored["run"]
+    if (run is None and complete_lines) or (run is not None and run.get("run_id") != run_id):
+        raise ConfigError(f"{path} is not the results file of run {run_id}; move it away to resume this suite")
+    return stored
+
+
 def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int = 1) -> list[RunSpec]:
     """The runs still to do by `world_size` processes. Without resume, existing results are an error: nothing
     written is ever replaced. With resume, so are results of other settings (budget, hyperparameters) than the
@@ -225,7 +244,7 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
         elif not resume:
             raise ConfigError(f"{path} already exists; pass --resume to continue this suite or choose another --out")
         else:
-            stored = read_run(path)
+            stored = _read_stored(path, spec.run_id)
             changed = _changed({k: (stored["run"] or {}).get(k) for k in ("budget", "hyperparameters")},
                                _settings(spec, config)) if stored["run"] else []
             if changed:
@@ -267,6 +286,20 @@ def _carbon_meter(config: SuiteConfig, energy: EnergyMeter) -> CarbonMeter | Non
     return CarbonMeter(config.carbon.country_iso_code, gpu_ids=ids or None)
 
 
+def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
+    """The state saved at `checkpoint` if `spec` can continue from it, else None: none, unreadable (a disk that
+    filled up, a file from another torch) or of another spec (e.g. written by an older decorbench)."""
+    try:
+        saved = load_checkpoint(checkpoint, torch.device("cpu"))
+    except Exception as e:  # torch.load raises many kinds; any means the run starts again
+        warnings.warn(f"{checkpoint}: cannot be read ({type(e).__name__}); {spec.run_id} starts again")
+        return None
+    if saved is not None and saved.get("spec") != dataclasses.asdict(spec):
+        warnings.warn(f"{checkpoint} was written for other settings; {spec.run_id} starts again")
+        return None
+    return saved
+
+
 def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[RunSpec], *,
               should_stop: Callable[[], bool] = lambda: False,
               progress: Callable[[RunSpec], Callable[[int, int | None, dict | None], None]] | None = None
@@ -275,7 +308,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
     except under torchrun, where the other ranks cannot go on in step with a failed one: there it ends the job.
 
     An unfinished run continues from its last checkpoint (pending_runs made sure its settings are the same), else
-    starts again (its old file replaced). Checkpoints of finished runs are deleted. Returns the end records.
+    starts again, its old file replaced (no checkpoint, or one that cannot be read or is of another spec). Checkpoints of finished runs are deleted. Returns the end records.
     """
     ends, main = [], distributed.is_main()
     for spec in todo:
@@ -287,14 +320,15 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         if carbon is not None:
             carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware)
         record = _run_record(spec, config, device, energy, carbon)
-        resuming = distributed.broadcast(main and checkpoint.exists() and path.exists())
+        saved = _resumable_state(checkpoint, spec) if main and path.exists() else None
+        resuming = distributed.broadcast(saved is not None)
         if main and not resuming:
             checkpoint.unlink(missing_ok=True)
         with RunWriter(path, record, resume=resuming) if main else _Discard() as writer:
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
                 status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,
-                                                   should_stop=should_stop, on_step=on_step,
+                                                   resume_from=saved, should_stop=should_stop, on_step=on_step,
                                                    energy=energy, carbon=carbon)
             except Exception as e:  # isolate: record it, tell the user, keep going
                 if distributed.active():

@@ -22,7 +22,7 @@ from torch import nn
 
 from decorbench import distributed
 from decorbench.budget import Budget
-from decorbench.checkpoint import load_checkpoint, save_checkpoint
+from decorbench.checkpoint import save_checkpoint
 from decorbench.data import Data, load_data
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
@@ -197,7 +197,7 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint: Path | None = None,
-              should_stop: Callable[[], bool] = lambda: False,
+              resume_from: dict | None = None, should_stop: Callable[[], bool] = lambda: False,
               on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None,
               energy: EnergyMeter | None = None, carbon: CarbonMeter | None = None) -> tuple[str, str, dict]:
     """Train one run; returns the end record's (status, reason, totals).
@@ -205,12 +205,13 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     The step has no host synchronisation: losses accumulate on the device and are read at eval points, where
     time is synchronised, NaN/Inf losses end the run as "diverged", and every budget limit is checked.
     `on_step(step, planned_steps, record)` reports progress (record: the eval record at eval points, else None).
-    With `checkpoint`, the state is saved there at every eval point, and a run whose checkpoint exists (for the
-    same spec) continues from it: same weights, R, optimizer, schedule, RNG, data position and clocks.
+    With `checkpoint`, the state is saved there at every eval point. With `resume_from` (such a saved state, as
+    `load_checkpoint` reads it, of this spec) the run continues from it: same weights, R, optimizer, schedule, RNG,
+    data position and clocks.
     `energy` / `carbon`: meters read at the edges of the stopwatch's training windows, so eval is excluded from
     energy_j and co2_kg as it is from train_time_s; without them both stay null.
     Under torchrun (the process group initialised by `distributed.init`) every rank calls this with the same spec and
-    checkpoint path; rank 0 alone reads and writes the checkpoint. train_time_s is the slowest rank's, energy_j and
+    checkpoint path; rank 0 alone writes the checkpoint, and only its `resume_from` counts. train_time_s is the slowest rank's, energy_j and
     co2_kg are summed over the ranks that have a meter, and `flops` counts one step on the global batch as a single
     process computes it (the DBP update, which every rank repeats, counted once).
     """
@@ -251,9 +252,11 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
     updates = 0  # R updates in the current window
-    saved = distributed.broadcast(load_checkpoint(checkpoint, torch.device("cpu")) if distributed.is_main() else None)
-    resumed = saved is not None and saved["spec"] == dataclasses.asdict(spec)
+    saved = distributed.broadcast(resume_from if distributed.is_main() else None)
+    resumed = saved is not None
     if resumed:
+        if saved["spec"] != dataclasses.asdict(spec):
+            raise ValueError(f"resume_from is a checkpoint of another run than {spec.run_id}")
         _restore(saved, net, opt, scheduler, device)
         step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
     # A resumed run continues its totals (rank 0 carries them; the other ranks add what they measure from now on);

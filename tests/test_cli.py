@@ -6,12 +6,13 @@ import sys
 import time
 
 import pytest
+import torch
 
 from decorbench.cli import main
 from decorbench.configs import builtin_names
 from decorbench.data import load_data
 from decorbench.results import load, read_run, run_path
-from decorbench.suite import load_config
+from decorbench.suite import load_config, pending_runs, run_suite
 
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
 
@@ -111,6 +112,50 @@ def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsy
     assert len(err) == 1 and "was run with other settings (budget.max_epochs: 1 -> 2)" in err[0], err
     assert "choose another --out" in err[0]
     assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
+
+
+def _interrupted_bp_run(out, *sets):
+    """The smoke suite's mlp pair, stopped after the BP run's second eval record (its checkpoint kept)."""
+    config = load_config("smoke", [*ONE_PAIR[1::2], "budget.max_epochs=3", "train.eval_every=5", *sets])
+    path = run_path(out, "smoke-digits-mlp-bp-s0")
+    ends = run_suite(config, out, torch.device("cpu"), pending_runs(config, out, resume=False),
+                     should_stop=lambda: path.exists() and len(read_run(path)["evals"]) >= 2)
+    assert [e["status"] for e in ends] == ["interrupted"]
+    return path, ["run", "smoke", "--out", str(out), *ONE_PAIR, "--set", "budget.max_epochs=3",
+                  "--set", "train.eval_every=5", "--resume"]
+
+
+def _steps(path):
+    return [r["step"] for r in read_run(path)["evals"]]
+
+
+def test_resume_continues_a_bp_run_whatever_the_dbp_settings_now(tmp_path):
+    path, resume = _interrupted_bp_run(tmp_path, "dbp.lr=0.001")
+    assert _steps(path) == [5, 10, 11]  # a record at the stop
+    assert main([*resume, "--set", "dbp.lr=0.01"]) == 0  # DBP's settings are not a BP run's
+    steps = _steps(path)
+    assert steps[:4] == [5, 10, 11, 15] and steps == sorted(set(steps)) and steps[-1] == 3 * (1347 // 64)
+
+
+def test_an_unreadable_checkpoint_starts_the_run_again_in_a_fresh_file(tmp_path, capsys):
+    path, resume = _interrupted_bp_run(tmp_path)
+    (tmp_path / "checkpoints" / "smoke-digits-mlp-bp-s0.pt").write_bytes(b"half a checkpoint")
+    assert main(resume) == 0
+    assert "cannot be read" in capsys.readouterr().err
+    records = read_run(path)
+    steps = [r["step"] for r in records["evals"]]
+    assert steps[0] == 5 and steps == sorted(set(steps)) and records["end"]["status"] == "completed"
+
+
+@pytest.mark.parametrize("content", ["not results\n", "dir"])
+def test_resume_refuses_to_replace_what_is_not_the_runs_results_file(content, tmp_path, capsys):
+    path = run_path(tmp_path, "smoke-digits-mlp-bp-s0")
+    path.parent.mkdir(parents=True)
+    path.mkdir() if content == "dir" else path.write_text(content)
+    assert main(["run", "smoke", "--out", str(tmp_path), *ONE_PAIR, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0], err
+    assert path.is_dir() if content == "dir" else path.read_text() == content
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from decorbench.budget import Budget
+from decorbench.checkpoint import load_checkpoint
 from decorbench.dbp import decorrelate
 from decorbench.meters import EnergyMeter, count_flops
 from decorbench.models import create_model
@@ -105,7 +106,8 @@ def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
                        should_stop=lambda: len(first.evals) >= 2)[0]
     assert status == "interrupted" and [r["step"] for r in first.evals] == [5, 10, 11]  # a record at the stop
     torch.manual_seed(1234)  # whatever the process did in between
-    assert train_run(spec, second, device=torch.device("cpu"), checkpoint=ckpt)[0] == "completed"
+    saved = load_checkpoint(ckpt, torch.device("cpu"))
+    assert train_run(spec, second, device=torch.device("cpu"), checkpoint=ckpt, resume_from=saved)[0] == "completed"
     assert [r["step"] for r in second.evals] == [15, 20, 25, 30]
     assert second.evals[0]["train_time_s"] > first.evals[-1]["train_time_s"]
 
