@@ -3,6 +3,7 @@ planned length (epochs, steps), "budget" for a resource cut (seconds, joules), "
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -21,8 +22,8 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("max_epochs", "max_steps", "max_train_seconds", "max_energy_j"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"budget.{name} must be positive, got {value}")
+            if value is not None and not 0 < value < math.inf:  # NaN too: no run would ever reach it
+                raise ValueError(f"budget.{name} must be positive and finite, got {value}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"budget.target_accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.stop_at_target and self.target_accuracy is None:

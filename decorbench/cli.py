@@ -98,8 +98,13 @@ def _run(args) -> int:
     try:
         config = load_config(args.config, args.set)
         device = resolve_device(args.device)
+        if args.out == "":
+            raise ValueError("--out is empty: name a results directory")
         if args.resume and not args.out:
             raise ValueError("--resume needs --out DIR: the results directory of the suite to continue")
+        if config.budget.energy_only and device.type != "cuda":
+            raise ValueError(f"budget.max_energy_j is the only limit, but energy is measured on NVIDIA GPUs only, not "
+                             f"on {device.type}: add max_epochs, max_steps or max_train_seconds")
         device = distributed.init(device)  # under torchrun: join the process group, this rank's device
     except (ConfigError, ValueError) as e:
         return _fail(str(e))

@@ -27,6 +27,7 @@ same images, in another order) — so a run trains on the same batches whatever 
 evaluates its contiguous share of the test set.
 """
 
+import math
 import os
 import pickle
 from collections.abc import Iterator
@@ -48,6 +49,24 @@ OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their def
     "synthetic": {"data_seed": 0, "num_classes": 10, "image_size": 32, "channels": 3, "train_size": 2048,
                   "test_size": 512, "noise": None},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32
 }
+_OPTION_MINIMUM = {"image_size": 1, "num_workers": 0, "data_seed": 0, "num_classes": 2, "channels": 1,
+                   "train_size": 1, "test_size": 1, "noise": 0}
+
+
+def check_options(name: str, options: dict) -> None:
+    """ValueError (one line) for an option data set `name` does not take, or a value it cannot use."""
+    unknown = sorted(set(options) - set(OPTIONS[name]))
+    if unknown:
+        raise ValueError(f"unknown data.options key {unknown[0]!r} for {name}; valid: {', '.join(OPTIONS[name]) or 'none'}")
+    for key, value in options.items():
+        if value is None and OPTIONS[name][key] is None:
+            continue  # the documented "choose for me"
+        kinds, what = ((int, float), "a number") if key == "noise" else (int, "an integer")
+        if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
+                or value < _OPTION_MINIMUM[key]):
+            raise ValueError(f"data.options.{key} must be {what} ≥ {_OPTION_MINIMUM[key]}, got {value!r}")
+
+
 _CIFAR = {  # folder, train files, test file, label key, per-channel mean and std of the training images
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels",
                 (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -236,7 +255,8 @@ def missing_data(name: str, root: str | Path | None = None) -> str | None:
                 f"data root")
     if name in ("imagenet", "imagenette"):
         base = _files_root(name, root)
-        if all((base / split).is_dir() for split in ("train", "val")):
+        if all((base / split).is_dir() and any(p.is_dir() for p in (base / split).iterdir())
+               for split in ("train", "val")):
             return None
         how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
                "https://image-net.org (ILSVRC-2012, val sorted into class folders)")
@@ -313,10 +333,7 @@ def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | s
     if batch_size % world_size:
         raise ValueError(f"batch_size {batch_size} (the global batch) does not split evenly over {world_size} "
                          "processes")
-    unknown = sorted(set(options or {}) - set(OPTIONS[name]))
-    if unknown:
-        valid = ", ".join(OPTIONS[name]) or "none"
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid: {valid}")
+    check_options(name, options or {})
     opts = {**OPTIONS[name], **(options or {})}
     meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device), rank=rank,
                 world_size=world_size)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
+import re
 import sys
 import tomllib
 import traceback
@@ -26,14 +28,16 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint
 from decorbench.configs import builtin_names
-from decorbench.data import DATASETS
-from decorbench.data import OPTIONS as DATA_OPTIONS
+from decorbench.data import DATASETS, check_options
+from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
-from decorbench.models import MODELS
+from decorbench.meters.carbon import country_intensity
+from decorbench.models import MODELS, create_model
 from decorbench.results import RunWriter, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
+SUITE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # it starts every run_id, so every file name
 
 
 class ConfigError(ValueError):
@@ -84,7 +88,9 @@ def _check_type(value, hint, where: str):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means either (no limit is: leave it out)
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     expected = origin or hint
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -143,7 +149,10 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     """A built-in suite by name or a TOML file by path, with `section.key=value` overrides applied."""
     path = Path(name_or_path)
     if path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # TOML is UTF-8; an editor's byte-order mark is harmless
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read it as UTF-8 text ({e})") from e
     elif name_or_path in builtin_names():
         text = resources.files("decorbench.configs").joinpath(f"{name_or_path}.toml").read_text()
     elif path.suffix == ".toml" or path.exists():
@@ -164,13 +173,46 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
             raise ConfigError(f"unknown {kind} {bad[0]!r}; choose from: {', '.join(valid)}")
     if not (config.methods and config.models and config.seeds):
         raise ConfigError("methods, models and seeds must each name at least one entry")
-    unknown = sorted(set(config.data.options) - set(DATA_OPTIONS[config.dataset]))
-    if unknown:
-        raise ConfigError(f"unknown data.options key {unknown[0]!r} for {config.dataset}; valid: "
-                          f"{', '.join(DATA_OPTIONS[config.dataset]) or 'none'}")
+    if not SUITE_NAME.fullmatch(config.name):
+        raise ConfigError(f"name {config.name!r} must be letters, digits, '.', '_' or '-' (it names files), "
+                          "not starting with '.'")
+    bad_seeds = [seed for seed in config.seeds if not 0 <= seed < 2**32]
+    if bad_seeds:
+        raise ConfigError(f"seeds must be in 0 .. 2**32 - 1, got {bad_seeds[0]}")
+    try:
+        check_options(config.dataset, config.data.options)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    _check_dbp_patterns(config)
+    _check_country(config.carbon.country_iso_code)
     if config.train.schedule == "cosine" and not (config.budget.max_epochs or config.budget.max_steps):
         raise ConfigError("train.schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
     return config
+
+
+def _check_dbp_patterns(config: SuiteConfig) -> None:
+    """dbp.skip / dbp.only patterns tried on every model before any run (a typo would fail every DBP run)."""
+    d = config.dbp
+    if "dbp" not in config.methods or (not d.skip and d.only is None):
+        return
+    for model in config.models:
+        with torch.device("meta"):  # layer names only: no memory, no initialisation
+            net = create_model(model, 10, input_shape=(3, 32, 32))
+        try:
+            decorrelate(net, skip=d.skip, only=d.only)
+        except ValueError as e:
+            raise ConfigError(f"dbp.{e} {model}") from e
+
+
+def _check_country(code: str) -> None:
+    """An ISO code codecarbon has no carbon intensity for is a typo; without codecarbon, its meter says why."""
+    try:
+        known = country_intensity(code)
+    except ImportError:
+        return
+    if known is None:
+        raise ConfigError(f"carbon.country_iso_code {code!r}: codecarbon has no carbon intensity for it "
+                          "(ISO 3166-1 alpha-3, e.g. NLD, DEU, USA)")
 
 
 def _settings(spec: RunSpec, config: SuiteConfig) -> dict:

@@ -58,8 +58,8 @@ class TrainConfig:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         for name in ("batch_size", "lr", "step_epochs", "gamma"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"train.{name} must be positive and finite, got {getattr(self, name)}")
         if self.eval_every < 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ValueError("train.eval_every, train.weight_decay and train.momentum must not be negative")
 
@@ -78,7 +78,7 @@ class DBPConfig:
         _check_choice("dbp.rule", self.rule, ("standard", "normalized"))
         if self.update_every < 1:
             raise ValueError(f"dbp.update_every must be at least 1, got {self.update_every}")
-        if self.lr < 0 or not 0 <= self.kappa <= 1 or not 0 < self.sample_fraction <= 1:
+        if not 0 <= self.lr < math.inf or not 0 <= self.kappa <= 1 or not 0 < self.sample_fraction <= 1:
             raise ValueError("dbp.lr must be ≥ 0, dbp.kappa in [0, 1] and dbp.sample_fraction in (0, 1]")
 
 
@@ -116,7 +116,7 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
-    if device.index is not None and device.index >= torch.cuda.device_count():
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
     return device
 

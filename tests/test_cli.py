@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import resources
 
 import pytest
 import torch
@@ -48,6 +49,17 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--set", "data.options.noise=1"], "unknown data.options key 'noise' for digits"),
     (["run", "smoke", "--set", "budget.max_epochs=0", "--set", "budget.max_train_seconds=9"], "must be positive"),
     (["run", "smoke", "--set", "budget={max_train_seconds=9}"], "'cosine' needs budget.max_epochs"),
+    (["run", "smoke", "--set", "name=\"../elsewhere\""], "name '../elsewhere' must be letters, digits"),
+    (["run", "smoke", "--set", "name=\"a/b\""], "name 'a/b' must be"),
+    (["run", "smoke", "--set", "budget.max_train_seconds=nan"], "budget.max_train_seconds must be a finite number"),
+    (["run", "smoke", "--set", "train.lr=inf"], "train.lr must be a finite number"),
+    (["run", "smoke", "--set", "seeds=[0, -1]"], "seeds must be in 0 .. 2**32 - 1, got -1"),
+    (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.num_classes=1"],
+     "data.options.num_classes must be an integer ≥ 2, got 1"),
+    (["run", "smoke", "--set", "dbp.only=[\"layer9.*\"]"], "dbp.only pattern 'layer9.*' matches no"),
+    (["run", "smoke", "--set", "carbon.country_iso_code=XYZ"], "'XYZ': codecarbon has no carbon intensity"),
+    (["run", "smoke", "--set", "budget={max_energy_j=100}", "--set", "train.schedule=constant"],
+     "energy is measured on NVIDIA GPUs only, not on cpu"),
     (["run", "smoke", "--device", "cuda"], "no CUDA GPU"),
     (["run", "smoke", "--device", "bogus"], "unknown device 'bogus': use auto, cpu, cuda or cuda:N"),
     (["run", "smoke", "--device", "meta"], "unknown device 'meta'"),
@@ -74,6 +86,24 @@ def test_resume_needs_the_directory_to_continue(tmp_path, capsys, monkeypatch):
     assert main(["run", "smoke", "--resume"]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_an_empty_out_is_bad_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "smoke", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_file_must_be_utf8_and_may_start_with_a_byte_order_mark(tmp_path, capsys):
+    config = tmp_path / "suite.toml"
+    config.write_bytes("\ufeffname = 'ok'\n".encode() + (resources.files("decorbench.configs") / "smoke.toml")
+                       .read_bytes().replace(b'name = "smoke"', b""))
+    assert load_config(str(config)).name == "ok"
+    config.write_bytes(b"name = '\xff'\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: cannot read it as UTF-8 text" in err and not (tmp_path / "out").exists()
 
 
 def test_garbled_config_file_exits_2(tmp_path, capsys):

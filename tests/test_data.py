@@ -226,6 +226,10 @@ def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "imagenette2")) as err:
         load_data("imagenette", batch_size=2, seed=0)
     assert "fastai/imagenette" in str(err.value) and "\n" not in str(err.value)
+    for split in ("train", "val"):  # the folders, but no class folder in them (e.g. an unpacking that failed)
+        (tmp_path / "imagenette2" / split).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="imagenette not found"):
+        load_data("imagenette", batch_size=2, seed=0)
 
 
 # --- synthetic ----------------------------------------------------------------------------------------------
@@ -274,6 +278,14 @@ def test_bad_names_options_and_batch_sizes_are_value_errors():
         load_data("synthetic", batch_size=8, seed=0, options={"noize": 1.0})
     with pytest.raises(ValueError, match="valid: none"):
         load_data("digits", batch_size=8, seed=0, options={"image_size": 8})
+    for options, message in [({"num_classes": 1}, "num_classes must be an integer ≥ 2, got 1"),
+                             ({"image_size": 2.5}, "image_size must be an integer ≥ 1"),
+                             ({"train_size": 0}, "train_size must be an integer ≥ 1"),
+                             ({"data_seed": -1}, "data_seed must be an integer ≥ 0"),
+                             ({"channels": True}, "channels must be an integer"),
+                             ({"noise": float("nan")}, "noise must be a number ≥ 0")]:
+        with pytest.raises(ValueError, match=message):
+            load_data("synthetic", batch_size=8, seed=0, options=options)
     with pytest.raises(ValueError, match="larger than the digits training set"):
         load_data("digits", batch_size=2000, seed=0)
     with pytest.raises(ValueError, match="at least 1"):

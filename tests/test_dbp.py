@@ -1,5 +1,7 @@
 """The DBP core: decorrelation works, the fused layers equal the explicit method, conversion is lossless."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -221,6 +223,16 @@ def test_skip_and_only_select_layers_by_name():
     assert not any(name.startswith("layer4") for name in skipped) and "layer3.0.conv1" in skipped
     only = decor_layers(decorrelate(torchvision.models.resnet18(), only=["layer1.*"]))
     assert set(only) == {"layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"}
+
+
+@pytest.mark.parametrize("kind, patterns, typo", [("skip", ["fc", "layer5.*"], "layer5.*"),
+                                                   ("only", ["layer1.*", "Layer2.*"], "Layer2.*")])
+def test_a_pattern_that_matches_no_layer_is_an_error_and_leaves_the_model_alone(kind, patterns, typo):
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match=f"{kind} pattern '{re.escape(typo)}' matches no"):
+        decorrelate(model, **{kind: patterns})
+    assert decor_layers(model) == {}
+    assert decor_layers(decorrelate(decorrelate(model, only=["fc"]), only=["fc"])).keys() == {"fc"}  # converted: a match
 
 
 def test_attention_projections_and_grouped_convs_are_left_alone():

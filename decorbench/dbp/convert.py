@@ -10,10 +10,6 @@ from torch import nn
 from decorbench.dbp.layers import DecorConv2d, DecorLinear, DecorMixin
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch(name, p) for p in patterns)
-
-
 def _decor_copy(m: nn.Module, settings: dict) -> DecorMixin:
     """A decorrelation layer sharing m's Parameter objects, so weights (and any optimizer state) carry over."""
     if isinstance(m, nn.Linear):
@@ -29,23 +25,31 @@ def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float
                 skip: Iterable[str] = (), only: Iterable[str] | None = None) -> nn.Module:
     """Replace every nn.Linear and groups=1 nn.Conv2d of `model` by DecorLinear / DecorConv2d, in place.
 
-    `skip` / `only` are fnmatch patterns on qualified module names (e.g. "fc", "layer4.*"). Outputs and
-    `state_dict` entries are unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
+    `skip` / `only` are fnmatch patterns on qualified module names (e.g. "fc", "layer4.*"); one that matches no such
+    layer is a ValueError (a typo would silently change what the run measures). Outputs and `state_dict` entries are
+    unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
     Linear layers owned by nn.MultiheadAttention are left alone: attention reads their weight directly and
     never calls their forward, so R would silently be ignored.
     """
     skip, only = tuple(skip), None if only is None else tuple(only)
     settings = {"kappa": kappa, "sample_fraction": sample_fraction, "rule": rule}
+    swaps, used = [], set()  # (parent, name, layer) to convert; the patterns that matched a layer
     for parent_name, parent in list(model.named_modules()):
         if isinstance(parent, nn.MultiheadAttention):
             continue
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if not isinstance(child, (nn.Linear, nn.Conv2d)) or isinstance(child, DecorMixin):
+            if not isinstance(child, (nn.Linear, nn.Conv2d)) or getattr(child, "groups", 1) != 1:
                 continue
-            if isinstance(child, nn.Conv2d) and child.groups != 1:
-                continue
-            if _matches(name, skip) or (only is not None and not _matches(name, only)):
-                continue
-            setattr(parent, child_name, _decor_copy(child, settings))
+            skipped = [p for p in skip if fnmatch(name, p)]
+            chosen = [p for p in only or () if fnmatch(name, p)]
+            used.update(skipped, chosen)
+            if not (isinstance(child, DecorMixin) or skipped or (only is not None and not chosen)):
+                swaps.append((parent, child_name, child))
+    for kind, patterns in (("skip", skip), ("only", only or ())):
+        unused = [p for p in patterns if p not in used]
+        if unused:  # before any swap: the model is left as it was
+            raise ValueError(f"{kind} pattern {unused[0]!r} matches no Linear or Conv2d layer of the model")
+    for parent, child_name, child in swaps:
+        setattr(parent, child_name, _decor_copy(child, settings))
     return model
