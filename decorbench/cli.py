@@ -87,7 +87,13 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
     except (ConfigError, ValueError) as e:
         return str(e)
     missing = missing_data(config.dataset, config.data.root) if todo else None
-    return missing or (out, todo)
+    if missing:
+        return missing
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)  # the last check: can results be written there at all
+    except OSError as e:
+        return f"--out {out}: cannot make the results directory there ({e.strerror or e})"
+    return out, todo
 
 
 def _run(args) -> int:

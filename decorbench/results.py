@@ -240,6 +240,17 @@ def _flatten(record: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _bad_identity(run: dict) -> str | None:
+    """What is wrong with the fields that say which run this is (and key every comparison), or None."""
+    for key in ("run_id", "method", "model", "dataset", "seed"):
+        value, kind = run.get(key), int if key == "seed" else str
+        if key not in run:
+            return f"lacks {key}"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"has {key} = {json.dumps(value)}, not {'an integer' if kind is int else 'a string'}"
+    return None
+
+
 def load(paths) -> pd.DataFrame:
     """One row per eval point of every run found (a run without evals: one row), run fields and end status joined."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
@@ -259,6 +270,10 @@ def load(paths) -> pd.DataFrame:
             continue
         if records["run"] is None:
             warnings.warn(f"{file}: no run record, not a results file; skipped", stacklevel=2)
+            continue
+        bad = _bad_identity(records["run"])
+        if bad:
+            warnings.warn(f"{file}: its run record {bad}; skipped", stacklevel=2)
             continue
         run, end = _flatten(records["run"]), records["end"] or {}
         tail = {"status": end.get("status"), "reason": end.get("reason"),

@@ -106,6 +106,28 @@ def test_a_config_file_must_be_utf8_and_may_start_with_a_byte_order_mark(tmp_pat
     assert f"{config}: cannot read it as UTF-8 text" in err and not (tmp_path / "out").exists()
 
 
+def test_an_out_that_cannot_hold_results_is_bad_input(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep me")
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        assert main(["run", "smoke", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {out}: cannot make the results directory there" in err[0], err
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_report_bad_output_exits_2_with_one_line(tmp_path, capsys):
+    args = ["run", "smoke", "--out", str(tmp_path), "--set", "budget.max_epochs=1", *ONE_PAIR]
+    assert main(args) == 0
+    results = run_path(tmp_path, "smoke-digits-mlp-bp-s0")
+    before = results.read_bytes()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "-o", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the report goes to an .html file" in err[0], err
+    assert results.read_bytes() == before
+    assert main(["report", str(tmp_path)]) == 0 and (tmp_path / "report.html").is_file()
+
+
 def test_garbled_config_file_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("name = \"x\"\nmethods = [\"bp\"\n")

@@ -215,6 +215,40 @@ def test_a_corrupt_file_is_skipped_with_a_visible_warning_and_the_rest_renders(t
     assert "10 runs in 2 (dataset, model) groups" in html and html.count("<svg") == 4
 
 
+def test_a_run_record_that_does_not_say_which_run_it_is_is_skipped_with_a_warning(tmp_path):
+    write_suite(tmp_path)
+    write_run(tmp_path, "listed-seed", "bp", "mlp", [1, 2])
+    write_run(tmp_path, "no-dataset", "dbp", "mlp", 0, dataset=None)
+    with pytest.warns(UserWarning) as caught:
+        html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    messages = [str(w.message) for w in caught]
+    assert any("listed-seed.jsonl: its run record has seed = [1, 2], not an integer; skipped" in m for m in messages)
+    assert any("no-dataset.jsonl: its run record has dataset = null, not a string; skipped" in m for m in messages)
+    assert "10 runs in 2 (dataset, model) groups" in html
+
+
+@pytest.mark.parametrize("output", ["runs/mlp-bp-s0.jsonl", "suite.toml", "runs", "report"])
+def test_the_report_never_overwrites_what_is_not_an_html_file(output, tmp_path):
+    write_suite(tmp_path)
+    (tmp_path / "suite.toml").write_text("name = 'x'\n")
+    (tmp_path / "report").mkdir()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="the report goes to an .html file"):
+        render_report([tmp_path], tmp_path / output)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_report_that_cannot_be_written_is_a_one_line_value_error_leaving_nothing(tmp_path):
+    write_suite(tmp_path)
+    (tmp_path / "taken.html").mkdir()  # e.g. a directory of that name
+    with pytest.raises(ValueError, match="the report goes to an .html file"):
+        render_report([tmp_path], tmp_path / "taken.html")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cannot write the report to .*file/r.html"):
+        render_report([tmp_path], tmp_path / "file" / "r.html")
+    assert not list(tmp_path.glob("**/.*.partial"))
+
+
 def test_no_results_or_a_bad_target_is_a_one_line_value_error(tmp_path):
     with pytest.raises(ValueError, match="no results found") as empty:
         render_report([tmp_path], tmp_path / "r.html")

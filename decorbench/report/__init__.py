@@ -8,6 +8,7 @@ top of the report; the rest renders.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from datetime import datetime, timezone
@@ -74,10 +75,14 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
 
     target: the accuracy that "to target" numbers refer to, for every (dataset, model); default: the
     budget.target_accuracy all the runs were given (as `decorbench run` measures), else BP's median final accuracy
-    in each group. Raises ValueError (one line) for no results at all or a target outside [0, 1].
+    in each group. Raises ValueError (one line) for no results at all, a target outside [0, 1], or an output that is
+    not an .html file or cannot be written.
     """
     if target is not None and not 0 <= float(target) <= 1:
         raise ValueError(f"target must be an accuracy between 0 and 1, not {target!r}")
+    output = Path(output)
+    if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
+        raise ValueError(f"the report goes to an .html file, not {output} (results and configs are never overwritten)")
     evals, skipped = _load(paths)
     evals = tidy(evals)
     source = "given with --target"
@@ -94,9 +99,13 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
         claim=claim.check(runs, goals, target, source),
         no_accuracy=runs["final_accuracy"].isna().all(), figures=_figures(evals, runs, goals),
         statuses=tables.status_counts(runs), runs=tables.run_rows(runs))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(html, encoding="utf-8")
-    os.replace(partial, output)  # readers never see half a report
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(html, encoding="utf-8")
+        os.replace(partial, output)  # readers never see half a report
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise ValueError(f"cannot write the report to {output} ({e.strerror or e})") from None
     return output

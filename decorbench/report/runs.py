@@ -19,9 +19,8 @@ PROBLEMS = ("diverged", "failed", "interrupted")
 
 
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:
-    """The loaded eval rows with a `run` key and printable dataset/model/method (a missing one reads "(none)")."""
-    labels = {c: evals[c].astype(object).where(evals[c].notna(), "(none)").astype(str) for c in [*GROUP, "method"]}
-    return evals.assign(run=evals["source"], **labels)
+    """The loaded eval rows with a `run` key (`load` keeps only runs whose dataset, model and method are strings)."""
+    return evals.assign(run=evals["source"])
 
 
 def recorded_target(evals: pd.DataFrame) -> float | None:
