@@ -129,7 +129,9 @@ def _run_suite(args, config, device, out: Path, todo: list) -> int:
 
     main, world = distributed.is_main(), distributed.world_size()
     sets = [f"--set={assignment}" for assignment in args.set]
-    again = [*distributed.launch_prefix(), "decorbench", "run", args.config, "--out", str(out), *sets, "--resume"]
+    device_flag = ["--device", args.device] if args.device != "auto" else []
+    again = [*distributed.launch_prefix(), "decorbench", "run", args.config, "--out", str(out), *device_flag, *sets,
+             "--resume"]
     stop = _stop_on_signals(shlex.join(again), announce=main)
     if main:
         where = f"{world} processes ({device.type})" if world > 1 else device
@@ -172,7 +174,25 @@ def _report(args) -> int:
     return 0
 
 
+def _abort_early(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM before a suite runs: stop as Ctrl-C does, nothing half-done to finish
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 a run failed, 2 bad input (one line, nothing written), 130 interrupted."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _abort_early)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting, or a second one while a run finishes its record
+        print("\ndecorbench: aborted; every record written so far is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for signum, handler in handlers.items():  # a caller's own handlers, back as they were
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     from decorbench.configs import builtin_names
 
     parser = argparse.ArgumentParser(prog="decorbench", description=__doc__,

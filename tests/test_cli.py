@@ -239,6 +239,42 @@ def test_a_signal_stops_after_the_current_record_and_resume_continues_from_the_c
     assert not (out / "checkpoints" / "smoke-digits-mlp-bp-s0.pt").exists()
 
 
+@pytest.mark.parametrize("signals, training", [([signal.SIGINT], False), ([signal.SIGTERM], False),
+                                               ([signal.SIGINT, signal.SIGINT], False),
+                                               ([signal.SIGINT, signal.SIGINT], True)])
+def test_any_interruption_at_any_moment_exits_130_without_a_traceback(signals, training, tmp_path):
+    # not training: while Python still imports (before the suite's handler); twice: the second aborts at once
+    proc = subprocess.Popen([sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_path(tmp_path / "out", "smoke-digits-small-cnn-bp-s0")
+    deadline = time.monotonic() + 60
+    while training and not (first.exists() and read_run(first)["evals"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for signum in signals:
+        time.sleep(0.01 if training else 0.5)  # signals sent at once would merge into one
+        proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    for path in (tmp_path / "out" / "runs").glob("*.jsonl"):
+        assert read_run(path)["end"]["status"] == "interrupted"
+
+
+def test_the_printed_resume_command_keeps_the_device(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), "--device", "cpu", *ONE_PAIR,
+           "--set", "budget.max_epochs=40"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_path(out, "smoke-digits-mlp-bp-s0")
+    deadline = time.monotonic() + 60
+    while not (first.exists() and read_run(first)["evals"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    hint = err.split("continue with: ")[1].splitlines()[0]
+    assert f"decorbench run smoke --out {out} --device cpu " in hint and hint.endswith(" --resume")
+
+
 def test_env_reports_every_meter_and_exits_0(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
