@@ -32,21 +32,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"decorbench: warning: {message}", file=sys.stderr)
 
 
-def _stop_on_signals(resume_hint: str, announce: bool = True) -> threading.Event:
-    """First SIGINT/SIGTERM: let the current run write its record and stop. A second SIGINT aborts at once."""
-    stop = threading.Event()
+class _Signals:
+    """SIGINT/SIGTERM during `decorbench run`. While it starts they only set `stop`: nothing is half-done yet, and
+    an exception raised inside torch's import can abort the process. Once the suite runs (`running`), the first is
+    announced with the command that continues, the current run writes its record and stops, and a second SIGINT
+    aborts at once."""
 
-    def handler(signum, frame):
-        if stop.is_set() and signum == signal.SIGINT:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.hint: str | None = None
+        self.announce = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def running(self, resume_hint: str, announce: bool) -> None:
+        self.hint, self.announce = resume_hint, announce
+
+    def _handle(self, signum, frame) -> None:
+        if self.hint is not None and self.stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.set()
-        if announce:
+        if self.announce and not self.stop.is_set():
             print(f"\ndecorbench: {signal.Signals(signum).name}: finishing the current record, then stopping; "
-                  f"continue with: {resume_hint}", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
+                  f"continue with: {self.hint}", file=sys.stderr)
+        self.stop.set()
 
 
 class _ProgressBars:
@@ -96,13 +104,21 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
     return out, todo
 
 
+def _stopped_before_start() -> int:
+    print("decorbench: stopped by a signal before any run started", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def _run(args) -> int:
+    signals = _Signals()  # first: torch's import takes seconds
     from decorbench import distributed
     from decorbench.suite import ConfigError, load_config
     from decorbench.train import resolve_device
 
     try:
         config = load_config(args.config, args.set)
+        if signals.stop.is_set():
+            return _stopped_before_start()
         device = resolve_device(args.device)
         if args.out == "":
             raise ValueError("--out is empty: name a results directory")
@@ -116,12 +132,12 @@ def _run(args) -> int:
         return _fail(str(e))
     try:
         plan = distributed.broadcast(_plan(args, config, distributed.world_size()) if distributed.is_main() else None)
-        return _fail(plan) if isinstance(plan, str) else _run_suite(args, config, device, *plan)
+        return _fail(plan) if isinstance(plan, str) else _run_suite(args, config, device, signals, *plan)
     finally:
         distributed.shutdown()
 
 
-def _run_suite(args, config, device, out: Path, todo: list) -> int:
+def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -> int:
     from decorbench import distributed
     from decorbench.results import load
     from decorbench.suite import run_suite
@@ -132,14 +148,16 @@ def _run_suite(args, config, device, out: Path, todo: list) -> int:
     device_flag = ["--device", args.device] if args.device != "auto" else []
     again = [*distributed.launch_prefix(), "decorbench", "run", args.config, "--out", str(out), *device_flag, *sets,
              "--resume"]
-    stop = _stop_on_signals(shlex.join(again), announce=main)
+    signals.running(shlex.join(again), announce=main)
     if main:
         where = f"{world} processes ({device.type})" if world > 1 else device
         print(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {where}, results in {out}/runs",
               file=sys.stderr)
     bars = _ProgressBars() if main else None
-    ends = run_suite(config, out, device, todo, should_stop=stop.is_set, progress=bars)
-    interrupted = distributed.any_rank(stop.is_set())
+    ends = run_suite(config, out, device, todo, should_stop=signals.stop.is_set, progress=bars)
+    interrupted = distributed.any_rank(signals.stop.is_set())
+    if not ends and interrupted:
+        return _stopped_before_start() if main else EXIT_INTERRUPTED
     if main:
         bars.close()
         for end in ends:
@@ -156,7 +174,11 @@ def _run_suite(args, config, device, out: Path, todo: list) -> int:
 
 def _env(args) -> int:
     from decorbench.env import describe_environment
+    from decorbench.meters.carbon import country_error
 
+    unknown_country = country_error(args.country)
+    if unknown_country:
+        return _fail(f"--country: {unknown_country}")
     print(describe_environment(country_iso_code=args.country))
     return 0
 
@@ -174,17 +196,12 @@ def _report(args) -> int:
     return 0
 
 
-def _abort_early(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM before a suite runs: stop as Ctrl-C does, nothing half-done to finish
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 a run failed, 2 bad input (one line, nothing written), 130 interrupted."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _abort_early)
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C while starting, or a second one while a run finishes its record
+    except KeyboardInterrupt:  # a second Ctrl-C while a run finishes its record; Ctrl-C in report or env
         print("\ndecorbench: aborted; every record written so far is kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

@@ -57,7 +57,8 @@ def check_options(name: str, options: dict) -> None:
     """ValueError (one line) for an option data set `name` does not take, or a value it cannot use."""
     unknown = sorted(set(options) - set(OPTIONS[name]))
     if unknown:
-        raise ValueError(f"unknown data.options key {unknown[0]!r} for {name}; valid: {', '.join(OPTIONS[name]) or 'none'}")
+        valid = ", ".join(OPTIONS[name]) or "none"
+        raise ValueError(f"unknown data.options key {unknown[0]!r} for {name}; valid: {valid}")
     for key, value in options.items():
         if value is None and OPTIONS[name][key] is None:
             continue  # the documented "choose for me"

@@ -31,7 +31,7 @@ from decorbench.configs import builtin_names
 from decorbench.data import DATASETS, check_options
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
-from decorbench.meters.carbon import country_intensity
+from decorbench.meters.carbon import country_error
 from decorbench.models import MODELS, create_model
 from decorbench.results import RunWriter, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
@@ -184,7 +184,9 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     _check_dbp_patterns(config)
-    _check_country(config.carbon.country_iso_code)
+    unknown_country = country_error(config.carbon.country_iso_code)
+    if unknown_country:
+        raise ConfigError(f"carbon.country_iso_code: {unknown_country}")
     if config.train.schedule == "cosine" and not (config.budget.max_epochs or config.budget.max_steps):
         raise ConfigError("train.schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
     return config
@@ -202,17 +204,6 @@ def _check_dbp_patterns(config: SuiteConfig) -> None:
             decorrelate(net, skip=d.skip, only=d.only)
         except ValueError as e:
             raise ConfigError(f"dbp.{e} {model}") from e
-
-
-def _check_country(code: str) -> None:
-    """An ISO code codecarbon has no carbon intensity for is a typo; without codecarbon, its meter says why."""
-    try:
-        known = country_intensity(code)
-    except ImportError:
-        return
-    if known is None:
-        raise ConfigError(f"carbon.country_iso_code {code!r}: codecarbon has no carbon intensity for it "
-                          "(ISO 3166-1 alpha-3, e.g. NLD, DEU, USA)")
 
 
 def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
@@ -350,7 +341,8 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
     except under torchrun, where the other ranks cannot go on in step with a failed one: there it ends the job.
 
     An unfinished run continues from its last checkpoint (pending_runs made sure its settings are the same), else
-    starts again, its old file replaced (no checkpoint, or one that cannot be read or is of another spec). Checkpoints of finished runs are deleted. Returns the end records.
+    starts again, its old file replaced (no checkpoint, or one that cannot be read or is of another spec).
+    Checkpoints of finished runs are deleted. Returns the end records.
     """
     ends, main = [], distributed.is_main()
     for spec in todo:

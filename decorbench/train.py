@@ -210,10 +210,10 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     data position and clocks.
     `energy` / `carbon`: meters read at the edges of the stopwatch's training windows, so eval is excluded from
     energy_j and co2_kg as it is from train_time_s; without them both stay null.
-    Under torchrun (the process group initialised by `distributed.init`) every rank calls this with the same spec and
-    checkpoint path; rank 0 alone writes the checkpoint, and only its `resume_from` counts. train_time_s is the slowest rank's, energy_j and
-    co2_kg are summed over the ranks that have a meter, and `flops` counts one step on the global batch as a single
-    process computes it (the DBP update, which every rank repeats, counted once).
+    Under torchrun (the process group initialised by `distributed.init`) every rank calls this with the same spec
+    and checkpoint path; rank 0 alone writes the checkpoint, and only its `resume_from` counts. train_time_s is the
+    slowest rank's, energy_j and co2_kg are summed over the ranks that have a meter, and `flops` counts one step on
+    the global batch as a single process computes it (the DBP update, which every rank repeats, counted once).
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")

@@ -57,7 +57,8 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.num_classes=1"],
      "data.options.num_classes must be an integer ≥ 2, got 1"),
     (["run", "smoke", "--set", "dbp.only=[\"layer9.*\"]"], "dbp.only pattern 'layer9.*' matches no"),
-    (["run", "smoke", "--set", "carbon.country_iso_code=XYZ"], "'XYZ': codecarbon has no carbon intensity"),
+    (["run", "smoke", "--set", "carbon.country_iso_code=XYZ"],
+     "codecarbon has no carbon intensity for country_iso_code 'XYZ'"),
     (["run", "smoke", "--set", "budget={max_energy_j=100}", "--set", "train.schedule=constant"],
      "energy is measured on NVIDIA GPUs only, not on cpu"),
     (["run", "smoke", "--device", "cuda"], "no CUDA GPU"),
@@ -280,6 +281,13 @@ def test_env_reports_every_meter_and_exits_0(capsys):
     out = capsys.readouterr().out
     for meter in ("time", "flops", "memory", "energy: NVML counter", "energy: NVML power", "carbon: codecarbon"):
         assert f"  {meter}" in out
+
+
+def test_env_refuses_a_country_codecarbon_does_not_know(capsys):
+    assert main(["env", "--country", "XYZ"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["decorbench: error: --country: codecarbon has no carbon intensity for country_iso_code 'XYZ' "
+                   "(ISO 3166-1 alpha-3, e.g. NLD, DEU, USA)"]
 
 
 def test_run_help_names_every_builtin_suite(capsys, monkeypatch):

@@ -95,6 +95,20 @@ def country_intensity(country_iso_code: str) -> tuple[str, float] | None:
     return row.get("country_name", country_iso_code), float(row["carbon_intensity"])
 
 
+def _unknown_country(code: str) -> str:
+    return f"codecarbon has no carbon intensity for country_iso_code {code!r} (ISO 3166-1 alpha-3, e.g. NLD, DEU, USA)"
+
+
+def country_error(code: str) -> str | None:
+    """Why codecarbon cannot estimate for `code`, in one line; None if it can, or cannot tell (no codecarbon, no
+    table: the meter then says so itself). Checked before anything runs: an unknown code is a typo."""
+    try:
+        known = country_intensity(code)
+    except Exception:
+        return None
+    return _unknown_country(code) if known is None else None
+
+
 def _tracker_kwargs(country: str, gpu_ids, measure_power_secs: float) -> dict:
     """Arguments that keep the tracker offline, file-less and quiet, for the codecarbon at hand (≥ 2.8)."""
     kwargs = {"country_iso_code": country, "log_level": "warning", "measure_power_secs": measure_power_secs,
@@ -198,8 +212,7 @@ class CarbonMeter:
         except Exception:
             known = (None, None)  # no table to check against: let codecarbon decide
         if known is None:
-            self.unavailable_reason = (f"codecarbon has no carbon intensity for country_iso_code "
-                                       f"{self.country_iso_code!r} (ISO 3166-1 alpha-3, e.g. NLD, DEU, USA)")
+            self.unavailable_reason = _unknown_country(self.country_iso_code)
             return
         self.country_name, self.carbon_intensity_g_per_kwh = known
         try:
