@@ -219,6 +219,7 @@ def read_run(path: Path | str) -> dict:
             out["run"] = record
         elif kind == "eval":
             out["evals"].append(record)
+            out["end"] = None  # a resumed run went on after an earlier end: that one is no longer how it ended
         elif kind == "end":  # a resumed run may have ended before; the last end counts
             out["end"] = record
         else:

@@ -359,6 +359,10 @@ def test_mfu_is_flops_per_second_over_the_gpus_datasheet_peak_and_absent_where_u
     assert mfu_cell("h100") == f"{fmt(expected, 'fraction')}</td>"
     assert mfu_cell("no-gpu") == mfu_cell("unknown-gpu") == "—</td>"
 
+    write_run(tmp_path, "h100-ddp", "bp", "mlp", 0, gpu_name="NVIDIA H100 80GB HBM3", world_size=4)
+    html = render_report([tmp_path], tmp_path / "r.html").read_text()  # the same run's FLOPs, over 4 GPUs' peak
+    assert mfu_cell("h100-ddp") == f"{fmt(expected / 4, 'fraction')}</td>"
+
 
 def test_peak_table_prefers_the_specific_name_and_never_guesses():
     from decorbench.gpus import peak_bf16_flops
@@ -369,7 +373,8 @@ def test_peak_table_prefers_the_specific_name_and_never_guesses():
     assert peak_bf16_flops("NVIDIA GeForce GTX 1080") is None and peak_bf16_flops(None) is None
 
 
-def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", **run_fields):
+def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", status="completed",
+                 **run_fields):
     """A run with exactly these eval accuracies, one eval point every `step_s` training seconds."""
     run = {**PROVENANCE, "run_id": run_id, "suite": "claim", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": len(accuracies)}, "hyperparameters": {}, "country_iso_code": "NLD",
@@ -378,7 +383,8 @@ def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="
         for i, accuracy in enumerate(accuracies, start=1):
             writer.eval({**dict.fromkeys(EVAL_FIELDS), "step": 10 * i, "epoch": i, "train_time_s": step_s * i,
                          "eval_accuracy": accuracy, "flops": 10**9 * i})
-        writer.end("completed", "max_epochs done", {"steps": 10 * len(accuracies)})
+        if status:
+            writer.end(status, f"{status} done", {"steps": 10 * len(accuracies)})
 
 
 def claim_text(html_text: str, group: str | None = None) -> str:
@@ -461,7 +467,7 @@ def test_claim_with_a_given_target_says_it_is_not_the_papers_measure(claimed, tm
     row_text = claim_text(page, "imagenet · resnet18")
     assert "target 50.00 %, given with --target, not BP's own accuracy" in row_text
     assert "reached the target: BP 2/2, DBP 2/2 runs" in row_text  # 50 % at the first eval: 10 s vs 6 s and 7 s
-    assert "1.54× 1.43–1.67× · min–max" in row_text and "faster, but below the paper's > 2×" in row_text
+    assert "1.54× 1.43–1.67× · min–max" in row_text and "faster, but not the paper's > 2×" in row_text
 
 
 def test_claim_cannot_be_checked_without_both_methods(tmp_path):
@@ -471,3 +477,60 @@ def test_claim_cannot_be_checked_without_both_methods(tmp_path):
     assert ("The claim cannot be checked here: it compares DBP with BP, and no (dataset, model) in these results has "
             "runs of both (digits · mlp (BP runs only)).") in text
     assert "speed-up to target" not in text
+
+
+def test_a_run_at_exactly_bps_median_accuracy_reaches_the_default_target(tmp_path):
+    # the median of 180/360 and 210/360 is a float an ulp above 195/360, the accuracy it stands for
+    write_points(tmp_path, "bp-0", "bp", "mlp", 0, [0.3, 180 / 360], 1)
+    write_points(tmp_path, "bp-1", "bp", "mlp", 1, [0.3, 210 / 360], 1)
+    write_points(tmp_path, "dbp-0", "dbp", "mlp", 0, [0.3, 195 / 360], 3)
+    time = row(card(render_report([tmp_path], tmp_path / "r.html").read_text(), "digits", "mlp"), "time to target")
+    assert "reached 1/2" in time and "reached 1/1" in time and "<b>6 s</b>" in time and "not reached" not in time
+
+
+def test_energy_measured_for_only_some_runs_says_so_and_gets_no_ratio(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"bp-{seed}", "bp", "mlp", seed)
+        write_run(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, energy=seed == 0)  # DBP seed 1: no meter
+    energy = row(card(render_report([tmp_path], tmp_path / "r.html", target=0.01).read_text(), "digits", "mlp"),
+                 "energy to target")
+    cells = energy.split('<td class="num">')[1:]
+    assert "reached 2/2</small>" in cells[0] and "reached 2/2, measured in 1 of them" in cells[1]
+    assert cells[2].startswith("<b>—</b>") and "1 of the runs that reached the target not measured" in cells[2]
+    time = row(card(render_report([tmp_path], tmp_path / "r.html", target=0.01).read_text(), "digits", "mlp"),
+               "time to target")
+    assert not time.split('<td class="num">')[3].startswith("<b>—")  # time is measured everywhere: its ratio stays
+
+
+@pytest.mark.parametrize("dbp_step_s, verdict", [(10, "Time: faster, but not the paper's > 2×."),
+                                                 (20, "Time: as fast as BP, unlike the paper."),
+                                                 (9.9, "Time: meets the paper's > 2×.")])
+def test_the_speed_verdict_judges_the_speedup_as_shown(dbp_step_s, verdict, tmp_path):
+    write_points(tmp_path, "bp-0", "bp", "resnet18", 0, [0.9], 20)
+    write_points(tmp_path, "dbp-0", "dbp", "resnet18", 0, [0.9], dbp_step_s)
+    row_text = claim_text(render_report([tmp_path], tmp_path / "r.html").read_text(), "digits · resnet18")
+    assert f"{20 / dbp_step_s:.2f}×" in row_text and verdict in row_text
+
+
+def test_accuracy_is_not_judged_higher_when_the_difference_does_not_show_or_runs_stopped_at_target(tmp_path):
+    for seed, (bp, dbp) in enumerate([(0.5, 0.50002), (0.50001, 0.50003)]):  # ranges apart by 0.001 pp
+        write_points(tmp_path, f"bp-{seed}", "bp", "mlp", seed, [bp], 1)
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, [dbp], 1)
+    row_text = claim_text(render_report([tmp_path], tmp_path / "r.html").read_text(), "digits · mlp")
+    assert "±0.00 pp" in row_text and "Accuracy: the same to 0.01 pp: neither higher nor lower." in row_text
+
+    for seed in range(2):  # both methods stop as soon as they reach 60 %: DBP's final accuracy says nothing
+        write_points(tmp_path, f"cnn-bp-{seed}", "bp", "cnn", seed, [0.3, 0.61 + seed / 100], 1, status="target")
+        write_points(tmp_path, f"cnn-dbp-{seed}", "dbp", "cnn", seed, [0.65 + seed / 100], 1, status="target")
+    row_text = claim_text(render_report([tmp_path], tmp_path / "r.html").read_text(), "digits · cnn")
+    assert ("Accuracy: not judged: 4 of 4 runs stopped on reaching the target (budget.stop_at_target), so final "
+            "accuracies are not where the runs would have ended.") in row_text
+
+
+def test_a_group_whose_bp_runs_have_no_accuracy_names_where_its_target_came_from(tmp_path):
+    write_points(tmp_path, "bp-0", "bp", "mlp", 0, [], 1, status=None)  # started, no eval yet
+    write_points(tmp_path, "dbp-0", "dbp", "mlp", 0, [0.7, 0.8], 1)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    assert ("target accuracy 80.00 % (the median final accuracy of all its runs (no BP run has an eval accuracy))"
+            in html.unescape(page))
+    assert "BP's runs have no eval accuracy yet, so there is no target" in claim_text(page, "digits · mlp")

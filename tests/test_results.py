@@ -178,6 +178,17 @@ def test_resume_appends_and_repairs_a_truncated_last_line(tmp_path):
     assert read_run(path)["evals"] == []
 
 
+def test_a_resumed_run_killed_after_new_evals_has_no_end_not_its_earlier_one(tmp_path):
+    path = write_run(tmp_path, steps=(10,), status="interrupted")
+    resumed_eval = json.dumps({"type": "eval", **eval_record(20)})
+    path.write_text(path.read_text() + resumed_eval + "\n")  # resumed, then SIGKILLed: no end record after it
+    assert read_run(path)["end"] is None
+    assert load(path)["status"].isna().all()
+    with RunWriter(path, run_record(), resume=True) as writer:  # resumed again and finished: that end counts
+        writer.end("completed", "max_epochs reached")
+    assert read_run(path)["end"]["status"] == "completed"
+
+
 def test_a_separate_reader_sees_each_record_as_soon_as_the_call_returns(tmp_path):
     path = run_path(tmp_path, "r0")
     writer = RunWriter(path, run_record())

@@ -16,6 +16,10 @@ GROUP = ["dataset", "model"]
 # separate DBP's per-step convergence from its per-step cost
 TO_TARGET = {"steps": "step", "time": "train_time_s", "energy": "energy_j", "co2": "co2_kg", "flops": "flops"}
 PROBLEMS = ("diverged", "failed", "interrupted")
+# an accuracy this close below the target counts as reaching it: the default target, a median of an even number of
+# runs, is a float midpoint that can land an ulp above the very accuracy it came from (distinct accuracies on any
+# real eval set differ by far more)
+TOLERANCE = 1e-9
 
 
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:
@@ -44,8 +48,8 @@ def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
 
 def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """(runs, targets): one row per run with its last eval point's fields, final_accuracy, step_time_s (training
-    seconds per step), mfu (over the whole run; None off the GPUs with a known peak), reached, and <name>_to_target
-    for every TO_TARGET column; and the targets used."""
+    seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak),
+    reached, and <name>_to_target for every TO_TARGET column; and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
     runs = by_step.drop_duplicates("run", keep="last").set_index("run")
     runs["evals"] = evals.groupby("run")["eval_accuracy"].count()
@@ -55,10 +59,12 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     runs["step_time_s"] = final["train_time_s"] / final["step"].where(final["step"] > 0)
     gpu = runs["gpu_name"] if "gpu_name" in runs else pd.Series(None, index=runs.index, dtype=object)
     peak = gpu.map({name: peak_bf16_flops(name) for name in gpu.dropna().unique()}).astype(float)
-    runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / peak
+    # `flops` is the whole job's (torchrun: all its processes'), so the peak is that of all its GPUs
+    gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1) if "world_size" in runs else 1
+    runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / (peak * gpus)
     goal = targets(runs, target)
     at = pd.MultiIndex.from_frame(scored[GROUP])
-    hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy()]
+    hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy() - TOLERANCE]
     first = hit.drop_duplicates("run").set_index("run")  # scored is step-ordered: the first eval at/above target
     runs["reached"] = runs.index.isin(first.index)
     for name, column in TO_TARGET.items():

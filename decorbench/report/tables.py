@@ -86,9 +86,22 @@ def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
     note = f"reached {len(reached)}/{len(part)}"
     if reached.empty:
         return _text("not reached", note)
-    if reached[column].isna().all():
+    measured = reached[column].notna().sum()
+    if not measured:
         return _text("not measured", note)
+    if measured < len(reached):  # a median of the measured runs only: say it is not of all that got there
+        note += f", measured in {measured} of them"
     return _cell(median(reached[column]), kind, note)
+
+
+def _ratio_cell(by_method: dict, column: str) -> dict:
+    """BP / DBP over the runs that reached the target; none when some of those lack the measure (a meter that
+    failed for some seeds), since a ratio of medians over different seeds of each method could mislead."""
+    hit = {m: by_method[m].loc[by_method[m]["reached"], column] for m in ("bp", "dbp")}
+    unmeasured = sum(int(h.isna().sum()) for h in hit.values())
+    if unmeasured and any(h.notna().any() for h in hit.values()):
+        return _text("—", f"{unmeasured} of the runs that reached the target not measured")
+    return _cell(ratio(hit["bp"], hit["dbp"]), "ratio")
 
 
 def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
@@ -102,14 +115,13 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         rows = [{"label": "runs", "cells": [_text(str(len(p)), _problem_note(p)) for p in by_method.values()],
                  "ratio": None}]
         for column, label, kind, with_ratio in METRICS:
-            shown = None
-            if pair and with_ratio:
-                hit = {m: by_method[m].loc[by_method[m]["reached"], column] for m in ("bp", "dbp")}
-                shown = _cell(ratio(hit["bp"], hit["dbp"]), "ratio")
+            shown = _ratio_cell(by_method, column) if pair and with_ratio else None
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         target = goals.get((dataset, model), math.nan)
-        source = target_source or "BP's median final accuracy"
+        bp_scored = "bp" in by_method and by_method["bp"]["final_accuracy"].notna().any()
+        source = target_source or ("BP's median final accuracy" if bp_scored else
+                                   "the median final accuracy of all its runs (no BP run has an eval accuracy)")
         groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
                        "target": fmt(target, "accuracy"), "target_source": source,
                        "has_ratio": pair})
