@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from datetime import datetime, timezone
 import signal
@@ -36,7 +37,9 @@ class _Signals:
     """SIGINT/SIGTERM during `decorbench run`. While it starts they only set `stop`: nothing is half-done yet, and
     an exception raised inside torch's import can abort the process. Once the suite runs (`running`), the first is
     announced with the command that continues, the current run writes its record and stops, and a second SIGINT
-    aborts at once."""
+    ends the process at once. Not by raising KeyboardInterrupt: raised inside a library's lock (codecarbon's
+    scheduler takes one without try/finally) it left the lock held and the clean-up waiting on it forever. Every
+    record is on disk already, so exiting loses nothing but the current run's end record."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
@@ -50,7 +53,11 @@ class _Signals:
 
     def _handle(self, signum, frame) -> None:
         if self.hint is not None and self.stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            print("\ndecorbench: aborted; every record written so far is kept (the current run has no end record: "
+                  f"{self.hint} continues it from its last checkpoint)", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         if self.announce and not self.stop.is_set():
             print(f"\ndecorbench: {signal.Signals(signum).name}: finishing the current record, then stopping; "
                   f"continue with: {self.hint}", file=sys.stderr)
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # a second Ctrl-C while a run finishes its record; Ctrl-C in report or env
+    except KeyboardInterrupt:  # Ctrl-C in report or env (run has its own handler)
         print("\ndecorbench: aborted; every record written so far is kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

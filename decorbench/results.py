@@ -262,7 +262,7 @@ def load(paths) -> pd.DataFrame:
         else:
             files.append(p)
     files = list({f.resolve(): f for f in files}.values())  # a file named twice (dir and file) counts once
-    rows = []
+    runs = {}  # run record → (file, records): a copied results file is the same run, and must not count twice
     for file in files:
         try:
             records = read_run(file)
@@ -276,6 +276,18 @@ def load(paths) -> pd.DataFrame:
         if bad:
             warnings.warn(f"{file}: its run record {bad}; skipped", stacklevel=2)
             continue
+        key = json.dumps(records["run"], sort_keys=True)
+        if key in runs:
+            kept_file, kept = runs[key]
+            if len(records["evals"]) > len(kept["evals"]):  # keep the copy that got further
+                runs[key] = (file, records)
+                kept_file, file = file, kept_file
+            warnings.warn(f"{file}: the same run as {kept_file} (a copy?); counted once, from {kept_file}",
+                          stacklevel=2)
+            continue
+        runs[key] = (file, records)
+    rows = []
+    for file, records in runs.values():
         run, end = _flatten(records["run"]), records["end"] or {}
         tail = {"status": end.get("status"), "reason": end.get("reason"),
                 **_flatten({"totals": end.get("totals") or {}}), "source": str(file)}

@@ -257,7 +257,9 @@ def test_any_interruption_at_any_moment_exits_130_without_a_traceback(signals, t
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
     for path in (tmp_path / "out" / "runs").glob("*.jsonl"):
-        assert read_run(path)["end"]["status"] == "interrupted"
+        records = read_run(path)  # a second SIGINT may leave the current run without its end, never without evals
+        assert (records["end"] or {}).get("status", "interrupted") == "interrupted"
+        assert records["evals"] or not training
 
 
 def test_the_printed_resume_command_keeps_the_device(tmp_path):

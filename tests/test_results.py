@@ -189,6 +189,21 @@ def test_a_resumed_run_killed_after_new_evals_has_no_end_not_its_earlier_one(tmp
     assert read_run(path)["end"]["status"] == "completed"
 
 
+def test_a_copied_results_file_counts_once_from_the_copy_that_got_further(tmp_path):
+    original = write_run(tmp_path / "a", "bp-0", steps=(10, 20), status=None)
+    (tmp_path / "backup").mkdir()
+    copy = tmp_path / "backup" / "bp-0.jsonl"
+    copy.write_bytes(original.read_bytes())
+    with RunWriter(original, run_record("bp-0"), resume=True) as writer:  # the original went on after the copy
+        writer.eval(eval_record(30))
+        writer.end("completed", "max_epochs reached")
+    write_run(tmp_path / "a", "bp-1")  # another run of the same run_id pattern, its own record
+    with pytest.warns(UserWarning, match=r"backup/bp-0.jsonl: the same run as .*a/runs/bp-0.jsonl \(a copy\?\)"):
+        df = load([tmp_path / "backup", tmp_path / "a"])
+    assert df.groupby("run_id")["step"].apply(list).to_dict() == {"bp-0": [10, 20, 30], "bp-1": [10, 20, 30]}
+    assert set(df.loc[df["run_id"] == "bp-0", "status"]) == {"completed"}
+
+
 def test_a_separate_reader_sees_each_record_as_soon_as_the_call_returns(tmp_path):
     path = run_path(tmp_path, "r0")
     writer = RunWriter(path, run_record())
