@@ -49,6 +49,9 @@ OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their def
     "synthetic": {"data_seed": 0, "num_classes": 10, "image_size": 32, "channels": 3, "train_size": 2048,
                   "test_size": 512, "noise": None},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32
 }
+# training images per data set where the name (and options) alone say it: digits is sklearn's 1,797 images less the
+# 25 % held out for testing; image folders are only known once read
+_TRAIN_SIZE = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}
 _OPTION_MINIMUM = {"image_size": 1, "num_workers": 0, "data_seed": 0, "num_classes": 2, "channels": 1,
                    "train_size": 1, "test_size": 1, "noise": 0}
 
@@ -77,6 +80,13 @@ _CIFAR = {  # folder, train files, test file, label key, per-channel mean and st
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def known_train_size(name: str, options: dict) -> int | None:
+    """The size of data set `name`'s training set without reading it, or None where only its files tell."""
+    if name == "synthetic":
+        return {**OPTIONS[name], **options}["train_size"]
+    return _TRAIN_SIZE.get(name)
+
+
 def _generator(*key: int) -> torch.Generator:
     """A CPU generator seeded from non-negative integers such as (seed, epoch), well mixed by SeedSequence."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
@@ -84,7 +94,7 @@ def _generator(*key: int) -> torch.Generator:
 
 def _data_root() -> Path:
     """Where datasets live by default: $DECORBENCH_DATA, else ~/.cache/decorbench/data."""
-    return Path(os.environ.get("DECORBENCH_DATA") or Path.home() / ".cache" / "decorbench" / "data")
+    return Path(os.environ.get("DECORBENCH_DATA") or Path.home() / ".cache" / "decorbench" / "data").expanduser()
 
 
 @dataclass

@@ -28,7 +28,7 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint
 from decorbench.configs import builtin_names
-from decorbench.data import DATASETS, check_options
+from decorbench.data import DATASETS, check_options, known_train_size
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
@@ -183,6 +183,10 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         check_options(config.dataset, config.data.options)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    train_size = known_train_size(config.dataset, config.data.options)
+    if train_size is not None and config.train.batch_size > train_size:
+        raise ConfigError(f"train.batch_size {config.train.batch_size} is larger than the {config.dataset} training "
+                          f"set ({train_size} images): no full batch to train on")
     _check_dbp_patterns(config)
     unknown_country = country_error(config.carbon.country_iso_code)
     if unknown_country:

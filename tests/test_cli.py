@@ -8,6 +8,7 @@ from importlib import resources
 
 import pytest
 import torch
+from PIL import Image
 
 from decorbench.cli import main
 from decorbench.configs import builtin_names
@@ -57,6 +58,11 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.num_classes=1"],
      "data.options.num_classes must be an integer ≥ 2, got 1"),
     (["run", "smoke", "--set", "dbp.only=[\"layer9.*\"]"], "dbp.only pattern 'layer9.*' matches no"),
+    (["run", "smoke", "--set", "train.batch_size=5000"],
+     "train.batch_size 5000 is larger than the digits training set (1347 images)"),
+    (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.train_size=32"],
+     "train.batch_size 64 is larger than the synthetic training set (32 images)"),
+    (["run", "smoke", "--set", "dbp.only=[]"], "dbp.skip/only leave no Linear or Conv2d layer to decorrelate"),
     (["run", "smoke", "--set", "carbon.country_iso_code=XYZ"],
      "codecarbon has no carbon intensity for country_iso_code 'XYZ'"),
     (["run", "smoke", "--set", "budget={max_energy_j=100}", "--set", "train.schedule=constant"],
@@ -148,11 +154,19 @@ def test_existing_results_are_never_overwritten_without_resume(tmp_path, capsys)
 
 
 def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
-    argv = ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "train.batch_size=5000", *ONE_PAIR]
+    for cls in ("cat", "dog"):  # an image folder of 4 training images: its size is only known once it is read
+        for split, n in (("train", 2), ("val", 1)):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (10, 10), "red" if cls == "cat" else "blue").save(tmp_path / "data" / split / cls
+                                                                                   / f"{i}.png")
+    argv = ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "dataset=imagenette", "--set",
+            f"data.root={str(tmp_path / 'data')!r}", "--set", "data.options={image_size=8, num_workers=0}",
+            "--set", "train.batch_size=8", *ONE_PAIR]
     assert main(argv) == 1
-    ends = [read_run(run_path(tmp_path / "out", f"smoke-digits-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
+    ends = [read_run(run_path(tmp_path / "out", f"smoke-imagenette-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
     assert [e["status"] for e in ends] == ["failed", "failed"]
-    assert all("batch_size 5000 is larger than the digits training set" in e["reason"] for e in ends)
+    assert all("batch_size 8 is larger than the imagenette training set (4)" in e["reason"] for e in ends)
 
 
 def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsys):

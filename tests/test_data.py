@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decorbench.data import DATASETS, OPTIONS, _crop_flip, load_data
+from decorbench.data import DATASETS, OPTIONS, _crop_flip, load_data, missing_data
 
 
 def batches(it) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,3 +290,9 @@ def test_bad_names_options_and_batch_sizes_are_value_errors():
         load_data("digits", batch_size=2000, seed=0)
     with pytest.raises(ValueError, match="at least 1"):
         load_data("digits", batch_size=0, seed=0)
+
+
+def test_a_data_root_from_the_environment_may_start_with_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DECORBENCH_DATA", "~/data")
+    assert f"expected {tmp_path / 'data' / 'cifar-10-batches-py'}/" in missing_data("cifar10")

@@ -279,3 +279,15 @@ def test_compiled_model_matches_eager_and_still_samples():
     assert all(m.sample is not None for m in decor_layers(model).values())
     torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
     assert update(model, 1e-3) > 0
+
+
+@pytest.mark.parametrize("model, options, message", [
+    (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), {"only": []}, "skip/only leave no"),
+    (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), {"skip": ["*"]}, "skip/only leave no"),
+    (nn.Sequential(nn.ReLU()), {}, "the model has no Linear"),
+    (nn.Linear(4, 2), {}, "wrap a bare layer"),
+])
+def test_a_model_left_without_any_decorrelation_layer_is_an_error_not_silent_bp(model, options, message):
+    with pytest.raises(ValueError, match=message):
+        decorrelate(model, **options)
+    assert not any(isinstance(m, (DecorLinear, DecorConv2d)) for m in model.modules())

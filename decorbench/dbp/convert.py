@@ -26,11 +26,15 @@ def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float
     """Replace every nn.Linear and groups=1 nn.Conv2d of `model` by DecorLinear / DecorConv2d, in place.
 
     `skip` / `only` are fnmatch patterns on qualified module names (e.g. "fc", "layer4.*"); one that matches no such
-    layer is a ValueError (a typo would silently change what the run measures). Outputs and `state_dict` entries are
+    layer is a ValueError (a typo would silently change what the run measures), and so is a model left with no
+    decorrelation layer (patterns excluding every layer, or a bare layer passed as the model: DBP would be BP).
+    Outputs and `state_dict` entries are
     unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
     Linear layers owned by nn.MultiheadAttention are left alone: attention reads their weight directly and
     never calls their forward, so R would silently be ignored.
     """
+    if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, DecorMixin):
+        raise ValueError("decorrelate swaps the layers inside a model; wrap a bare layer, e.g. nn.Sequential(layer)")
     skip, only = tuple(skip), None if only is None else tuple(only)
     settings = {"kappa": kappa, "sample_fraction": sample_fraction, "rule": rule}
     swaps, used = [], set()  # (parent, name, layer) to convert; the patterns that matched a layer
@@ -50,6 +54,9 @@ def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float
         unused = [p for p in patterns if p not in used]
         if unused:  # before any swap: the model is left as it was
             raise ValueError(f"{kind} pattern {unused[0]!r} matches no Linear or Conv2d layer of the model")
+    if not swaps and not any(isinstance(m, DecorMixin) for m in model.modules()):
+        raise ValueError("skip/only leave no Linear or Conv2d layer to decorrelate in the model" if skip or only
+                         is not None else "the model has no Linear or groups=1 Conv2d layer to decorrelate")
     for parent, child_name, child in swaps:
         setattr(parent, child_name, _decor_copy(child, settings))
     return model
