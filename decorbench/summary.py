@@ -15,7 +15,8 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's is), and the speed-up =
     median BP time-to-target / median DBP time-to-target.
 
-    The target defaults to BP's median final accuracy per dataset and model, as in the report.
+    The target defaults to BP's median final accuracy per dataset and model over the runs that ended without
+    a problem, as in the report.
     """
     runs, goal = per_run(tidy(evals), target)
     table = runs.groupby([*GROUP, "method"]).agg(

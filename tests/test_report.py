@@ -530,10 +530,15 @@ def test_accuracy_is_not_judged_higher_when_the_difference_does_not_show_or_runs
             "accuracies are not where the runs would have ended.") in row_text
 
 
-def test_a_group_whose_bp_runs_have_no_accuracy_names_where_its_target_came_from(tmp_path):
-    write_points(tmp_path, "bp-0", "bp", "mlp", 0, [], 1, status=None)  # started, no eval yet
-    write_points(tmp_path, "dbp-0", "dbp", "mlp", 0, [0.7, 0.8], 1)
-    page = render_report([tmp_path], tmp_path / "r.html").read_text()
-    assert ("target accuracy 80.00 % (the median final accuracy of all its runs (no BP run has an eval accuracy))"
-            in html.unescape(page))
-    assert "BP's runs have no eval accuracy yet, so there is no target" in claim_text(page, "digits · mlp")
+def test_the_default_target_comes_from_runs_that_finished_and_names_its_source(tmp_path):
+    write_points(tmp_path, "bp-0", "bp", "mlp", 0, [0.7, 0.8], 1)
+    write_points(tmp_path, "bp-1", "bp", "mlp", 1, [0.1], 1, status="diverged")  # would pull the median to 45 %
+    write_points(tmp_path, "dbp-0", "dbp", "mlp", 0, [0.7, 0.9], 1)
+    write_points(tmp_path, "cnn-bp-0", "bp", "cnn", 0, [0.5], 1, status="failed")  # no BP run finished here
+    write_points(tmp_path, "cnn-dbp-0", "dbp", "cnn", 0, [0.7, 0.8], 1)
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert "target accuracy 80.00 % (BP's median final accuracy)" in card(page, "digits", "mlp")
+    assert ("target accuracy 80.00 % (the median final accuracy of its runs that finished (no BP run finished with "
+            "an eval accuracy))") in card(page, "digits", "cnn")
+    assert ("no BP run finished with an eval accuracy, so there is no BP accuracy to reach"
+            in claim_text(page, "digits · cnn"))

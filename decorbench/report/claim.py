@@ -67,8 +67,9 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | N
     reached = f"reached the target: BP {bp['reached'].sum()}/{len(bp)}, DBP {dbp['reached'].sum()}/{len(dbp)} runs"
     out = {"speedup": "—", "speedup_spread": "", "speedup_note": reached}
     goal_text = ("BP's accuracy" if target is None else "the target") + f" ({fmt(goal, 'accuracy')})"
-    if bp["final_accuracy"].isna().all():
-        return {**out, "speed_verdict": "BP's runs have no eval accuracy yet, so there is no target"}
+    if target is None and (bp["final_accuracy"].isna() | bp["problem"]).all():
+        return {**out, "speed_verdict": "no BP run finished with an eval accuracy, so there is no BP accuracy to "
+                                        "reach"}
     for name, part in (("DBP", dbp), ("BP", bp)):
         if not part["reached"].any():
             return {**out, "speed_verdict": f"{name} reached {goal_text} in 0/{len(part)} runs within its budget"}

@@ -37,8 +37,9 @@ def recorded_target(evals: pd.DataFrame) -> float | None:
 
 def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
     """Target accuracy per (dataset, model): the given one, else BP's median final accuracy there (all methods'
-    if the group has no BP run)."""
-    scored = finals.dropna(subset=["final_accuracy"])
+    if the group has no such BP run), over the runs that ended without a problem: a diverged, failed, interrupted
+    or unfinished run's last accuracy is not where it would have ended, and would pull the target down."""
+    scored = finals[finals["final_accuracy"].notna() & ~finals["problem"]]
     groups = finals.groupby(GROUP).size().index
     if target is not None:
         return pd.Series(float(target), index=groups, name="target")
@@ -62,6 +63,7 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     # `flops` is the whole job's (torchrun: all its processes'), so the peak is that of all its GPUs
     gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1) if "world_size" in runs else 1
     runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / (peak * gpus)
+    runs["problem"] = runs["status"].isin(PROBLEMS) | runs["status"].isna()
     goal = targets(runs, target)
     at = pd.MultiIndex.from_frame(scored[GROUP])
     hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy() - TOLERANCE]
@@ -69,5 +71,4 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     runs["reached"] = runs.index.isin(first.index)
     for name, column in TO_TARGET.items():
         runs[f"{name}_to_target"] = first[column]
-    runs["problem"] = runs["status"].isin(PROBLEMS) | runs["status"].isna()
     return runs.reset_index(), goal
