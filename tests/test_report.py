@@ -542,3 +542,10 @@ def test_the_default_target_comes_from_runs_that_finished_and_names_its_source(t
             "an eval accuracy))") in card(page, "digits", "cnn")
     assert ("no BP run finished with an eval accuracy, so there is no BP accuracy to reach"
             in claim_text(page, "digits · cnn"))
+
+
+def test_the_same_results_render_the_same_report(suite, tmp_path):
+    out, _ = suite
+    pages = [render_report([out], tmp_path / f"{i}.html").read_text() for i in range(2)]
+    same = [re.sub(r"report generated [^<]*", "", page) for page in pages]  # its time is the one difference
+    assert same[0] == same[1]
