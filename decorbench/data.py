@@ -268,11 +268,30 @@ def missing_data(name: str, root: str | Path | None = None) -> str | None:
         base = _files_root(name, root)
         if all((base / split).is_dir() and any(p.is_dir() for p in (base / split).iterdir())
                for split in ("train", "val")):
-            return None
+            return _folder_problem(name, base)
         how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
                "https://image-net.org (ILSVRC-2012, val sorted into class folders)")
         return (f"{name} not found: expected {base}/train/<class>/ and {base}/val/<class>/ with images; get it "
                 f"from {how}, or set $DECORBENCH_DATA / the data root")
+    return None
+
+
+def _folder_problem(name: str, base: Path) -> str | None:
+    """What keeps ImageFolder from reading `base`'s train and val class folders as one classification task."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = {}
+    for split in ("train", "val"):
+        folders = sorted(p for p in (base / split).iterdir() if p.is_dir())  # ImageFolder counts hidden ones too
+        empty = next((f for f in folders if not any(i.suffix.lower() in IMG_EXTENSIONS for i in f.iterdir())), None)
+        if empty is not None:
+            return f"{name}: class folder {empty} holds no images (every class folder needs some; remove it)"
+        classes[split] = [f.name for f in folders]
+    if classes["train"] != classes["val"]:
+        extra = sorted(set(classes["train"]) ^ set(classes["val"]))
+        return f"{name}: {base}/train and {base}/val have different class folders (e.g. {extra[0]!r})"
+    if len(classes["train"]) < 2:
+        return f"{name}: {base}/train has {len(classes['train'])} class folder; classification needs at least 2"
     return None
 
 
@@ -284,10 +303,15 @@ def _cifar(root: Path, augment: bool, **meta) -> Data:
     def read(files: list[str]) -> tuple[Tensor, Tensor]:
         entries = []
         for f in files:
-            with open(path / f, "rb") as fh:
-                entries.append(pickle.load(fh, encoding="latin1"))  # Python 2 pickles, as torchvision reads them
-        x = np.concatenate([e["data"] for e in entries]).reshape(-1, 3, 32, 32)
-        return torch.from_numpy(x), torch.tensor([label for e in entries for label in e[label_key]])
+            try:
+                with open(path / f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")  # Python 2 pickles, as torchvision reads them
+                entries.append((np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), entry[label_key]))
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path / f}: not a {name} python-version batch file (damaged download?): "
+                                 f"{type(e).__name__}: {e}") from e
+        return (torch.from_numpy(np.concatenate([x for x, _ in entries])),
+                torch.tensor([label for _, labels in entries for label in labels]))
 
     return TensorData(*read(train_files), *read([test_file]), crop_flip=augment, mean=mean, std=std,
                       num_classes=10 if name == "cifar10" else 100, **meta)
@@ -303,8 +327,6 @@ def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int |
     train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])
                 if augment else test_tf)
     train_set, test_set = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", test_tf)
-    if train_set.classes != test_set.classes:
-        raise ValueError(f"{name}: {root}/train and {root}/val have different class folders")
     return LoaderData(train_set, test_set, num_workers=min(8, os.cpu_count() or 1) if num_workers is None
                       else num_workers, num_classes=len(train_set.classes),
                       input_shape=(3, image_size, image_size), **meta)

@@ -2,6 +2,7 @@
 (tiny hand-made CIFAR pickles and image folders), clear errors. Offline and fast."""
 
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -230,6 +231,30 @@ def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
         (tmp_path / "imagenette2" / split).mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="imagenette not found"):
         load_data("imagenette", batch_size=2, seed=0)
+
+
+def test_image_folders_imagefolder_cannot_read_are_named_before_any_run(folder_root):
+    assert missing_data("imagenette", folder_root) is None
+    (folder_root / "val" / "cat" / "0.png").rename(folder_root / "val" / "cat" / "0.txt")
+    (folder_root / "val" / "cat" / "1.png").unlink()
+    assert missing_data("imagenette", folder_root) == (f"imagenette: class folder {folder_root / 'val' / 'cat'} "
+                                                        "holds no images (every class folder needs some; remove it)")
+    shutil.rmtree(folder_root / "val" / "cat")
+    assert "train and " in missing_data("imagenette", folder_root) and "different class folders (e.g. 'cat')" in \
+        missing_data("imagenette", folder_root)
+    shutil.rmtree(folder_root / "train" / "cat")
+    assert missing_data("imagenette", folder_root).endswith("has 1 class folder; classification needs at least 2")
+    (folder_root / "train" / ".ipynb_checkpoints").mkdir()  # hidden, empty: ImageFolder would still take it
+    with pytest.raises(FileNotFoundError, match=r"\.ipynb_checkpoints holds no images"):
+        load_data("imagenette", batch_size=2, seed=0, root=folder_root)
+
+
+def test_a_damaged_cifar_file_is_one_line_naming_it(cifar_root):
+    batch = cifar_root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])  # a download cut short
+    with pytest.raises(ValueError, match=f"{batch}: not a cifar10 python-version batch file") as err:
+        load_data("cifar10", batch_size=2, seed=0, root=cifar_root)
+    assert "\n" not in str(err.value)
 
 
 # --- synthetic ----------------------------------------------------------------------------------------------
