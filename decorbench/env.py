@@ -122,14 +122,18 @@ def _probe_flops() -> str:
 
 
 def _probe_memory() -> str:
-    from decorbench.meters import peak_memory_bytes
+    from decorbench.meters import peak_memory_bytes, reset_peak_memory
 
     try:
         peak = peak_memory_bytes(torch.device("cpu"))
+        cannot_reset = reset_peak_memory(torch.device("cpu"))
         gpu = (f" ({peak_memory_bytes(torch.device('cuda')) / 2**20:.0f} MiB so far)" if torch.cuda.is_available()
                else " (no GPU here)")
     except Exception as e:
         return f"FAILS: {type(e).__name__}: {e}"
+    if cannot_reset:
+        return (f"GPU only: on a CPU runs record none, since it {cannot_reset} and the process's peak would count "
+                f"earlier runs; on a GPU the CUDA allocator's peak{gpu}")
     return (f"works: on a CPU this process's peak resident set ({peak / 2**20:.0f} MiB so far), on a GPU the CUDA "
             f"allocator's peak{gpu}")
 

@@ -196,6 +196,13 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _peak_memory(device: torch.device) -> int | None:
+    """The largest rank's peak, or None when any rank's is unknown."""
+    peak = peak_memory_bytes(device)
+    largest, unknown = distributed.max_over_ranks([float(peak or 0), float(peak is None)])
+    return None if unknown else int(largest)
+
+
 def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint: Path | None = None,
               resume_from: dict | None = None, should_stop: Callable[[], bool] = lambda: False,
               on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None,
@@ -315,7 +322,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                 "eval_accuracy": accuracy, "flops": flops_after(step),
                 "energy_j": energy_j, "energy_source": energy.source if energy_j is not None else None,
                 "co2_kg": co2_kg,
-                "peak_memory_bytes": int(distributed.max_over_ranks([peak_memory_bytes(device)])[0]),
+                "peak_memory_bytes": _peak_memory(device),
                 "decor_loss": _finite_or_none(decor_sum / updates / ranks) if updates else None,
             }
             if checkpoint is not None:

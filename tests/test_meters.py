@@ -511,3 +511,16 @@ def test_cpu_peak_memory_resets_between_runs_of_one_process():
     del x
     reset_peak_memory("cpu")  # the next run: its peak starts from what is resident now
     assert with_x - peak_memory_bytes("cpu") >= 0.9 * size
+
+
+def test_a_cpu_peak_that_cannot_be_reset_is_unknown_not_the_whole_process_peak(tmp_path, monkeypatch):
+    from decorbench.env import describe_environment
+    from decorbench.meters import memory
+
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no-proc" / "clear_refs")  # a kernel without it
+    assert "cannot reset the peak resident set" in reset_peak_memory("cpu")
+    assert peak_memory_bytes("cpu") is None
+    assert "GPU only: on a CPU runs record none, since it cannot reset" in describe_environment()
+    monkeypatch.undo()
+    if sys.platform.startswith("linux"):  # resetting works again: so does the peak
+        assert reset_peak_memory("cpu") is None and peak_memory_bytes("cpu") > 0

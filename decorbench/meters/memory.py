@@ -1,7 +1,8 @@
 """Peak memory: the CUDA caching allocator's peak on a GPU, the process's peak resident set on a CPU.
 
 On Linux the CPU peak is VmHWM, which `reset_peak_memory` resets (/proc/self/clear_refs), so each run of a suite
-reports its own peak; elsewhere it is the process's peak since it started (getrusage), which never resets."""
+reports its own peak. Where that reset fails (not Linux, or a kernel or sandbox without clear_refs) the CPU peak is
+None after it: the process's peak since it started would include every earlier run's."""
 
 from __future__ import annotations
 
@@ -14,19 +15,28 @@ import torch
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
-def reset_peak_memory(device: torch.device) -> None:
+_cpu_reset_error: str | None = None  # why the last CPU reset failed; None: it worked, or none was tried
+
+
+def reset_peak_memory(device: torch.device) -> str | None:
+    """Start a new peak; returns why it could not (then a CPU peak reads None until a reset works), else None."""
+    global _cpu_reset_error
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return None
     try:
         _CLEAR_REFS.write_text("5")  # "5": reset the peak resident set to the current one
-    except OSError:
-        pass
+        _cpu_reset_error = None
+    except OSError as e:
+        _cpu_reset_error = f"cannot reset the peak resident set ({_CLEAR_REFS}: {e.strerror or e})"
+    return _cpu_reset_error
 
 
-def peak_memory_bytes(device: torch.device) -> int:
+def peak_memory_bytes(device: torch.device) -> int | None:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    if _cpu_reset_error is not None:
+        return None
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
