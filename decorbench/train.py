@@ -196,6 +196,15 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _energy_warnings(energy: EnergyMeter | None) -> list[str]:
+    """Every rank's meter warnings (a shared or MIG-split board on any rank makes the summed energy suspect),
+    each prefixed with its rank when there are several."""
+    per_rank = distributed.gather(list(energy.warnings) if energy is not None else [])
+    if len(per_rank) == 1:
+        return per_rank[0]
+    return [f"rank {rank}: {warning}" for rank, warnings in enumerate(per_rank) for warning in warnings]
+
+
 def _peak_memory(device: torch.device) -> int | None:
     """The largest rank's peak, or None when any rank's is unknown."""
     peak = peak_memory_bytes(device)
@@ -341,8 +350,9 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             elif energy is not None and energy_j is None:
                 totals["energy_unavailable_reason"] = ("part of the run's energy is unknown: another rank's meter "
                                                        "could not measure, or an earlier part of a resumed run")
-            if energy is not None and energy.warnings:
-                totals["energy_warnings"] = list(energy.warnings)
+            warned = _energy_warnings(energy)
+            if warned:
+                totals["energy_warnings"] = warned
             if carbon is not None and carbon.unavailable_reason:
                 totals["carbon_unavailable_reason"] = carbon.unavailable_reason
             if record["train_loss"] is None:

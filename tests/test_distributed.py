@@ -90,6 +90,24 @@ class Records:
         self.evals.append(record)
 
 
+class WarnedMeter:
+    """An energy meter measuring 1 J per window whose board, on rank 1 only, another process shares."""
+
+    source, unavailable_reason = "nvml-counter", None
+
+    def __init__(self, rank: int):
+        self.warnings = ["2 processes were on the GPU at once"] if rank == 1 else []
+
+    def begin_window(self):
+        pass
+
+    def end_window(self):
+        return 1.0
+
+    def reset(self, total_j):
+        pass
+
+
 def _two_ranks(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)  # as torchrun sets it: two ranks on two cores
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -110,9 +128,10 @@ def _two_ranks(rank: int, init_file: str, out: str) -> None:
         layer.sample = torch.randn(n, layer.in_features, generator=torch.Generator().manual_seed(rank))
     update(torch.nn.Sequential(*layers), 0.05, distributed=True)
     straight = Records()  # the torchrun test's DBP run, never stopped
-    train_run(_spec("dbp"), straight, device=torch.device("cpu"))
+    _, _, totals = train_run(_spec("dbp"), straight, device=torch.device("cpu"), energy=WarnedMeter(rank))
     torch.save({"trained": {k: v for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k},
-                "pooled": [layer.R for layer in layers], "straight": straight.evals}, f"{out}/rank{rank}.pt")
+                "pooled": [layer.R for layer in layers], "straight": straight.evals, "totals": totals},
+               f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -128,6 +147,11 @@ def test_ddp_training_keeps_R_and_weights_identical_across_ranks(two_ranks):
     assert zero.keys() == one.keys() and all(torch.equal(zero[k], one[k]) for k in zero)  # bit-identical
     Rs = [v for k, v in zero.items() if k.endswith(".R")]
     assert len(Rs) == 4 and all(not torch.equal(R, torch.eye(len(R))) for R in Rs)  # R did move
+
+
+def test_every_ranks_energy_warnings_reach_the_end_record(two_ranks):
+    for saved in two_ranks:  # the same on both ranks; rank 0 writes it
+        assert saved["totals"]["energy_warnings"] == ["rank 1: 2 processes were on the GPU at once"]
 
 
 def test_the_pooled_update_is_the_one_process_update_on_all_ranks_samples(two_ranks):
