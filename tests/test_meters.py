@@ -208,6 +208,15 @@ def test_a_board_shared_with_other_processes_or_split_by_mig_is_flagged():
     assert meter.warnings == ["3 processes were on Fake GPU at once: its energy counts them all, not this run alone"]
     assert meter.total_j == 0.0  # still measured: the flag says whose joules they are
 
+    class NoGraphicsQuery(FakeNVML):  # an older driver without one of the two queries
+        def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
+            raise NVMLError_NotSupported("Not Supported")
+
+    meter = EnergyMeter("cuda:0", nvml=NoGraphicsQuery(counter=lambda: 0, processes=lambda: [7, 8], mig=0))
+    meter.begin_window()
+    meter.end_window()
+    assert meter.warnings == ["2 processes were on Fake GPU at once: its energy counts them all, not this run alone"]
+
     meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=lambda: 0, mig=1))
     meter.begin_window()
     assert meter.end_window() == 0.0

@@ -317,12 +317,13 @@ class EnergyMeter:
 
     def _note_sharing(self) -> None:
         """One warning, kept up to date, when NVML lists more processes on the board than this one."""
-        try:
-            pids = {p.pid for query in (self._nvml.nvmlDeviceGetComputeRunningProcesses,
-                                        self._nvml.nvmlDeviceGetGraphicsRunningProcesses)
-                    for p in query(self._handle)}
-        except Exception:  # an NVML without these queries: sharing cannot be seen, and the energy is still right
-            return
+        pids = set()
+        nvml = self._nvml
+        for query in (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetGraphicsRunningProcesses):
+            try:  # each on its own: one an NVML or driver lacks must not hide what the other sees
+                pids |= {p.pid for p in query(self._handle)}
+            except Exception:  # sharing cannot be seen this way, and the energy is still right
+                pass
         if len(pids) <= max(1, self._most_processes):
             return
         if self._most_processes > 1:
