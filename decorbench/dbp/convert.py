@@ -28,8 +28,7 @@ def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float
     `skip` / `only` are fnmatch patterns on qualified module names (e.g. "fc", "layer4.*"); one that matches no such
     layer is a ValueError (a typo would silently change what the run measures), and so is a model left with no
     decorrelation layer (patterns excluding every layer, or a bare layer passed as the model: DBP would be BP).
-    Outputs and `state_dict` entries are
-    unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
+    Outputs and `state_dict` entries are unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
     Linear layers owned by nn.MultiheadAttention are left alone: attention reads their weight directly and
     never calls their forward, so R would silently be ignored.
     """

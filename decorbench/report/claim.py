@@ -67,7 +67,7 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | N
     reached = f"reached the target: BP {bp['reached'].sum()}/{len(bp)}, DBP {dbp['reached'].sum()}/{len(dbp)} runs"
     out = {"speedup": "—", "speedup_spread": "", "speedup_note": reached}
     goal_text = ("BP's accuracy" if target is None else "the target") + f" ({fmt(goal, 'accuracy')})"
-    if target is None and (bp["final_accuracy"].isna() | bp["problem"]).all():
+    if target is None and not bp["scored"].any():
         return {**out, "speed_verdict": "no BP run finished with an eval accuracy, so there is no BP accuracy to "
                                         "reach"}
     for name, part in (("DBP", dbp), ("BP", bp)):
@@ -87,7 +87,7 @@ def _speed_verdict(value: float, low: float, high: float, has_spread: bool) -> s
     """Where the median speed-up falls against the paper's 2× and against 1× (no gain), and whether its spread
     reaches across that line, so one lucky seed does not read as a confirmation. Judged on the value as shown (two
     decimals), so the verdict never contradicts the number next to it: 2.00× is not "more than two-fold"."""
-    shown = float(fmt(value, "ratio").removesuffix("×"))
+    shown = round(value, 2)  # as fmt prints a ratio
     if shown > PAPER_SPEEDUP:
         verdict = "meets the paper's > 2×"
     elif shown > 1:
@@ -112,17 +112,18 @@ def _accuracy(bp: pd.DataFrame, dbp: pd.DataFrame) -> dict:
     ma, mb = median(a).value, median(b).value
     note = [f"{name} {fmt(m, 'accuracy')} ({span(v.min(), v.max(), 'accuracy')}, n = {len(v)})"
             for name, m, v in (("DBP", mb, b), ("BP", ma, a))]
+    difference = _points(mb - ma)
     stopped = (pd.concat([bp, dbp])["status"] == "target").sum()
     verdict = (f"not judged: {stopped} of {len(bp) + len(dbp)} runs stopped on reaching the target "
                "(budget.stop_at_target), so final accuracies are not where the runs would have ended"
-               if stopped else _accuracy_verdict(a, b))
-    return {"accuracy": _points(mb - ma), "accuracy_note": note, "accuracy_verdict": verdict}
+               if stopped else _accuracy_verdict(a, b, difference))
+    return {"accuracy": difference, "accuracy_note": note, "accuracy_verdict": verdict}
 
 
-def _accuracy_verdict(bp: pd.Series, dbp: pd.Series) -> str:
+def _accuracy_verdict(bp: pd.Series, dbp: pd.Series, difference: str) -> str:
     if min(len(bp), len(dbp)) < 2:
         return "not judged: with one seed of a method there is no seed spread to compare the difference with"
-    if _points(dbp.median() - bp.median()) == "±0.00 pp":
+    if difference == "±0.00 pp":
         return "the same to 0.01 pp: neither higher nor lower"
     seeds = f"{len(dbp)} DBP vs {len(bp)} BP runs"
     if dbp.min() > bp.max():

@@ -167,8 +167,10 @@ def step_time(runs: pd.DataFrame) -> Figure | None:
                   palette={m.upper(): c for m, c in colors.items()})
     state = np.random.get_state()  # seaborn jitters with numpy's global generator: the same report every render
     np.random.seed(0)
-    sns.stripplot(**kwargs, dodge=True, ax=left, size=3, alpha=0.45, jitter=0.08, legend=False)
-    np.random.set_state(state)
+    try:
+        sns.stripplot(**kwargs, dodge=True, ax=left, size=3, alpha=0.45, jitter=0.08, legend=False)
+    finally:
+        np.random.set_state(state)
     dodge = 0.4 if len(present) > 1 else False  # seaborn divides by (methods − 1) when dodging
     sns.pointplot(**kwargs, estimator="median", errorbar=("pi", 100), dodge=dodge, linestyle="none", markers="D",
                   markersize=6, err_kws={"linewidth": 1.5}, capsize=0.12, ax=left)

@@ -39,7 +39,7 @@ def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
     """Target accuracy per (dataset, model): the given one, else BP's median final accuracy there (all methods'
     if the group has no such BP run), over the runs that ended without a problem: a diverged, failed, interrupted
     or unfinished run's last accuracy is not where it would have ended, and would pull the target down."""
-    scored = finals[finals["final_accuracy"].notna() & ~finals["problem"]]
+    scored = finals[finals["scored"]]
     groups = finals.groupby(GROUP).size().index
     if target is not None:
         return pd.Series(float(target), index=groups, name="target")
@@ -50,7 +50,8 @@ def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
 def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """(runs, targets): one row per run with its last eval point's fields, final_accuracy, step_time_s (training
     seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak),
-    reached, and <name>_to_target for every TO_TARGET column; and the targets used."""
+    problem, scored (ended without a problem, with an accuracy), reached, and <name>_to_target for every TO_TARGET
+    column; and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
     runs = by_step.drop_duplicates("run", keep="last").set_index("run")
     runs["evals"] = evals.groupby("run")["eval_accuracy"].count()
@@ -64,6 +65,7 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1) if "world_size" in runs else 1
     runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / (peak * gpus)
     runs["problem"] = runs["status"].isin(PROBLEMS) | runs["status"].isna()
+    runs["scored"] = runs["final_accuracy"].notna() & ~runs["problem"]  # what a default target is taken from
     goal = targets(runs, target)
     at = pd.MultiIndex.from_frame(scored[GROUP])
     hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy() - TOLERANCE]

@@ -119,8 +119,7 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         target = goals.get((dataset, model), math.nan)
-        bp = by_method.get("bp", group.iloc[:0])
-        bp_scored = (bp["final_accuracy"].notna() & ~bp["problem"]).any()
+        bp_scored = "bp" in by_method and by_method["bp"]["scored"].any()
         source = target_source or ("BP's median final accuracy" if bp_scored else "the median final accuracy of "
                                    "its runs that finished (no BP run finished with an eval accuracy)")
         groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
