@@ -256,7 +256,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     eval_every = spec.train.eval_every or steps_per_epoch
     length = planned_steps(spec.budget, steps_per_epoch)
     scheduler = _schedule(opt, spec.train, length, steps_per_epoch)
-    batch = torch.zeros((spec.train.batch_size, *data.input_shape), device=device)
+    batch = torch.zeros((spec.train.batch_size, *data.input_shape), device="meta")  # a shape: nothing is computed
     step_flops = count_flops(net, batch, update_r=False)  # forward + backward (with DBP: the A = W·R formation)
     update_flops = count_flops(net, batch) - step_flops  # DBP's update of every R, paid every update_every steps
     every = spec.dbp.update_every

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from decorbench.dbp import decorrelate
-from decorbench.meters import count_flops
+from decorbench.meters import count_flops, peak_memory_bytes, reset_peak_memory
 
 
 @pytest.mark.parametrize("name, gmacs", [("resnet18", 1.814), ("resnet50", 4.089)])  # torchvision's model docs
@@ -27,3 +27,17 @@ def test_training_step_counts_backward_and_dbp_adds_formation_and_update():
                     for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert dbp_step - step > formation  # plus the update and the unfused head
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # counting leaves the model alone
+
+
+def test_counting_does_not_copy_the_weights():
+    """On a GPU a copy of the weights before the meta move would hold a second model in its memory."""
+    model = decorrelate(torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 10)))
+    x = torch.zeros(8, 4096)
+    model(x)  # the decor layers keep an input sample, which a copy would take along too
+    weights = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])  # ≈ 200 MB, R included
+    if reset_peak_memory("cpu") is not None:
+        pytest.skip("this kernel cannot reset the peak resident set")
+    before = peak_memory_bytes("cpu")
+    flops = count_flops(model, x)
+    assert flops > 2 * 3 * 8 * 4096 * 4096  # forward + backward of the first layer, at least
+    assert peak_memory_bytes("cpu") - before < weights / 10
