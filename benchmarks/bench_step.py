@@ -5,7 +5,7 @@ import torch
 from benchmarks.common import DEPTH_CASES, DEPTHS, DEVICES, METHODS, STEP_CASES, TINY, Step, device_or_skip, size, \
     step_time_ratio
 from decorbench.dbp import decorrelate
-from decorbench.meters import count_flops
+from decorbench.meters import count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
 
 
@@ -26,8 +26,27 @@ class TrainStep:
     def time_train_step(self, method, case, device):
         self.step()
 
-    def peakmem_train_step(self, method, case, device):
+
+class TrainStepPeakMemory:
+    """Peak memory of one training step, with what stays resident (weights, optimizer state, R): decorbench's own
+    meter, as runs record it, the CUDA allocator's peak on a GPU. (asv's peakmem_ measures the host process even
+    when the step runs on the GPU.) Skipped where the meter cannot start a new peak."""
+
+    params = TrainStep.params
+    param_names = TrainStep.param_names
+    unit = "bytes"
+
+    def setup(self, method, case, device):
+        model, side, batch = STEP_CASES[case]
+        self.step = Step(method, model, *size(side, batch), device_or_skip(device))
         self.step()
+        cannot = reset_peak_memory(self.step.device)
+        if cannot:
+            raise NotImplementedError(cannot)
+
+    def track_peak_memory(self, method, case, device):
+        self.step()
+        return peak_memory_bytes(self.step.device)
 
 
 class StepTimeRatio:

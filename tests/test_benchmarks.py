@@ -78,3 +78,14 @@ def test_flops_benchmark_counts_more_for_dbp_than_bp(modules):
     for params in _combinations(type(flops)):
         flops.setup(*params)
         assert flops.track_dbp_flops_per_step(*params) > flops.track_bp_flops_per_step(*params) > 0
+
+
+def test_peak_memory_benchmark_counts_at_least_the_resident_weights(modules):
+    bench = modules["benchmarks.bench_step"].TrainStepPeakMemory()
+    params = ("dbp", "resnet18-32px-b128", "cpu")
+    try:
+        bench.setup(*params)
+    except NotImplementedError:
+        pytest.skip("this kernel cannot reset the peak resident set")
+    weights = sum(p.nbytes for p in bench.step.model.parameters())
+    assert bench.track_peak_memory(*params) > 3 * weights  # weights, their gradients, Adam's two moments
