@@ -87,6 +87,16 @@ def known_train_size(name: str, options: dict) -> int | None:
     return _TRAIN_SIZE.get(name)
 
 
+def input_shape(name: str, options: dict) -> tuple[int, int, int]:
+    """(C, H, W) of one model input of data set `name` with `options`, known without reading any file."""
+    opts = {**OPTIONS[name], **options}
+    if name == "digits":
+        return 1, 8, 8
+    if name in _CIFAR:
+        return 3, 32, 32
+    return opts.get("channels", 3), opts["image_size"], opts["image_size"]
+
+
 def _generator(*key: int) -> torch.Generator:
     """A CPU generator seeded from non-negative integers such as (seed, epoch), well mixed by SeedSequence."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))

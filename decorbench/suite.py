@@ -28,7 +28,7 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint
 from decorbench.configs import builtin_names
-from decorbench.data import DATASETS, check_options, known_train_size
+from decorbench.data import DATASETS, check_options, input_shape, known_train_size
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
@@ -187,7 +187,7 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     if train_size is not None and config.train.batch_size > train_size:
         raise ConfigError(f"train.batch_size {config.train.batch_size} is larger than the {config.dataset} training "
                           f"set ({train_size} images): no full batch to train on")
-    _check_dbp_patterns(config)
+    _check_models(config)
     unknown_country = country_error(config.carbon.country_iso_code)
     if unknown_country:
         raise ConfigError(f"carbon.country_iso_code: {unknown_country}")
@@ -196,18 +196,25 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     return config
 
 
-def _check_dbp_patterns(config: SuiteConfig) -> None:
-    """dbp.skip / dbp.only patterns tried on every model before any run (a typo would fail every DBP run)."""
+def _check_models(config: SuiteConfig) -> None:
+    """Every model tried on the data set's input shape, and the dbp.skip / dbp.only patterns on every model, before
+    any run: an image too small for a model, or a pattern's typo, would fail every run of it."""
+    shape = input_shape(config.dataset, config.data.options)
     d = config.dbp
-    if "dbp" not in config.methods or (not d.skip and d.only is None):
-        return
     for model in config.models:
-        with torch.device("meta"):  # layer names only: no memory, no initialisation
-            net = create_model(model, 10, input_shape=(3, 32, 32))
-        try:
-            decorrelate(net, skip=d.skip, only=d.only)
-        except ValueError as e:
-            raise ConfigError(f"dbp.{e} {model}") from e
+        with torch.device("meta"):  # shapes only: no memory, no initialisation, nothing computed
+            net = create_model(model, 10, input_shape=shape)
+            try:
+                net(torch.zeros(config.train.batch_size, *shape))
+            except (RuntimeError, ValueError) as e:
+                size = "×".join(map(str, shape))
+                raise ConfigError(f"model {model} cannot train on {config.dataset} inputs of {size} in batches of "
+                                  f"{config.train.batch_size} ({str(e).splitlines()[0]})") from e
+        if "dbp" in config.methods and (d.skip or d.only is not None):
+            try:
+                decorrelate(net, skip=d.skip, only=d.only)
+            except ValueError as e:
+                raise ConfigError(f"dbp.{e} {model}") from e
 
 
 def _settings(spec: RunSpec, config: SuiteConfig) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decorbench.data import DATASETS, OPTIONS, _crop_flip, load_data, missing_data
+from decorbench.data import DATASETS, OPTIONS, _crop_flip, input_shape, load_data, missing_data
 
 
 def batches(it) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,3 +321,13 @@ def test_a_data_root_from_the_environment_may_start_with_a_tilde(tmp_path, monke
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("DECORBENCH_DATA", "~/data")
     assert f"expected {tmp_path / 'data' / 'cifar-10-batches-py'}/" in missing_data("cifar10")
+
+
+@pytest.mark.parametrize("name, root, options", [
+    ("digits", None, {}), ("cifar10", "cifar_root", {}), ("cifar100", "cifar_root", {}),
+    ("imagenette", "folder_root", {"image_size": 24, "num_workers": 0}),
+    ("synthetic", None, {"channels": 2, "image_size": 5, "train_size": 4, "test_size": 2}),
+])
+def test_the_input_shape_is_known_before_reading_the_data(name, root, options, request):
+    root = request.getfixturevalue(root) if root else None
+    assert load_data(name, batch_size=2, seed=0, root=root, options=options).input_shape == input_shape(name, options)
