@@ -101,7 +101,7 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
         todo = pending_runs(config, out, args.resume, world_size)
     except (ConfigError, ValueError) as e:
         return str(e)
-    missing = missing_data(config.dataset, config.data.root) if todo else None
+    missing = missing_data(config.dataset, config.data.root, config.train.batch_size) if todo else None
     if missing:
         return missing
     try:

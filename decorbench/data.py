@@ -27,6 +27,7 @@ same images, in another order) — so a run trains on the same batches whatever 
 evaluates its contiguous share of the test set.
 """
 
+import itertools
 import math
 import os
 import pickle
@@ -261,9 +262,10 @@ def _files_root(name: str, root: str | Path | None) -> Path:
     return _data_root() / {"imagenette": "imagenette2", "imagenet": "imagenet"}.get(name, "")
 
 
-def missing_data(name: str, root: str | Path | None = None) -> str | None:
-    """Why data set `name` cannot be read from `root` (None: its default place), in one line; None when its files
-    are there (or it needs none). Checked before a suite writes anything, and again when the data are loaded."""
+def missing_data(name: str, root: str | Path | None = None, batch_size: int = 1) -> str | None:
+    """Why data set `name` cannot be read from `root` (None: its default place), or an image folder holds fewer
+    training images than `batch_size`, in one line; None when its files are there (or it needs none). Checked
+    before a suite writes anything, and again when the data are loaded."""
     if name in _CIFAR:
         base = _files_root(name, root)
         folder, train_files, test_file = _CIFAR[name][:3]
@@ -278,7 +280,7 @@ def missing_data(name: str, root: str | Path | None = None) -> str | None:
         base = _files_root(name, root)
         if all((base / split).is_dir() and any(p.is_dir() for p in (base / split).iterdir())
                for split in ("train", "val")):
-            return _folder_problem(name, base)
+            return _folder_problem(name, base, batch_size)
         how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
                "https://image-net.org (ILSVRC-2012, val sorted into class folders)")
         return (f"{name} not found: expected {base}/train/<class>/ and {base}/val/<class>/ with images; get it "
@@ -286,22 +288,34 @@ def missing_data(name: str, root: str | Path | None = None) -> str | None:
     return None
 
 
-def _folder_problem(name: str, base: Path) -> str | None:
-    """What keeps ImageFolder from reading `base`'s train and val class folders as one classification task."""
+def _images(folder: Path) -> Iterator[str]:
+    """The files of `folder` and its subfolders that ImageFolder reads as images."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
+    for parent, _, files in os.walk(folder, followlinks=True):
+        yield from (os.path.join(parent, f) for f in files if f.lower().endswith(IMG_EXTENSIONS))
+
+
+def _folder_problem(name: str, base: Path, batch_size: int) -> str | None:
+    """What keeps ImageFolder from reading `base`'s train and val class folders as one classification task with
+    at least one full training batch."""
     classes = {}
     for split in ("train", "val"):
         folders = sorted(p for p in (base / split).iterdir() if p.is_dir())  # ImageFolder counts hidden ones too
-        empty = next((f for f in folders if not any(i.suffix.lower() in IMG_EXTENSIONS for i in f.iterdir())), None)
+        empty = next((f for f in folders if next(_images(f), None) is None), None)
         if empty is not None:
             return f"{name}: class folder {empty} holds no images (every class folder needs some; remove it)"
-        classes[split] = [f.name for f in folders]
-    if classes["train"] != classes["val"]:
-        extra = sorted(set(classes["train"]) ^ set(classes["val"]))
+        classes[split] = folders
+    names = {split: [f.name for f in folders] for split, folders in classes.items()}
+    if names["train"] != names["val"]:
+        extra = sorted(set(names["train"]) ^ set(names["val"]))
         return f"{name}: {base}/train and {base}/val have different class folders (e.g. {extra[0]!r})"
-    if len(classes["train"]) < 2:
-        return f"{name}: {base}/train has {len(classes['train'])} class folder; classification needs at least 2"
+    if len(names["train"]) < 2:
+        return f"{name}: {base}/train has {len(names['train'])} class folder; classification needs at least 2"
+    found = sum(1 for _ in itertools.islice(itertools.chain(*map(_images, classes["train"])), batch_size))
+    if found < batch_size:  # counted only up to one batch: ImageNet's 1.28 M files are not all listed here
+        return (f"{name}: {base}/train holds {found} images, fewer than train.batch_size {batch_size}: no full batch "
+                "to train on")
     return None
 
 
@@ -380,7 +394,7 @@ def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | s
     opts = {**OPTIONS[name], **(options or {})}
     meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device), rank=rank,
                 world_size=world_size)
-    missing = missing_data(name, root)
+    missing = missing_data(name, root, batch_size)
     if missing:
         raise FileNotFoundError(missing)
     if name == "digits":

@@ -157,20 +157,36 @@ def test_existing_results_are_never_overwritten_without_resume(tmp_path, capsys)
     assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
 
 
-def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
-    for cls in ("cat", "dog"):  # an image folder of 4 training images: its size is only known once it is read
-        for split, n in (("train", 2), ("val", 1)):
-            (tmp_path / "data" / split / cls).mkdir(parents=True)
+def _image_folder(root, train_per_class: int) -> None:
+    for cls in ("cat", "dog"):
+        for split, n in (("train", train_per_class), ("val", 1)):
+            (root / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (10, 10), "red" if cls == "cat" else "blue").save(tmp_path / "data" / split / cls
-                                                                                   / f"{i}.png")
-    argv = ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "dataset=imagenette", "--set",
+                Image.new("RGB", (10, 10), "red" if cls == "cat" else "blue").save(root / split / cls / f"{i}.png")
+
+
+def _folder_argv(tmp_path, batch_size: int) -> list[str]:
+    return ["run", "smoke", "--out", str(tmp_path / "out"), "--set", "dataset=imagenette", "--set",
             f"data.root={str(tmp_path / 'data')!r}", "--set", "data.options={image_size=8, num_workers=0}",
-            "--set", "train.batch_size=8", *ONE_PAIR]
-    assert main(argv) == 1
+            "--set", f"train.batch_size={batch_size}", *ONE_PAIR]
+
+
+def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
+    _image_folder(tmp_path / "data", train_per_class=2)
+    (tmp_path / "data" / "train" / "dog" / "1.png").write_bytes(b"not a png")  # found only when it is decoded
+    assert main(_folder_argv(tmp_path, batch_size=4)) == 1
     ends = [read_run(run_path(tmp_path / "out", f"smoke-imagenette-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
     assert [e["status"] for e in ends] == ["failed", "failed"]
-    assert all("batch_size 8 is larger than the imagenette training set (4)" in e["reason"] for e in ends)
+    assert all(e["reason"].startswith("UnidentifiedImageError: cannot identify image file") for e in ends)
+
+
+def test_an_image_folder_smaller_than_a_batch_exits_2_before_any_run(tmp_path, capsys):
+    _image_folder(tmp_path / "data", train_per_class=2)
+    assert main(_folder_argv(tmp_path, batch_size=8)) == 2
+    assert capsys.readouterr().err.strip() == (f"decorbench: error: imagenette: {tmp_path / 'data'}/train holds 4 "
+                                               "images, fewer than train.batch_size 8: no full batch to train on")
+    assert not (tmp_path / "out").exists()
+    assert main(_folder_argv(tmp_path, batch_size=4)) == 0
 
 
 def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsys):

@@ -235,8 +235,14 @@ def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
 
 def test_image_folders_imagefolder_cannot_read_are_named_before_any_run(folder_root):
     assert missing_data("imagenette", folder_root) is None
+    assert missing_data("imagenette", folder_root, batch_size=6) is None
+    assert missing_data("imagenette", folder_root, batch_size=7) == (
+        f"imagenette: {folder_root}/train holds 6 images, fewer than train.batch_size 7: no full batch to train on")
+    (folder_root / "val" / "cat" / "nested").mkdir()  # ImageFolder reads a class folder's subfolders too
+    (folder_root / "val" / "cat" / "1.png").rename(folder_root / "val" / "cat" / "nested" / "1.PNG")
     (folder_root / "val" / "cat" / "0.png").rename(folder_root / "val" / "cat" / "0.txt")
-    (folder_root / "val" / "cat" / "1.png").unlink()
+    assert missing_data("imagenette", folder_root) is None
+    (folder_root / "val" / "cat" / "nested" / "1.PNG").unlink()
     assert missing_data("imagenette", folder_root) == (f"imagenette: class folder {folder_root / 'val' / 'cat'} "
                                                         "holds no images (every class folder needs some; remove it)")
     shutil.rmtree(folder_root / "val" / "cat")
