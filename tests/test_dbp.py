@@ -244,6 +244,24 @@ def test_attention_projections_and_grouped_convs_are_left_alone():
     assert all(m.groups == 1 for m in mobile.values() if isinstance(m, nn.Conv2d))
 
 
+@pytest.mark.parametrize("build", [torchvision.models.swin_t, torchvision.models.swin_v2_t])
+def test_every_decorrelation_layer_of_a_swin_transformer_is_used(build):
+    model = decorrelate(build(num_classes=10))
+    model(torch.randn(2, 3, 64, 64))
+    unused = [name for name, layer in decor_layers(model).items() if layer.sample is None]
+    assert not unused, f"R of {unused[:3]} would never act (Swin's attention reads qkv/proj weights directly)"
+    assert type(model.features[1][0].attn.qkv) is nn.Linear and isinstance(model.features[1][0].mlp[0], DecorLinear)
+
+
+def test_a_layer_subclass_with_its_own_forward_keeps_it():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = decorrelate(nn.Sequential(Scaled(4, 4), nn.Linear(4, 2)))
+    assert type(model[0]) is Scaled and isinstance(model[1], DecorLinear)
+
+
 def test_training_under_bf16_autocast_keeps_R_in_fp32():
     torch.manual_seed(0)
     model = decorrelate(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)))

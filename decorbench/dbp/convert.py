@@ -6,8 +6,18 @@ from collections.abc import Iterable
 from fnmatch import fnmatch
 
 from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from decorbench.dbp.layers import DecorConv2d, DecorLinear, DecorMixin
+
+# modules that read their Linear layers' weights directly and never call their forward: an R there would be ignored
+_READS_WEIGHTS = (nn.MultiheadAttention, ShiftedWindowAttention)  # the latter: Swin V1 and V2 attention
+
+
+def _convertible(m: nn.Module) -> bool:
+    """A Linear or groups=1 Conv2d computed by its class's own forward (a subclass's forward would be dropped)."""
+    return any(isinstance(m, base) and type(m).forward is base.forward for base in (nn.Linear, nn.Conv2d)) \
+        and getattr(m, "groups", 1) == 1
 
 
 def _decor_copy(m: nn.Module, settings: dict) -> DecorMixin:
@@ -29,8 +39,9 @@ def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float
     layer is a ValueError (a typo would silently change what the run measures), and so is a model left with no
     decorrelation layer (patterns excluding every layer, or a bare layer passed as the model: DBP would be BP).
     Outputs and `state_dict` entries are unchanged (R = I); each converted layer adds one buffer, `<name>.R`.
-    Linear layers owned by nn.MultiheadAttention are left alone: attention reads their weight directly and
-    never calls their forward, so R would silently be ignored.
+    Left alone: Linear layers owned by nn.MultiheadAttention or Swin's window attention (they read the weights
+    directly and never call the layer's forward, so R would silently be ignored), and subclasses of Linear / Conv2d
+    with their own forward (a decorrelation layer would replace what it computes).
     """
     if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, DecorMixin):
         raise ValueError("decorrelate swaps the layers inside a model; wrap a bare layer, e.g. nn.Sequential(layer)")
@@ -38,11 +49,11 @@ def decorrelate(model: nn.Module, *, kappa: float = 0.01, sample_fraction: float
     settings = {"kappa": kappa, "sample_fraction": sample_fraction, "rule": rule}
     swaps, used = [], set()  # (parent, name, layer) to convert; the patterns that matched a layer
     for parent_name, parent in list(model.named_modules()):
-        if isinstance(parent, nn.MultiheadAttention):
+        if isinstance(parent, _READS_WEIGHTS):
             continue
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if not isinstance(child, (nn.Linear, nn.Conv2d)) or getattr(child, "groups", 1) != 1:
+            if not (isinstance(child, DecorMixin) or _convertible(child)):
                 continue
             skipped = [p for p in skip if fnmatch(name, p)]
             chosen = [p for p in only or () if fnmatch(name, p)]
