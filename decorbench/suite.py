@@ -173,6 +173,10 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
             raise ConfigError(f"unknown {kind} {bad[0]!r}; choose from: {', '.join(valid)}")
     if not (config.methods and config.models and config.seeds):
         raise ConfigError("methods, models and seeds must each name at least one entry")
+    for kind, chosen in (("methods", config.methods), ("models", config.models), ("seeds", config.seeds)):
+        twice = next((c for i, c in enumerate(chosen) if c in chosen[:i]), None)
+        if twice is not None:  # the same run twice: its second go would replace the first one's results
+            raise ConfigError(f"{kind} lists {twice!r} twice")
     if not SUITE_NAME.fullmatch(config.name):
         raise ConfigError(f"name {config.name!r} must be letters, digits, '.', '_' or '-' (it names files), "
                           "not starting with '.'")

@@ -55,6 +55,8 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--set", "budget.max_train_seconds=nan"], "budget.max_train_seconds must be a finite number"),
     (["run", "smoke", "--set", "train.lr=inf"], "train.lr must be a finite number"),
     (["run", "smoke", "--set", "seeds=[0, -1]"], "seeds must be in 0 .. 2**32 - 1, got -1"),
+    (["run", "smoke", "--set", "seeds=[0, 1, 0]"], "seeds lists 0 twice"),
+    (["run", "smoke", "--set", "methods=[\"bp\", \"bp\"]"], "methods lists 'bp' twice"),
     (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.num_classes=1"],
      "data.options.num_classes must be an integer ≥ 2, got 1"),
     (["run", "smoke", "--set", "dbp.only=[\"layer9.*\"]"], "dbp.only pattern 'layer9.*' matches no"),
