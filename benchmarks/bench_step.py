@@ -9,6 +9,14 @@ from decorbench.meters import count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
 
 
+def _warm_step(method: str, case: str, device: str) -> Step:
+    """The training step of STEP_CASES[case], after one full step (allocator, kernels, first touch)."""
+    model, side, batch = STEP_CASES[case]
+    step = Step(method, model, *size(side, batch), device_or_skip(device))
+    step()
+    return step
+
+
 class TrainStep:
     """One Adam step on a fixed batch; DBP adds its decorrelation update (all layers decorrelated)."""
 
@@ -19,9 +27,7 @@ class TrainStep:
     warmup_time = 0.0  # setup warms up instead, with one full step
 
     def setup(self, method, case, device):
-        model, side, batch = STEP_CASES[case]
-        self.step = Step(method, model, *size(side, batch), device_or_skip(device))
-        self.step()
+        self.step = _warm_step(method, case, device)
 
     def time_train_step(self, method, case, device):
         self.step()
@@ -37,9 +43,7 @@ class TrainStepPeakMemory:
     unit = "bytes"
 
     def setup(self, method, case, device):
-        model, side, batch = STEP_CASES[case]
-        self.step = Step(method, model, *size(side, batch), device_or_skip(device))
-        self.step()
+        self.step = _warm_step(method, case, device)
         cannot = reset_peak_memory(self.step.device)
         if cannot:
             raise NotImplementedError(cannot)
