@@ -134,8 +134,9 @@ class Data:
     def steps_per_epoch(self) -> int:
         return self.train_size // self.batch_size
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch in the order (and with the augmentation) fixed by (seed, epoch); this rank's share of it."""
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch in the order (and with the augmentation) fixed by (seed, epoch); this rank's share of it. From
+        batch `start` on: the batches before it are never made (a resumed run skips them without decoding them)."""
         raise NotImplementedError
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -160,14 +161,14 @@ class TensorData(Data):
     def _prepare(self, x: Tensor) -> Tensor:
         return (x.float() / 255 - self.mean) / self.std if x.dtype == torch.uint8 else x
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         g, n, b, share = _generator(self.seed, epoch), self.train_size, self.batch_size, self.local_batch_size
         order = torch.randperm(n, generator=g).to(self.device)
         if self.crop_flip:  # all of the epoch's random draws at once, so no batch waits on the host
             shifts = torch.randint(0, 9, (n, 2), generator=g).to(self.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
-        for start in range(0, n - b + 1, b):
-            mine = slice(start + self.rank * share, start + (self.rank + 1) * share)
+        for first in range(start * b, n - b + 1, b):
+            mine = slice(first + self.rank * share, first + (self.rank + 1) * share)
             x = self.x_train[order[mine]]
             if self.crop_flip:
                 x = _crop_flip(x, shifts[mine], flips[mine])
@@ -193,11 +194,14 @@ def _crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int = 4) -> Tensor
 
 class _SeededSampler(DistributedSampler):
     """DistributedSampler's share of the epoch's order, each index paired with its sample's augmentation seed, drawn
-    from (seed, epoch) per dataset index so it is the same on whichever rank the sample lands."""
+    from (seed, epoch) per dataset index so it is the same on whichever rank the sample lands; the first `skip` of
+    the share left out."""
+
+    skip = 0
 
     def __iter__(self):
         seeds = torch.randint(2**62, (len(self.dataset),), generator=_generator(self.seed, self.epoch)).tolist()
-        return ((i, seeds[i]) for i in super().__iter__())
+        return ((i, seeds[i]) for i in itertools.islice(super().__iter__(), self.skip, None))
 
 
 class _Seeded(Dataset):
@@ -235,8 +239,9 @@ class LoaderData(Data):
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         self._sampler.set_epoch(epoch)
+        self._sampler.skip = start * self.local_batch_size
         yield from self._to_device(self._train)
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -222,6 +222,22 @@ def test_image_folder_augmentation_depends_on_seed_and_epoch_only(folder_root):
     assert torch.equal(one[1], plain[1]) and not torch.equal(one[0], plain[0])
 
 
+@pytest.mark.parametrize("name", ["digits", "imagenette"])
+def test_an_epoch_from_a_later_batch_is_its_rest_and_the_batches_before_are_never_made(name, folder_root,
+                                                                                        monkeypatch):
+    import torchvision.datasets.folder as folder
+
+    opts = {"image_size": 16, "num_workers": 0} if name == "imagenette" else {}
+    data = load_data(name, batch_size=2, seed=4, root=folder_root, options=opts)
+    whole = list(data.train_batches(3))
+    decoded = []
+    monkeypatch.setattr(folder, "pil_loader", lambda path, load=folder.pil_loader: decoded.append(path) or load(path))
+    rest = list(data.train_batches(3, start=1))
+    assert len(rest) == len(whole) - 1
+    assert all(torch.equal(a, b) for got, want in zip(rest, whole[1:]) for a, b in zip(got, want))
+    assert len(decoded) == (4 if name == "imagenette" else 0)  # a resumed run does not decode what it skips
+
+
 def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DECORBENCH_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "imagenette2")) as err:
