@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 from datetime import datetime, timezone
@@ -21,22 +22,35 @@ from pathlib import Path
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
 
+def _say(text: str, file=None) -> None:
+    """Print to a reader that may be gone (`| head` ended, a closed terminal): then the stream goes to /dev/null,
+    so that neither this line nor any later one fails a run or the exit."""
+    file = file or sys.stderr
+    try:
+        print(text, file=file, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, file.fileno())
+            os.close(devnull)
+
+
 def _fail(message: str) -> int:
     from decorbench.distributed import is_main
 
     if is_main():  # under torchrun every rank fails alike; one line is enough
-        print(f"decorbench: error: {message}", file=sys.stderr)
+        _say(f"decorbench: error: {message}")
     return EXIT_BAD_INPUT
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"decorbench: warning: {message}", file=sys.stderr)
+    _say(f"decorbench: warning: {message}")
 
 
 class _Signals:
     """SIGINT/SIGTERM during `decorbench run`. While it starts they only set `stop`: nothing is half-done yet, and
     an exception raised inside torch's import can abort the process. Once the suite runs (`running`), the first is
-    announced with the command that continues, the current run writes its record and stops, and a second SIGINT
+    announced with the command that continues, the current run checkpoints after its step and stops, and a second SIGINT
     ends the process at once. Not by raising KeyboardInterrupt: raised inside a library's lock (codecarbon's
     scheduler takes one without try/finally) it left the lock held and the clean-up waiting on it forever. Every
     record is on disk already, so exiting loses nothing but the current run's end record."""
@@ -53,14 +67,14 @@ class _Signals:
 
     def _handle(self, signum, frame) -> None:
         if self.hint is not None and self.stop.is_set() and signum == signal.SIGINT:
-            print("\ndecorbench: aborted; every record written so far is kept (the current run has no end record: "
-                  f"{self.hint} continues it from its last checkpoint)", file=sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _say("\ndecorbench: aborted; every record written so far is kept (the current run has no end record: "
+                 f"{self.hint} continues it from its last checkpoint)")
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
         if self.announce and not self.stop.is_set():
-            print(f"\ndecorbench: {signal.Signals(signum).name}: finishing the current record, then stopping; "
-                  f"continue with: {self.hint}", file=sys.stderr)
+            _say(f"\ndecorbench: {signal.Signals(signum).name}: saving a checkpoint after the current step, then stopping; "
+                 f"continue with: {self.hint}")
         self.stop.set()
 
 
@@ -112,7 +126,7 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
 
 
 def _stopped_before_start() -> int:
-    print("decorbench: stopped by a signal before any run started", file=sys.stderr)
+    _say("decorbench: stopped by a signal before any run started")
     return EXIT_INTERRUPTED
 
 
@@ -158,8 +172,7 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
     signals.running(shlex.join(again), announce=main)
     if main:
         where = f"{world} processes ({device.type})" if world > 1 else device
-        print(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {where}, results in {out}/runs",
-              file=sys.stderr)
+        _say(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {where}, results in {out}/runs")
     bars = _ProgressBars() if main else None
     ends = run_suite(config, out, device, todo, should_stop=signals.stop.is_set, progress=bars)
     interrupted = distributed.any_rank(signals.stop.is_set())
@@ -168,12 +181,12 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
     if main:
         bars.close()
         for end in ends:
-            print(f"  {end['run_id']}: {end['status']} ({end['reason']})", file=sys.stderr)
+            _say(f"  {end['run_id']}: {end['status']} ({end['reason']})")
         run_ids = {spec.run_id for spec in config.runs()}
         evals = load(out)
         evals = evals[evals["run_id"].isin(run_ids)]
         if evals["eval_accuracy"].notna().any():
-            print(format_summary(summarize(evals, config.budget.target_accuracy)))
+            _say(format_summary(summarize(evals, config.budget.target_accuracy)), sys.stdout)
     if interrupted:
         return EXIT_INTERRUPTED
     return 1 if any(end["status"] == "failed" for end in ends) else 0
@@ -186,7 +199,7 @@ def _env(args) -> int:
     unknown_country = country_error(args.country)
     if unknown_country:
         return _fail(f"--country: {unknown_country}")
-    print(describe_environment(country_iso_code=args.country))
+    _say(describe_environment(country_iso_code=args.country), sys.stdout)
     return 0
 
 
@@ -199,7 +212,7 @@ def _report(args) -> int:
         path = render_report(args.results, Path(args.output) if args.output else default, target=args.target)
     except ValueError as e:
         return _fail(str(e))
-    print(f"decorbench: report written to {path}", file=sys.stderr)
+    _say(f"decorbench: report written to {path}")
     return 0
 
 
@@ -209,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C in report or env (run has its own handler)
-        print("\ndecorbench: aborted; every record written so far is kept", file=sys.stderr)
+        _say("\ndecorbench: aborted; every record written so far is kept")
         return EXIT_INTERRUPTED
     finally:
         for signum, handler in handlers.items():  # a caller's own handlers, back as they were

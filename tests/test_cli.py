@@ -298,6 +298,21 @@ def test_any_interruption_at_any_moment_exits_130_without_a_traceback(signals, t
         assert records["evals"] or not training
 
 
+def test_a_signal_with_output_to_a_reader_that_is_gone_still_stops_the_run_as_interrupted(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), *ONE_PAIR,
+                             "--set", "budget.max_epochs=40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = run_path(out, "smoke-digits-mlp-bp-s0")
+    deadline = time.monotonic() + 60
+    while not (first.exists() and read_run(first)["evals"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.stdout.close()  # as `decorbench run ... 2>&1 | head` after head has quit
+    proc.stderr.close()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert read_run(first)["end"]["status"] == "interrupted"
+
+
 def test_the_printed_resume_command_keeps_the_device(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), "--device", "cpu", *ONE_PAIR,
