@@ -134,15 +134,17 @@ class RunWriter:
 
     resume=False starts the file afresh. resume=True continues an existing file of the same run_id (after cutting
     off a line a crash left half-written) without repeating the run record; a file of another run is an error.
+    `resume_after_step`: the step the run continues from (its checkpoint's); eval records past it, written before
+    a crash kept the checkpoint from following, are dropped, as the continued run writes them again.
     Used as a context manager, an exception before `end()` records the run as interrupted (KeyboardInterrupt) or
     failed (anything else), then propagates.
     """
 
-    def __init__(self, path: Path | str, run: dict, resume: bool = False):
+    def __init__(self, path: Path | str, run: dict, resume: bool = False, resume_after_step: int | None = None):
         _require(run, RUN_FIELDS, "run")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self._prepare_resume(run["run_id"]):
+        if resume and self._prepare_resume(run["run_id"], resume_after_step):
             self._file = open(self.path, "a", encoding="utf-8")
         else:
             self._file = open(self.path, "w", encoding="utf-8")
@@ -154,8 +156,9 @@ class RunWriter:
                 finally:
                     os.close(fd)
 
-    def _prepare_resume(self, run_id: str) -> bool:
-        """True if the file holds this run's records, trimmed to complete lines; False if there is nothing to keep."""
+    def _prepare_resume(self, run_id: str, after_step: int | None) -> bool:
+        """True if the file holds this run's records, trimmed to complete lines and to eval records up to
+        `after_step`; False if there is nothing to keep."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -173,6 +176,18 @@ class RunWriter:
             warnings.warn(f"{self.path}: cut off a truncated last line before resuming", stacklevel=3)
             with open(self.path, "r+b") as f:
                 f.truncate(len(keep))
+        if after_step is not None:
+            lines = keep.splitlines(keepends=True)
+            kept = [line for line in lines if not _eval_past(line, after_step)]
+            if len(kept) < len(lines):
+                warnings.warn(f"{self.path}: dropped {len(lines) - len(kept)} eval record(s) past step {after_step}, "
+                              "where the run's checkpoint continues it", stacklevel=3)
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                with open(tmp, "wb") as f:  # replaced whole: a crash now leaves the old file or the new one
+                    f.writelines(kept)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
         return True
 
     def _write(self, record: dict) -> None:
@@ -200,6 +215,14 @@ class RunWriter:
             else:
                 status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
                 self.end(status, f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+
+
+def _eval_past(line: bytes, step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("type") == "eval" and (record.get("step") or 0) > step
 
 
 def read_run(path: Path | str) -> dict:

@@ -280,7 +280,8 @@ def _read_stored(path: Path, run_id: str) -> dict:
 def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int = 1) -> list[RunSpec]:
     """The runs still to do by `world_size` processes. Without resume, existing results are an error: nothing
     written is ever replaced. With resume, so are results of other settings (budget, hyperparameters) than the
-    config's now. A checkpointed run continues only with as many processes as wrote its checkpoint."""
+    config's now. A checkpointed run continues only with as many processes as wrote its checkpoint. A finished run's
+    checkpoint is deleted."""
     if config.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
                           f"{world_size} processes")
@@ -299,7 +300,10 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
                 raise ConfigError(f"{path} was run with other settings ({'; '.join(changed[:3])}"
                                   f"{'; ...' if len(changed) > 3 else ''}); --resume continues a suite with the same "
                                   "settings: choose another --out for new ones")
-            if stored["end"] is None or stored["end"]["status"] not in FINISHED:
+            if stored["end"] is not None and stored["end"]["status"] in FINISHED:
+                with contextlib.suppress(OSError):  # left by a kill just after its end record
+                    checkpoint_path(out, spec.run_id).unlink(missing_ok=True)
+            else:
                 ran_with = (stored["run"] or {}).get("world_size", 1)
                 if ran_with != world_size and checkpoint_path(out, spec.run_id).exists():
                     raise ConfigError(f"{spec.run_id} was checkpointed by {ran_with} process(es); resume it with "
@@ -342,8 +346,9 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
     except Exception as e:  # torch.load raises many kinds; any means the run starts again
         warnings.warn(f"{checkpoint}: cannot be read ({type(e).__name__}); {spec.run_id} starts again")
         return None
-    if saved is not None and saved.get("spec") != dataclasses.asdict(spec):
-        warnings.warn(f"{checkpoint} was written for other settings; {spec.run_id} starts again")
+    if saved is not None and (saved.get("spec") != dataclasses.asdict(spec) or "window" not in saved):
+        warnings.warn(f"{checkpoint} was written for other settings or by an older decorbench; {spec.run_id} starts "
+                      "again")
         return None
     return saved
 
@@ -373,7 +378,8 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         resuming = distributed.broadcast(saved is not None)
         if main and not resuming:
             checkpoint.unlink(missing_ok=True)
-        with RunWriter(path, record, resume=resuming) if main else _Discard() as writer:
+        after_step = saved["step"] if saved is not None else None
+        with RunWriter(path, record, resume=resuming, resume_after_step=after_step) if main else _Discard() as writer:
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
                 status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,

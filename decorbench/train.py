@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -188,7 +187,7 @@ def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device
         scheduler.load_state_dict(saved["scheduler"])
     rng = saved["rng"][distributed.rank()]
     torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda":
+    if device.type == "cuda" and rng["cuda"] is not None:  # None: the run started on a CPU
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
@@ -212,6 +211,24 @@ def _peak_memory(device: torch.device) -> int | None:
     return None if unknown else int(largest)
 
 
+def _end(budget: Budget, record: dict, totals: dict, steps_per_epoch: int, had_updates: bool
+         ) -> tuple[str, str] | None:
+    """(status, reason) if the run ends at this eval record, else None."""
+    step = record["step"]
+    if record["train_loss"] is None:
+        return "diverged", f"non-finite training loss by step {step}"
+    if had_updates and record["decor_loss"] is None:
+        return "diverged", f"non-finite decorrelation loss by step {step}"
+    end = budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=record["train_time_s"],
+                           energy_j=record["energy_j"], accuracy=record["eval_accuracy"])
+    if end is not None:
+        return end
+    if budget.energy_only and record["energy_j"] is None:  # the meter failed mid-run: nothing could end it any more
+        return "failed", ("budget.max_energy_j can no longer end this run: its energy is unknown from "
+                          f"step {step} on ({totals.get('energy_unavailable_reason')})")
+    return None
+
+
 def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint: Path | None = None,
               resume_from: dict | None = None, should_stop: Callable[[], bool] = lambda: False,
               on_step: Callable[[int, int | None, dict | None], None] = lambda *_: None,
@@ -221,9 +238,11 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     The step has no host synchronisation: losses accumulate on the device and are read at eval points, where
     time is synchronised, NaN/Inf losses end the run as "diverged", and every budget limit is checked.
     `on_step(step, planned_steps, record)` reports progress (record: the eval record at eval points, else None).
-    With `checkpoint`, the state is saved there at every eval point. With `resume_from` (such a saved state, as
-    `load_checkpoint` reads it, of this spec) the run continues from it: same weights, R, optimizer, schedule, RNG,
-    data position and clocks.
+    With `checkpoint`, the state is saved there at every eval point and at a stop, each eval record written first.
+    With `resume_from` (such a saved state, as `load_checkpoint` reads it, of this spec) the run continues from it:
+    same weights, R, optimizer, schedule, RNG, data position, clocks and loss sums, so its records are the ones an
+    unstopped run writes; one saved at its end returns that end at once.
+    A stop between eval points ends the run there without an eval record (the eval schedule stays the config's).
     `energy` / `carbon`: meters read at the edges of the stopwatch's training windows, so eval is excluded from
     energy_j and co2_kg as it is from train_time_s; without them both stay null.
     Under torchrun (the process group initialised by `distributed.init`) every rank calls this with the same spec
@@ -233,8 +252,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
-    b = spec.budget
-    if b.energy_only and (energy is None or energy.source is None):
+    if spec.budget.energy_only and (energy is None or energy.source is None):
         why = energy.unavailable_reason if energy is not None else "no energy meter"
         raise ValueError(f"budget.max_energy_j cannot end this run on its own: {why}")
     torch.manual_seed(spec.seed)  # the same on every rank: the same initial weights
@@ -275,13 +293,17 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             raise ValueError(f"resume_from is a checkpoint of another run than {spec.run_id}")
         _restore(saved, net, opt, scheduler, device)
         step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
+        window, updates = saved["window"]["steps"], saved["window"]["updates"]
+        train_loss[()], decor_loss[()] = saved["window"]["losses"][distributed.rank()]
+        if saved["end"] is not None:  # it had ended, and was stopped before it could say so
+            return (*saved["end"], saved["totals"])
     # A resumed run continues its totals (rank 0 carries them; the other ranks add what they measure from now on);
-    # a checkpoint without them (older, or unmeasured) leaves them unknown.
+    # a checkpoint without them (unmeasured) leaves them unknown.
     carried = resumed and distributed.is_main()
     if energy is not None:
-        energy.reset(saved.get("energy_j") if carried else 0.0)
+        energy.reset(saved["energy_j"] if carried else 0.0)
     if carbon is not None:
-        carbon.reset(saved.get("co2_kg") if carried else 0.0)
+        carbon.reset(saved["co2_kg"] if carried else 0.0)
 
     def stop_agreed(at_eval: bool) -> bool:
         """Whether to stop now. Ranks must stop at the same step, so under DDP they agree at every eval point and
@@ -297,10 +319,45 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         if energy is not None:
             energy.begin_window()
 
+    def end_training_window() -> dict:
+        """The run's totals so far (the window's end: time, energy and carbon read, outside the timed window)."""
+        stopwatch.total_s = distributed.max_over_ranks([stopwatch.stop()])[0]  # stop() syncs with the GPU
+        energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
+        co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
+        totals = {"steps": step, "train_time_s": stopwatch.total_s, "flops": flops_after(step),
+                  "flops_per_step": flops_after(step) / step, "final_accuracy": None, "energy_j": energy_j,
+                  "co2_kg": co2_kg}
+        if energy is not None and energy.unavailable_reason:
+            totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
+        elif energy is not None and energy_j is None:
+            totals["energy_unavailable_reason"] = ("part of the run's energy is unknown: another rank's meter "
+                                                   "could not measure, or an earlier part of a resumed run")
+        warned = _energy_warnings(energy)
+        if warned:
+            totals["energy_warnings"] = warned
+        if carbon is not None and carbon.unavailable_reason:
+            totals["carbon_unavailable_reason"] = carbon.unavailable_reason
+        return totals
+
+    def save(totals: dict, end: tuple[str, str] | None) -> None:
+        """The checkpoint, with the open window's sums (a stop between eval points leaves one) and, when the run
+        has ended, how: a run killed before its end record then ends on --resume as it did, without another step."""
+        if checkpoint is None:
+            return
+        state = _state(net, opt, scheduler, device)
+        losses = distributed.gather([train_loss.item(), decor_loss.item()])
+        if distributed.is_main():
+            save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
+                                         "train_time_s": totals["train_time_s"], "wall_time_s": time.perf_counter()
+                                         - wall_start, "energy_j": totals["energy_j"], "co2_kg": totals["co2_kg"],
+                                         "window": {"steps": window, "updates": updates, "losses": losses},
+                                         "end": end, "totals": totals, **state})
+
     begin_training_window()
     while True:
-        # Batch order is a function of (seed, epoch): skipping the batches already done resumes mid-epoch exactly.
-        for x, y in islice(data.train_batches(step // steps_per_epoch), step % steps_per_epoch, None):
+        # Batch order is a function of (seed, epoch): starting at the next batch resumes mid-epoch exactly.
+        epoch, first_batch = divmod(step, steps_per_epoch)
+        for x, y in data.train_batches(epoch, start=first_batch):
             loss, decor = train_step(x, y, decorrelate=dbp and step % every == 0)
             if scheduler is not None:
                 scheduler.step()
@@ -316,59 +373,36 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             if not (at_eval or stop):
                 on_step(step, length, None)
                 continue
-            stopwatch.total_s = distributed.max_over_ranks([stopwatch.stop()])[0]  # stop() syncs with the GPU
-            train_time_s = stopwatch.total_s  # the slowest rank's
-            energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
-            co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
+            totals = end_training_window()
+            if not at_eval:  # no eval off the schedule: BP and DBP keep sharing one, stopped or not
+                save(totals, None)
+                return "interrupted", f"stopped by signal at step {step}", totals
             distributed.average_running_stats(net)
             eval_loss, accuracy = evaluate(net, data, spec.train, device)
             loss_sum, decor_sum = distributed.sum_over_ranks([train_loss.item(), decor_loss.item()])
             ranks = distributed.world_size()
+            energy_j = totals["energy_j"]
             record = {
                 "step": step, "epoch": step / steps_per_epoch, "samples": step * spec.train.batch_size,
-                "train_time_s": train_time_s, "wall_time_s": time.perf_counter() - wall_start,
+                "train_time_s": totals["train_time_s"], "wall_time_s": time.perf_counter() - wall_start,
                 "train_loss": _finite_or_none(loss_sum / window / ranks), "eval_loss": _finite_or_none(eval_loss),
                 "eval_accuracy": accuracy, "flops": flops_after(step),
                 "energy_j": energy_j, "energy_source": energy.source if energy_j is not None else None,
-                "co2_kg": co2_kg,
+                "co2_kg": totals["co2_kg"],
                 "peak_memory_bytes": _peak_memory(device),
                 "decor_loss": _finite_or_none(decor_sum / updates / ranks) if updates else None,
             }
-            if checkpoint is not None:
-                state = _state(net, opt, scheduler, device)
-                if distributed.is_main():
-                    save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
-                                                 "train_time_s": train_time_s, "wall_time_s": record["wall_time_s"],
-                                                 "energy_j": energy_j, "co2_kg": co2_kg, **state})
-            sink.eval(record)
-            on_step(step, length, record)
-            totals = {"steps": step, "train_time_s": train_time_s, "flops": flops_after(step),
-                      "flops_per_step": flops_after(step) / step, "final_accuracy": accuracy, "energy_j": energy_j,
-                      "co2_kg": co2_kg}
-            if energy is not None and energy.unavailable_reason:
-                totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
-            elif energy is not None and energy_j is None:
-                totals["energy_unavailable_reason"] = ("part of the run's energy is unknown: another rank's meter "
-                                                       "could not measure, or an earlier part of a resumed run")
-            warned = _energy_warnings(energy)
-            if warned:
-                totals["energy_warnings"] = warned
-            if carbon is not None and carbon.unavailable_reason:
-                totals["carbon_unavailable_reason"] = carbon.unavailable_reason
-            if record["train_loss"] is None:
-                return "diverged", f"non-finite training loss by step {step}", totals
-            if updates and record["decor_loss"] is None:
-                return "diverged", f"non-finite decorrelation loss by step {step}", totals
-            end = spec.budget.exhausted(step=step, epoch=step // steps_per_epoch, train_time_s=train_time_s,
-                                        energy_j=energy_j, accuracy=accuracy)
-            if end is not None:
-                return (*end, totals)
-            if b.energy_only and energy_j is None:  # the meter failed mid-run: nothing could end the run any more
-                return "failed", ("budget.max_energy_j can no longer end this run: its energy is unknown from "
-                                  f"step {step} on ({totals.get('energy_unavailable_reason')})"), totals
-            if stop:
-                return "interrupted", f"stopped by signal at step {step}", totals
+            totals["final_accuracy"] = accuracy
+            sink.eval(record)  # before the checkpoint: a resumed run never lacks a record before its checkpoint
             train_loss.zero_()
             decor_loss.zero_()
-            window = updates = 0
+            window = 0
+            end = _end(spec.budget, record, totals, steps_per_epoch, had_updates=updates > 0)
+            updates = 0
+            save(totals, end)
+            on_step(step, length, record)
+            if end is not None:
+                return (*end, totals)
+            if stop:
+                return "interrupted", f"stopped by signal at step {step}", totals
             begin_training_window()

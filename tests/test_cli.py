@@ -1,5 +1,6 @@
 """`decorbench run` as a user meets it: the smoke suite, bad input, interruption and resume, failing runs."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -220,10 +221,31 @@ def _steps(path):
 
 def test_resume_continues_a_bp_run_whatever_the_dbp_settings_now(tmp_path):
     path, resume = _interrupted_bp_run(tmp_path, "dbp.lr=0.001")
-    assert _steps(path) == [5, 10, 11]  # a record at the stop
+    assert _steps(path) == [5, 10]  # stopped at step 11, without a record off the schedule
     assert main([*resume, "--set", "dbp.lr=0.01"]) == 0  # DBP's settings are not a BP run's
     steps = _steps(path)
-    assert steps[:4] == [5, 10, 11, 15] and steps == sorted(set(steps)) and steps[-1] == 3 * (1347 // 64)
+    assert steps == list(range(5, 3 * (1347 // 64), 5)) + [3 * (1347 // 64)]
+
+
+def test_a_record_a_kill_left_past_the_checkpoint_is_written_again_once(tmp_path, capsys):
+    path, resume = _interrupted_bp_run(tmp_path)  # checkpointed at step 11
+    ghost = {**read_run(path)["evals"][-1], "type": "eval", "step": 15, "eval_accuracy": 0.0}
+    with open(path, "a") as f:  # as if the run, resumed once, was killed between record 15 and its checkpoint
+        f.write(json.dumps(ghost) + "\n")
+    assert main(resume) == 0
+    assert "dropped 1 eval record(s) past step 11" in capsys.readouterr().err
+    evals = read_run(path)["evals"]
+    assert [r["step"] for r in evals][:3] == [5, 10, 15] and evals[2]["eval_accuracy"] > 0
+
+
+def test_resume_deletes_a_checkpoint_a_kill_left_beside_a_finished_run(tmp_path):
+    args = ["run", "smoke", "--out", str(tmp_path), "--set", "budget.max_steps=5", *ONE_PAIR]
+    assert main(args) == 0
+    stale = tmp_path / "checkpoints" / "smoke-digits-mlp-bp-s0.pt"
+    stale.parent.mkdir()
+    stale.write_bytes(b"killed between the end record and this file's deletion")
+    assert main([*args, "--resume"]) == 0
+    assert not stale.parent.exists()
 
 
 def test_an_unreadable_checkpoint_starts_the_run_again_in_a_fresh_file(tmp_path, capsys):

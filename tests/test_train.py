@@ -93,29 +93,61 @@ def test_exploding_loss_is_recorded_as_diverged_not_raised():
     assert evals[-1]["train_loss"] is None
 
 
+class CheckpointWatch(Records):
+    """Records, each with the step its run's checkpoint was at when the record arrived."""
+
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.checkpoint, self.checkpointed = checkpoint, []
+
+    def eval(self, record):
+        super().eval(record)
+        saved = load_checkpoint(self.checkpoint, torch.device("cpu"))
+        self.checkpointed.append(saved and saved["step"])
+
+
+def _resume_spec(method, steps=30):
+    return RunSpec("t", method, "small-cnn", "digits", 0,
+                   TrainConfig(batch_size=64, eval_every=5, schedule="cosine"), DBPConfig(lr=1e-3, kappa=0.5),
+                   Budget(max_steps=steps))
+
+
 @pytest.mark.parametrize("method", ["bp", "dbp"])
 def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
-    spec = RunSpec("t", method, "small-cnn", "digits", 0,
-                   TrainConfig(batch_size=64, eval_every=5, schedule="cosine"), DBPConfig(lr=1e-3, kappa=0.5),
-                   Budget(max_steps=30))
+    spec = _resume_spec(method)
     straight = Records()
     train_run(spec, straight, device=torch.device("cpu"))
 
-    ckpt, first, second = tmp_path / "run.pt", Records(), Records()
-    status = train_run(spec, first, device=torch.device("cpu"), checkpoint=ckpt,
-                       should_stop=lambda: len(first.evals) >= 2)[0]
-    assert status == "interrupted" and [r["step"] for r in first.evals] == [5, 10, 11]  # a record at the stop
+    ckpt = tmp_path / "run.pt"
+    first, second = CheckpointWatch(ckpt), Records()
+    status, reason, totals = train_run(spec, first, device=torch.device("cpu"), checkpoint=ckpt,
+                                       should_stop=lambda: len(first.evals) >= 2)
+    assert (status, reason) == ("interrupted", "stopped by signal at step 11")
+    assert [r["step"] for r in first.evals] == [5, 10]  # no record off the eval schedule at the stop
+    assert first.checkpointed == [None, 5]  # each record is on its way to disk before its checkpoint
+    assert totals["steps"] == 11 and totals["final_accuracy"] is None
     torch.manual_seed(1234)  # whatever the process did in between
     saved = load_checkpoint(ckpt, torch.device("cpu"))
+    assert saved["step"] == 11
     assert train_run(spec, second, device=torch.device("cpu"), checkpoint=ckpt, resume_from=saved)[0] == "completed"
     assert [r["step"] for r in second.evals] == [15, 20, 25, 30]
     assert second.evals[0]["train_time_s"] > first.evals[-1]["train_time_s"]
 
     expected = {r["step"]: r for r in straight.evals}
     window_means = ("train_loss", "decor_loss") if method == "dbp" else ("train_loss",)
-    for record in second.evals:  # the same weights, R, optimizer, schedule, RNG and batches as never stopped
-        for key in ("eval_loss", "eval_accuracy", "flops") + (window_means if record["step"] > 15 else ()):
+    for record in second.evals:  # the same weights, R, optimizer, schedule, RNG, batches and loss sums
+        for key in ("eval_loss", "eval_accuracy", "flops", *window_means):
             assert record[key] == pytest.approx(expected[record["step"]][key], rel=1e-5), (record["step"], key)
+
+
+def test_a_run_killed_before_its_end_record_ends_on_resume_as_it_did_without_training_on(tmp_path):
+    spec, ckpt = _resume_spec("dbp", steps=12), tmp_path / "run.pt"
+    ended = train_run(spec, Records(), device=torch.device("cpu"), checkpoint=ckpt)
+    assert ended[:2] == ("completed", "max_steps 12 done")
+    again = Records()
+    assert train_run(spec, again, device=torch.device("cpu"), checkpoint=ckpt,
+                     resume_from=load_checkpoint(ckpt, torch.device("cpu"))) == ended
+    assert again.evals == [] and load_checkpoint(ckpt, torch.device("cpu"))["step"] == 12
 
 
 @pytest.mark.parametrize("method", ["bp", "dbp"])
