@@ -77,6 +77,7 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--device", "cuda"], "no CUDA GPU"),
     (["run", "smoke", "--device", "bogus"], "unknown device 'bogus': use auto, cpu, cuda or cuda:N"),
     (["run", "smoke", "--device", "meta"], "unknown device 'meta'"),
+    (["run", "smoke", "--device", "cpu:5"], "unknown device 'cpu:5'"),
     (["run", "smoke", "--set", "dataset=cifar10", "--set", "data.root=\"no-data\""],
      "cifar10 not found: expected no-data/cifar-10-batches-py/"),
     (["run", "smoke", "--set", "dataset=imagenette"], "imagenette not found: expected"),
@@ -140,6 +141,10 @@ def test_report_bad_output_exits_2_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and "the report goes to an .html file" in err[0], err
     assert results.read_bytes() == before
     assert main(["report", str(tmp_path)]) == 0 and (tmp_path / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"decorbench: error: no such results file or directory: {tmp_path / 'typo'}"]
 
 
 def test_garbled_config_file_exits_2(tmp_path, capsys):

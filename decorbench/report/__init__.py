@@ -75,14 +75,17 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
 
     target: the accuracy that "to target" numbers refer to, for every (dataset, model); default: the
     budget.target_accuracy all the runs were given (as `decorbench run` measures), else BP's median final accuracy
-    in each group. Raises ValueError (one line) for no results at all, a target outside [0, 1], or an output that is
-    not an .html file or cannot be written.
+    in each group. Raises ValueError (one line) for a path that does not exist, no results at all, a target outside
+    [0, 1], or an output that is not an .html file or cannot be written.
     """
     if target is not None and not 0 <= float(target) <= 1:
         raise ValueError(f"target must be an accuracy between 0 and 1, not {target!r}")
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
         raise ValueError(f"the report goes to an .html file, not {output} (results and configs are never overwritten)")
+    missing = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths) if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"no such results file or directory: {', '.join(missing)}")
     evals, skipped = _load(paths)
     evals = tidy(evals)
     source = "given with --target"
