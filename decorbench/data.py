@@ -70,6 +70,18 @@ def check_options(name: str, options: dict) -> None:
         if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
                 or value < _OPTION_MINIMUM[key]):
             raise ValueError(f"data.options.{key} must be {what} ≥ {_OPTION_MINIMUM[key]}, got {value!r}")
+    if name == "synthetic":
+        _check_synthetic_fits({**OPTIONS[name], **options})
+
+
+def _check_synthetic_fits(opts: dict) -> None:
+    """Synthetic data is drawn whole in host memory (float32): a size that cannot fit would fail every run."""
+    images = opts["train_size"] + opts["test_size"] + opts["num_classes"]  # and the class means
+    need = 4 * images * opts["channels"] * opts["image_size"] ** 2
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(f"synthetic data of {images} images of {opts['channels']}×{opts['image_size']}² floats needs "
+                         f"{need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB of memory")
 
 
 _CIFAR = {  # folder, train files, test file, label key, per-channel mean and std of the training images

@@ -78,6 +78,8 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--device", "bogus"], "unknown device 'bogus': use auto, cpu, cuda or cuda:N"),
     (["run", "smoke", "--device", "meta"], "unknown device 'meta'"),
     (["run", "smoke", "--device", "cpu:5"], "unknown device 'cpu:5'"),
+    (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.image_size=100000"],
+     "synthetic data of 2570 images of 3×100000² floats needs"),
     (["run", "smoke", "--set", "dataset=cifar10", "--set", "data.root=\"no-data\""],
      "cifar10 not found: expected no-data/cifar-10-batches-py/"),
     (["run", "smoke", "--set", "dataset=imagenette"], "imagenette not found: expected"),
