@@ -292,9 +292,11 @@ def test_stats_say_which_interval_and_are_reproducible():
         == (2.0, 3.0)
     assert ratio([4.0, 6.0, 8.0], [2.0, 2.0, 2.0]).kind == CI
     assert math.isnan(ratio([], [1.0]).value) and median([]).n == 0
+    assert math.isnan(ratio([4.0, 6.0, 8.0], [0.0, 5.0, 7.0]).value)  # not 6 / 6: a zero is not left out
     assert [fmt(v, k) for v, k in [(0.0421, "seconds"), (5400, "seconds"), (1.5e12, "flops"), (2e-4, "co2"),
-                                     (0.9, "accuracy"), (1.234, "ratio"), (float("nan"), "joules")]] == \
-        ["42.1 ms", "90 min", "1.5 TFLOP", "200 mg", "90.00 %", "1.23×", "—"]
+                                     (0.9, "accuracy"), (1.234, "ratio"), (float("nan"), "joules"), (1.26e18, "flops"),
+                                     (2500.0, "co2"), (5e-10, "co2")]] == \
+        ["42.1 ms", "90 min", "1.5 TFLOP", "200 mg", "90.00 %", "1.23×", "—", "1.26 EFLOP", "2.5 t", "500 ng"]
 
 
 def test_a_thousand_runs_render(tmp_path, monkeypatch):

@@ -194,4 +194,5 @@ def step_time(runs: pd.DataFrame) -> Figure | None:
                                fontsize=8, fontweight="bold")
         right.set_xlim(0, 1.25 * max(ends.max(), 1))
         right.set(xlabel="DBP / BP time per step (1 = no overhead)", ylabel="")
+        left.set_ylim(len(labels) - 0.5, -0.5)  # a NaN bar (a group without both methods) rescaled the shared axis
     return fig

@@ -49,11 +49,11 @@ def median(values) -> Estimate:
 
 def ratio(numerator, denominator) -> Estimate:
     """median(numerator) / median(denominator); interval: bootstrap CI of that ratio when both sides have ≥ 3
-    values (resampled independently), else min–max of the ratio over all numerator × denominator pairs."""
+    values (resampled independently), else min–max of the ratio over all numerator × denominator pairs. Undefined
+    (NaN) where a denominator is 0: leaving those values out would move the median beside it."""
     a, b = _clean(numerator), _clean(denominator)
-    b = b[b != 0]
     n = min(len(a), len(b))
-    if n == 0:
+    if n == 0 or (b == 0).any():
         return Estimate(np.nan, np.nan, np.nan, "", 0)
     value = float(np.median(a) / np.median(b))
     if n < BOOTSTRAP_FROM:

@@ -27,7 +27,8 @@ PROVENANCE = [("suite", "suite"), ("git commit", "commit"), ("decorbench", "deco
               ("device", "device"), ("GPU", "gpu_name"), ("GPU driver", "gpu_driver"), ("CPU", "cpu"),
               ("host", "host"), ("platform", "platform"), ("Python", "python"), ("PyTorch", "torch"),
               ("CUDA", "cuda"), ("carbon region (country)", "country_iso_code")]
-_PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")]
+_PREFIXES = [(1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
+             (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]
 
 
 def methods(runs: pd.DataFrame) -> list[str]:
@@ -56,7 +57,9 @@ def _parts(value: float, kind: str) -> tuple[str, str]:
         return f"{value:.2f}", "×"
     if kind == "fraction":
         return f"{100 * value:.3g}", " %"
-    return _si(value * 1000, "g") if kind == "co2" else _si(value, {"joules": "J", "flops": "FLOP"}[kind])
+    if kind == "co2":  # kg in the records; tonnes, not Mg, from a tonne on
+        return (f"{value / 1000:.3g}", " t") if value >= 1000 else _si(value * 1000, "g")
+    return _si(value, {"joules": "J", "flops": "FLOP"}[kind])
 
 
 def fmt(value: float, kind: str) -> str:
