@@ -238,7 +238,11 @@ def read_run(path: Path | str) -> dict:
         except ValueError:
             record = None
         kind = record.pop("type", None) if isinstance(record, dict) else None
-        if kind == "run" and out["run"] is None:
+        if kind == "run" and out["run"] is not None:  # files joined with cat: what follows is another run's
+            warnings.warn(f"{path}: a second run record at line {number}; only the first run, above it, is read "
+                          "(one results file per run)", stacklevel=2)
+            break
+        if kind == "run":
             out["run"] = record
         elif kind == "eval":
             out["evals"].append(record)
@@ -275,6 +279,11 @@ def _bad_identity(run: dict) -> str | None:
     return None
 
 
+def _progress(records: dict) -> tuple[int, bool]:
+    """How far a copy of a run got: its eval records, then whether it has its end."""
+    return len(records["evals"]), records["end"] is not None
+
+
 def load(paths) -> pd.DataFrame:
     """One row per eval point of every run found (a run without evals: one row), run fields and end status joined."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
@@ -302,7 +311,7 @@ def load(paths) -> pd.DataFrame:
         key = json.dumps(records["run"], sort_keys=True)
         if key in runs:
             kept_file, kept = runs[key]
-            if len(records["evals"]) > len(kept["evals"]):  # keep the copy that got further
+            if _progress(records) > _progress(kept):  # keep the copy that got further
                 runs[key] = (file, records)
                 kept_file, file = file, kept_file
             warnings.warn(f"{file}: the same run as {kept_file} (a copy?); counted once, from {kept_file}",

@@ -204,6 +204,37 @@ def test_a_copied_results_file_counts_once_from_the_copy_that_got_further(tmp_pa
     assert set(df.loc[df["run_id"] == "bp-0", "status"]) == {"completed"}
 
 
+@pytest.mark.parametrize("order", [("copy", "a"), ("a", "copy")])
+def test_of_two_copies_with_the_same_evals_the_one_with_its_end_counts_whatever_the_order(tmp_path, order):
+    ended = write_run(tmp_path / "a", "bp-0", steps=(10, 20), status="completed")
+    (tmp_path / "copy").mkdir()  # copied after the last eval, before the end record
+    (tmp_path / "copy" / "bp-0.jsonl").write_text("".join(ended.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.warns(UserWarning, match="a copy"):
+        df = load([tmp_path / name for name in order])
+    assert set(df["status"]) == {"completed"} and df["source"].iloc[0] == str(ended)
+
+
+def test_results_files_joined_into_one_read_as_the_first_run_with_a_warning(tmp_path):
+    first, second = write_run(tmp_path, "bp-0", steps=(10, 20)), write_run(tmp_path, "dbp-0", steps=(10,))
+    joined = tmp_path / "all.jsonl"
+    joined.write_text(first.read_text() + second.read_text())
+    with pytest.warns(UserWarning, match="a second run record at line 5"):
+        records = read_run(joined)
+    assert records["run"]["run_id"] == "bp-0" and [e["step"] for e in records["evals"]] == [10, 20]
+    assert records["end"]["status"] == "completed"
+
+
+def test_resuming_drops_the_eval_records_past_the_checkpoint_and_keeps_the_rest(tmp_path):
+    path = write_run(tmp_path, steps=(10, 20, 30), status=None)
+    before = path.read_text().splitlines()
+    with pytest.warns(UserWarning, match=r"dropped 1 eval record\(s\) past step 20"):
+        writer = RunWriter(path, run_record(), resume=True, resume_after_step=20)
+    with writer:
+        writer.eval(eval_record(30))
+    assert path.read_text().splitlines()[:3] == before[:3] and [e["step"] for e in read_run(path)["evals"]] == \
+        [10, 20, 30]
+
+
 def test_a_separate_reader_sees_each_record_as_soon_as_the_call_returns(tmp_path):
     path = run_path(tmp_path, "r0")
     writer = RunWriter(path, run_record())
