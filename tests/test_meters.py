@@ -380,6 +380,8 @@ def test_carbon_meter_is_an_offline_labelled_estimate_that_writes_nothing(tmp_pa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # codecarbon's output_dir, in case
+    monkeypatch.setenv("CODECARBON_PUE", "100")  # a user's codecarbon settings do not change what `method` says
+    monkeypatch.setenv("CODECARBON_FORCE_CARBON_INTENSITY_G_CO2E_KWH", "5000")
     meter = CarbonMeter("nld")
     assert meter.start(), meter.unavailable_reason
     assert meter.unavailable_reason is None and meter.country_iso_code == "NLD"

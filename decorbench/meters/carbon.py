@@ -24,8 +24,8 @@ re-measures only when codecarbon's last measurement is over 50 ms old, so window
 lumped into their neighbours: on the smoke suite every window after the first read 0.) Each window leaves
 ≈ 2.4 kB in codecarbon's task list until stop(). `estimated_energy_j` sums codecarbon's energy of the same
 windows: the machine's modelled and measured joules, an estimate, never to be mixed up with a GPU's NVML joules.
-The tracker writes no file and calls no API (output_methods is empty, no endpoint, no Electricity Maps token),
-whatever ~/.codecarbon.config or CODECARBON_* say.
+The tracker writes no file and calls no API (output_methods is empty, no endpoint, no Electricity Maps token), and
+takes nothing from ~/.codecarbon.config or CODECARBON_* (a PUE, a forced intensity or power, a region, a cloud).
 Logging: codecarbon logs INFO/WARNING lines at init even with log_level="error"; this module drops every
 codecarbon log record (for the whole process, once a CarbonMeter was made) and keeps its warnings and errors to
 explain a failure in `unavailable_reason`.
@@ -114,12 +114,18 @@ def _tracker_kwargs(country: str, gpu_ids, measure_power_secs: float) -> dict:
     kwargs = {"country_iso_code": country, "log_level": "warning", "measure_power_secs": measure_power_secs,
               "project_name": "decorbench", "tracking_mode": "machine", "emissions_endpoint": None,
               "electricitymaps_api_token": "", "output_dir": tempfile.gettempdir(), "allow_multiple_runs": True,
-              "output_methods": [], "save_to_file": False, "save_to_api": False}
-    if gpu_ids is not None:
-        kwargs["gpu_ids"] = list(gpu_ids)
+              "output_methods": [], "save_to_file": False, "save_to_api": False,
+              # codecarbon takes any argument not given from CODECARBON_* or a .codecarbon.config: its defaults,
+              # given, so that what `method` states (this country's table, measured or modelled power) is what it did
+              "pue": 1.0, "wue": 0.0, "force_carbon_intensity_g_co2e_kwh": None, "force_cpu_power": None,
+              "force_ram_power": None, "force_mode_cpu_load": False, "rapl_include_dram": False,
+              "rapl_prefer_psys": False, "region": None, "cloud_provider": None, "cloud_region": None,
+              "country_2letter_iso_code": None, "gpu_ids": None if gpu_ids is None else list(gpu_ids)}
     try:
+        from codecarbon import OfflineEmissionsTracker
         from codecarbon.emissions_tracker import BaseEmissionsTracker
-        accepted = set(inspect.signature(BaseEmissionsTracker.__init__).parameters)
+        accepted = {name for cls in (BaseEmissionsTracker, OfflineEmissionsTracker)
+                    for name in inspect.signature(cls.__init__).parameters}
     except Exception:
         accepted = set(kwargs)
     if "output_methods" in accepted:  # codecarbon 3: the save_to_* flags are deprecated (and warn)
