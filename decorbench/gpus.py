@@ -21,8 +21,9 @@ PEAK_BF16_TFLOPS = [
 
 
 def peak_bf16_flops(gpu_name: str | None) -> float | None:
-    """The datasheet peak in FLOP/s for this device name, or None if unknown (or no GPU)."""
-    if not gpu_name:
+    """The datasheet peak in FLOP/s for this device name, or None if unknown (or no GPU, or a MIG slice: it has a
+    share of the GPU's compute that its name does not state exactly, so any peak would be a guess)."""
+    if not gpu_name or re.search(r"\bMIG\b", gpu_name):
         return None
     for key, tflops in PEAK_BF16_TFLOPS:
         if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", gpu_name):

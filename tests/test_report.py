@@ -376,6 +376,8 @@ def test_peak_table_prefers_the_specific_name_and_never_guesses():
     assert peak_bf16_flops("NVIDIA GH200 480GB") == peak_bf16_flops("NVIDIA H200") == 989.4e12
     assert peak_bf16_flops("NVIDIA GeForce GTX 1080") is None and peak_bf16_flops(None) is None
     assert peak_bf16_flops("NVIDIA RTX A1000") is None and peak_bf16_flops("NVIDIA A10") is None  # not A100s
+    assert peak_bf16_flops("NVIDIA A100-SXM4-80GB MIG 1g.10gb") is None  # a slice: 1/7 of the SMs, not the peak
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3 MIG 3g.40gb") is None
 
 
 def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", status="completed",
