@@ -319,10 +319,12 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         if energy is not None:
             energy.begin_window()
 
-    def end_training_window() -> dict:
-        """The run's totals so far (the window's end: time, energy and carbon read, outside the timed window)."""
+    def end_training_window() -> tuple[dict, str | None]:
+        """The run's totals so far and where its energy came from, read at the window's end (the power sampler
+        goes on during eval, and a failure there must not change what this window measured)."""
         stopwatch.total_s = distributed.max_over_ranks([stopwatch.stop()])[0]  # stop() syncs with the GPU
         energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
+        source = energy.source if energy_j is not None else None
         co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
         totals = {"steps": step, "train_time_s": stopwatch.total_s, "flops": flops_after(step),
                   "flops_per_step": flops_after(step) / step, "final_accuracy": None, "energy_j": energy_j,
@@ -337,7 +339,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             totals["energy_warnings"] = warned
         if carbon is not None and carbon.unavailable_reason:
             totals["carbon_unavailable_reason"] = carbon.unavailable_reason
-        return totals
+        return totals, source
 
     def save(totals: dict, end: tuple[str, str] | None) -> None:
         """The checkpoint, with the open window's sums (a stop between eval points leaves one) and, when the run
@@ -373,7 +375,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             if not (at_eval or stop):
                 on_step(step, length, None)
                 continue
-            totals = end_training_window()
+            totals, energy_source = end_training_window()
             if not at_eval:  # no eval off the schedule: BP and DBP keep sharing one, stopped or not
                 save(totals, None)
                 return "interrupted", f"stopped by signal at step {step}", totals
@@ -381,13 +383,12 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             eval_loss, accuracy = evaluate(net, data, spec.train, device)
             loss_sum, decor_sum = distributed.sum_over_ranks([train_loss.item(), decor_loss.item()])
             ranks = distributed.world_size()
-            energy_j = totals["energy_j"]
             record = {
                 "step": step, "epoch": step / steps_per_epoch, "samples": step * spec.train.batch_size,
                 "train_time_s": totals["train_time_s"], "wall_time_s": time.perf_counter() - wall_start,
                 "train_loss": _finite_or_none(loss_sum / window / ranks), "eval_loss": _finite_or_none(eval_loss),
                 "eval_accuracy": accuracy, "flops": flops_after(step),
-                "energy_j": energy_j, "energy_source": energy.source if energy_j is not None else None,
+                "energy_j": totals["energy_j"], "energy_source": energy_source,
                 "co2_kg": totals["co2_kg"],
                 "peak_memory_bytes": _peak_memory(device),
                 "decor_loss": _finite_or_none(decor_sum / updates / ranks) if updates else None,

@@ -1,6 +1,8 @@
 """One run: records carry every field, BP and DBP see the same data, budgets and divergence end runs."""
 
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from decorbench.dbp import decorrelate
 from decorbench.meters import EnergyMeter, count_flops
 from decorbench.models import create_model
 from decorbench.results import EVAL_FIELDS
-from decorbench.train import DBPConfig, RunSpec, TrainConfig, train_run
+from decorbench import train
+from decorbench.train import DBPConfig, RunSpec, TrainConfig, evaluate, train_run
 from test_meters import FakeNVML, NVMLError_GpuIsLost, readings
 
 
@@ -61,6 +64,24 @@ def test_energy_of_training_windows_in_records_and_a_meter_failing_mid_run_leave
     assert got == status and evals[-1]["step"] == {"completed": 8, "failed": 6}[status]
     if status == "failed":  # nothing else could have ended it
         assert reason.startswith("budget.max_energy_j can no longer end this run: its energy is unknown from step 6")
+
+
+def test_a_power_sampler_failing_during_eval_leaves_the_window_it_measured_labelled(fake_nvml_gpus, monkeypatch):
+    lost = threading.Event()
+
+    def power_mw():
+        if lost.is_set():
+            raise NVMLError_GpuIsLost("GPU is lost")
+        return 300_000
+
+    def evaluate_while_the_gpu_is_lost(*args, **kwargs):
+        lost.set()
+        time.sleep(0.1)  # the sampler polls on during eval, and fails
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate_while_the_gpu_is_lost)
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(power=power_mw), sample_interval_s=0.005)
+    first = run(budget=Budget(max_steps=4), energy=meter)[3][0]
+    assert first["energy_j"] > 0 and first["energy_source"] == "nvml-power"
 
 
 def test_bp_and_dbp_of_a_pair_start_from_the_same_weights_and_data():
