@@ -15,10 +15,11 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's is), and the speed-up =
     median BP time-to-target / median DBP time-to-target.
 
-    The target defaults to BP's median final accuracy per dataset and model over the runs that ended without
-    a problem, as in the report.
+    Final accuracies are of the runs that ended without a problem (not interrupted, failed, diverged or unfinished),
+    as in the report; the target defaults to BP's median of them per dataset and model.
     """
     runs, goal = per_run(tidy(evals), target)
+    runs["final_accuracy"] = runs["final_accuracy"].where(runs["scored"])  # as the target: finished runs only
     table = runs.groupby([*GROUP, "method"]).agg(
         runs=("final_accuracy", "size"), final_accuracy=("final_accuracy", "median"),
         time_to_target_s=("time_to_target", "median"), reached=("reached", lambda s: f"{int(s.sum())}/{len(s)}"),

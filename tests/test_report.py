@@ -10,12 +10,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from decorbench.report import render_report
 from decorbench.report.stats import CI, RANGE, median, ratio
 from decorbench.report.tables import fmt, span
 from decorbench.results import EVAL_FIELDS, RunWriter, load, provenance, run_path
+from decorbench.summary import summarize
 
 EVIL = "<script>alert(1)</script>$x^2$"
 PROVENANCE = provenance("cpu")  # once: it runs git
@@ -465,6 +467,25 @@ def test_claim_says_dbp_never_reached_bps_accuracy_instead_of_a_speedup(claimed)
     assert "-30.00 pp" in row_text and "Accuracy: lower, unlike the paper" in row_text
     assert "digits: not the paper's data set (ImageNet)" in row_text
     assert "mlp: not a model the paper reports (ResNet-18; later ResNet-34/50)" in row_text
+
+
+def test_runs_that_did_not_finish_are_left_out_of_final_accuracy_and_the_verdicts_say_so(tmp_path):
+    # DBP was ahead at every eval it shared with BP, then Ctrl-C: its last accuracy is not where it would have ended
+    for seed in range(3):
+        write_points(tmp_path, f"bp-{seed}", "bp", "resnet18", seed, [0.5, 0.6, 0.7, 0.75, 0.80 + seed / 100], 1)
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "resnet18", seed, [0.6, 0.7], 1, status="interrupted")
+    write_points(tmp_path, "bp-late", "bp", "resnet18", 3, [0.2], 1, status=None)  # killed: no end record
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    row_text = claim_text(page, "digits · resnet18")
+    assert "Time: DBP reached BP's accuracy (81.00 %) in 0/3 runs (3 interrupted)." in row_text
+    assert "Accuracy: no run of DBP finished with an eval accuracy yet" in row_text
+    assert "left out, not finished (DBP: 3 interrupted; BP: 1 no end record)" in row_text
+    shown = card(page, "digits", "resnet18")
+    assert "81.00 %" in row(shown, "final accuracy").split("</td>")[0]  # BP: the target, its finished runs' median
+    assert "n = 3 (1 no end record left out)" in row(shown, "final accuracy")
+    assert "n = 3, none finished: their last accuracies" in row(shown, "final accuracy")
+    table = summarize(load(tmp_path)).set_index("method")
+    assert table.loc["bp", "final_accuracy"] == pytest.approx(0.81) and pd.isna(table.loc["dbp", "final_accuracy"])
 
 
 def test_claim_with_a_given_target_says_it_is_not_the_papers_measure(claimed, tmp_path):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .runs import GROUP
 from .stats import median, ratio
-from .tables import fmt, span
+from .tables import fmt, problem_note, span
 
 PAPER = "arXiv 2405.02385"
 CLAIM = ("training ResNet-18 on ImageNet, DBP reaches BP's best test accuracy in less than half the wall-clock time "
@@ -72,7 +72,8 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | N
                                         "reach"}
     for name, part in (("DBP", dbp), ("BP", bp)):
         if not part["reached"].any():
-            return {**out, "speed_verdict": f"{name} reached {goal_text} in 0/{len(part)} runs within its budget"}
+            ended = f" ({problem_note(part)})" if part["problem"].any() else " within its budget"
+            return {**out, "speed_verdict": f"{name} reached {goal_text} in 0/{len(part)} runs{ended}"}
     estimate = ratio(bp.loc[bp["reached"], "time_to_target"], dbp.loc[dbp["reached"], "time_to_target"])
     if not math.isfinite(estimate.value):
         return {**out, "speed_verdict": "the runs recorded no training time"}
@@ -103,15 +104,21 @@ def _speed_verdict(value: float, low: float, high: float, has_spread: bool) -> s
 def _accuracy(bp: pd.DataFrame, dbp: pd.DataFrame) -> dict:
     """DBP's median final accuracy minus BP's, in percentage points; "higher" or "lower" only when the two methods'
     min–max ranges over seeds do not overlap (with a handful of seeds, anything else is within seed noise) and the
-    difference shows at the report's precision. Not judged when runs stopped on reaching the target: their final
-    accuracy is where they stopped, not where they would have ended."""
-    a, b = bp["final_accuracy"].dropna(), dbp["final_accuracy"].dropna()
+    difference shows at the report's precision. Over the runs that ended without a problem (an interrupted, failed,
+    diverged or unfinished run's last accuracy is not where it would have ended), the others named. Not judged when
+    runs stopped on reaching the target: their final accuracy is where they stopped, not where they would have
+    ended."""
+    a, b = (part.loc[part["scored"], "final_accuracy"] for part in (bp, dbp))
+    early = [f"{name}: {problem_note(part)}" for name, part in (("DBP", dbp), ("BP", bp))
+             if (part["problem"] & part["final_accuracy"].notna()).any()]
+    left_out = [f"left out, not finished ({'; '.join(early)})"] if early else []
     if a.empty or b.empty:
         missing = " and ".join(n for n, s in (("BP", a), ("DBP", b)) if s.empty)
-        return {"accuracy": "—", "accuracy_note": [], "accuracy_verdict": f"no eval accuracy from {missing} yet"}
+        return {"accuracy": "—", "accuracy_note": left_out,
+                "accuracy_verdict": f"no run of {missing} finished with an eval accuracy yet"}
     ma, mb = median(a).value, median(b).value
     note = [f"{name} {fmt(m, 'accuracy')} ({span(v.min(), v.max(), 'accuracy')}, n = {len(v)})"
-            for name, m, v in (("DBP", mb, b), ("BP", ma, a))]
+            for name, m, v in (("DBP", mb, b), ("BP", ma, a))] + left_out
     difference = _points(mb - ma)
     stopped = (pd.concat([bp, dbp])["status"] == "target").sum()
     verdict = (f"not judged: {stopped} of {len(bp) + len(dbp)} runs stopped on reaching the target "

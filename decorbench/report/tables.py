@@ -83,8 +83,13 @@ def _cell(estimate: Estimate, kind: str, note: str = "") -> dict:
 
 
 def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
-    if column == "final_accuracy":
-        return _cell(median(part[column]), kind, f"n = {part[column].notna().sum()}")
+    if column == "final_accuracy":  # of the runs that ended where they should, as the default target is
+        ended = part.loc[part["scored"], column]
+        if ended.empty:
+            return _cell(median(part[column]), kind, f"n = {part[column].notna().sum()}, none finished: their last accuracies")
+        early = part[part["problem"] & part[column].notna()]
+        return _cell(median(ended), kind, f"n = {len(ended)}" + (f" ({problem_note(early)} left out)" if len(early)
+                                                                  else ""))
     reached = part[part["reached"]]
     note = f"reached {len(reached)}/{len(part)}"
     if reached.empty:
@@ -115,7 +120,7 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         present = methods(group)
         by_method = {m: group[group["method"] == m] for m in present}
         pair = {"bp", "dbp"} <= set(present)
-        rows = [{"label": "runs", "cells": [_text(str(len(p)), _problem_note(p)) for p in by_method.values()],
+        rows = [{"label": "runs", "cells": [_text(str(len(p)), problem_note(p)) for p in by_method.values()],
                  "ratio": None}]
         for column, label, kind, with_ratio in METRICS:
             shown = _ratio_cell(by_method, column) if pair and with_ratio else None
@@ -131,7 +136,8 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
     return groups
 
 
-def _problem_note(part: pd.DataFrame) -> str:
+def problem_note(part: pd.DataFrame) -> str:
+    """"2 interrupted, 1 no end record": the runs that did not end where their budget would have ended them."""
     counts = part.loc[part["problem"], "status"].fillna(UNFINISHED).value_counts()
     return ", ".join(f"{n} {status}" for status, n in counts.items())
 
