@@ -167,7 +167,24 @@ def test_the_target_the_runs_were_given_is_the_default_as_in_the_run_summary(tmp
 
     write_run(tmp_path, "bp-s2", "bp", "mlp", 2, budget={"target_accuracy": 0.8})  # runs disagree: BP's own again
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
-    assert "(BP's median final accuracy)" in page and "budget.target_accuracy" not in page
+    assert "(BP's median final accuracy)" in page and "the runs' budget.target_accuracy" not in page
+    assert ("digits · mlp · BP pools runs of different settings (budget.target_accuracy: 0.7, 0.8): its medians and "
+            "spreads mix them.") in page
+
+
+def test_results_of_different_settings_or_repeated_seeds_reported_together_are_named(tmp_path):
+    for seed in range(2):
+        for every in (1, 4):
+            write_run(tmp_path / f"k{every}", f"dbp-s{seed}", "dbp", "mlp", seed,
+                      hyperparameters={"dbp": {"update_every": every}})
+        write_run(tmp_path / "k1", f"bp-s{seed}", "bp", "mlp", seed, started_at=f"2026-01-0{seed + 1}T00:00:00Z")
+        write_run(tmp_path / "k4", f"bp-s{seed}", "bp", "mlp", seed, started_at=f"2026-02-0{seed + 1}T00:00:00Z")
+    page = html.unescape(render_report([tmp_path / "k1", tmp_path / "k4"], tmp_path / "r.html").read_text())
+    assert ("digits · mlp · DBP pools runs of different settings (hyperparameters.dbp.update_every: 1, 4): its "
+            "medians and spreads mix them.") in page
+    assert ("digits · mlp · BP has seeds 0, 1 in more than one run: its spread over seeds counts the repeats as "
+            "seeds.") in page
+    assert "· BP pools" not in page
 
 
 def test_given_target_applies_to_every_group_and_energy_is_reported_when_measured(tmp_path):

@@ -6,6 +6,7 @@ from the results stays a plain string; the template escapes it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -195,6 +196,35 @@ def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
         if n > 1:
             out.append(f"{dataset} · {model} mixes runs from {n} different machines/devices: compare its times "
                        "with care.")
+    return out + _pooled(runs)
+
+
+def _setting(value) -> str:
+    if not isinstance(value, (list, dict)) and pd.isna(value):
+        return "null"
+    if isinstance(value, float) and value.is_integer():  # an integer setting in a column pandas made float
+        value = int(value)
+    return json.dumps(value, default=str)
+
+
+def _pooled(runs: pd.DataFrame) -> list[str]:
+    """Runs of one method in a group that are not repeats over seeds of one experiment (results directories of
+    different settings reported together, or the same seed twice): each median and spread mixes them."""
+    settings = [c for c in runs if c.startswith(("hyperparameters.", "budget."))]
+    out = []
+    for (dataset, model, method), part in runs.groupby([*GROUP, "method"], sort=True):
+        shown = part[settings].apply(lambda column: column.map(_setting))
+        differ = [c for c in settings if shown[c].nunique() > 1]
+        if differ:
+            values = "; ".join(f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in differ[:3])
+            out.append(f"{dataset} · {model} · {method.upper()} pools runs of different settings ({values}"
+                       f"{'; …' if len(differ) > 3 else ''}): its medians and spreads mix them.")
+        seeds = part["seed"].value_counts()
+        repeated = sorted(seeds[seeds > 1].index)
+        if repeated:
+            out.append(f"{dataset} · {model} · {method.upper()} has seed{'s' * (len(repeated) > 1)} "
+                       f"{', '.join(map(str, repeated))} in more than one run: its spread over seeds counts the "
+                       "repeats as seeds.")
     return out
 
 
