@@ -217,6 +217,12 @@ def test_a_board_shared_with_other_processes_or_split_by_mig_is_flagged():
     meter.end_window()
     assert meter.warnings == ["2 processes were on Fake GPU at once: its energy counts them all, not this run alone"]
 
+    junk = FakeNVML(counter=lambda: 0, processes=lambda: [7, 0, 0xFFFFFFFF], mig=0)  # a mismatched nvidia-ml-py
+    meter = EnergyMeter("cuda:0", nvml=junk)
+    meter.begin_window()
+    meter.end_window()
+    assert meter.warnings == []
+
     meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=lambda: 0, mig=1))
     meter.begin_window()
     assert meter.end_window() == 0.0

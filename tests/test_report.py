@@ -301,6 +301,13 @@ def test_unfinished_runs_come_first_highlighted_with_their_reason(tmp_path):
     assert "2 failed, 1 diverged" in row(card(html, "digits", "mlp"), "runs")
 
 
+def test_the_runs_table_counts_every_eval_record_of_a_run_even_one_without_an_accuracy(tmp_path):
+    write_points(tmp_path, "nan", "dbp", "mlp", 0, [0.5, 0.6, None], 1, status="diverged")
+    html = render_report([tmp_path], tmp_path / "r.html").read_text()
+    run_row = html.split('<section id="runs">')[1].split("<tr")[2]
+    assert re.search(r'<td class="status">diverged</td><td class="reason">[^<]*</td><td class="num">3</td>', run_row)
+
+
 def test_stats_say_which_interval_and_are_reproducible():
     assert median([3.0, 1.0]) == median([1.0, 3.0, float("nan")])
     assert median([1.0, 3.0]).kind == RANGE and (median([1.0, 3.0]).low, median([1.0, 3.0]).high) == (1.0, 3.0)

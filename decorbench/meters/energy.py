@@ -324,6 +324,7 @@ class EnergyMeter:
                 pids |= {p.pid for p in query(self._handle)}
             except Exception:  # sharing cannot be seen this way, and the energy is still right
                 pass
+        pids -= {0, 0xFFFFFFFF}  # not processes: what an nvidia-ml-py that does not match the driver reads
         if len(pids) <= max(1, self._most_processes):
             return
         if self._most_processes > 1:

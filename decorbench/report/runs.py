@@ -54,7 +54,7 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     column; and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
     runs = by_step.drop_duplicates("run", keep="last").set_index("run")
-    runs["evals"] = evals.groupby("run")["eval_accuracy"].count()
+    runs["evals"] = evals.groupby("run")["step"].count()  # eval records, with an accuracy or not (diverged)
     scored = by_step.dropna(subset=["eval_accuracy"])
     final = scored.drop_duplicates("run", keep="last").set_index("run")
     runs["final_accuracy"] = final["eval_accuracy"]
