@@ -15,6 +15,7 @@ import shlex
 from datetime import datetime, timezone
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -115,13 +116,18 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
         todo = pending_runs(config, out, args.resume, world_size)
     except (ConfigError, ValueError) as e:
         return str(e)
+    except OSError as e:
+        return f"--out {out}: cannot read it ({e.strerror or e})"
     missing = missing_data(config.dataset, config.data.root, config.train.batch_size) if todo else None
     if missing:
         return missing
-    try:
-        (out / "runs").mkdir(parents=True, exist_ok=True)  # the last check: can results be written there at all
-    except OSError as e:
-        return f"--out {out}: cannot make the results directory there ({e.strerror or e})"
+    for folder in ("runs", "checkpoints"):  # the last check: can results and checkpoints be written there at all
+        try:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out / folder):
+                pass
+        except OSError as e:
+            return f"--out {out}: cannot write {folder} there ({e.strerror or e})"
     return out, todo
 
 
@@ -206,14 +212,29 @@ def _env(args) -> int:
 def _report(args) -> int:
     from decorbench.report import render_report
 
-    one_dir = len(args.results) == 1 and Path(args.results[0]).is_dir()
-    default = Path(args.results[0]) / "report.html" if one_dir else Path("report.html")
+    if args.output == "":
+        return _fail("-o is empty: name the .html file to write")
     try:
+        one_dir = len(args.results) == 1 and Path(args.results[0]).is_dir()
+        default = Path(args.results[0]) / "report.html" if one_dir else Path("report.html")
         path = render_report(args.results, Path(args.output) if args.output else default, target=args.target)
     except ValueError as e:
         return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot read {e.filename or 'the results'} ({e.strerror or e})")
     _say(f"decorbench: report written to {path}")
     return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (what to run for help in it) and exit 2, like every bad input."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _main(argv)
+    except _UsageError as e:
+        return _fail(str(e))
     except KeyboardInterrupt:  # Ctrl-C in report or env (run has its own handler)
         _say("\ndecorbench: aborted; every record written so far is kept")
         return EXIT_INTERRUPTED
@@ -232,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     from decorbench.configs import builtin_names
 
-    parser = argparse.ArgumentParser(prog="decorbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="decorbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite of BP and DBP trainings (a TOML file or a built-in name)")
     run.add_argument("config", help=f"path to a suite TOML, or a built-in: {', '.join(builtin_names())}")

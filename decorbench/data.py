@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from decorbench.meters.memory import host_memory_bytes
+
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "imagenette", "synthetic")
 
 _FOLDER_OPTIONS = {"image_size": 224, "num_workers": None}  # None: min(8, cpu count)
@@ -78,7 +80,7 @@ def _check_synthetic_fits(opts: dict) -> None:
     """Synthetic data is drawn whole in host memory (float32): a size that cannot fit would fail every run."""
     images = opts["train_size"] + opts["test_size"] + opts["num_classes"]  # and the class means
     need = 4 * images * opts["channels"] * opts["image_size"] ** 2
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = host_memory_bytes()
     if need > have:
         raise ValueError(f"synthetic data of {images} images of {opts['channels']}×{opts['image_size']}² floats needs "
                          f"{need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB of memory")
@@ -283,6 +285,13 @@ def missing_data(name: str, root: str | Path | None = None, batch_size: int = 1)
     """Why data set `name` cannot be read from `root` (None: its default place), or an image folder holds fewer
     training images than `batch_size`, in one line; None when its files are there (or it needs none). Checked
     before a suite writes anything, and again when the data are loaded."""
+    try:
+        return _why_missing(name, root, batch_size)
+    except OSError as e:  # a folder on the way that may not be read
+        return f"{name}: cannot read {e.filename or _files_root(name, root)} ({e.strerror or e})"
+
+
+def _why_missing(name: str, root: str | Path | None, batch_size: int) -> str | None:
     if name in _CIFAR:
         base = _files_root(name, root)
         folder, train_files, test_file = _CIFAR[name][:3]
@@ -310,7 +319,8 @@ def _images(folder: Path) -> Iterator[str]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     for parent, _, files in os.walk(folder, followlinks=True):
-        yield from (os.path.join(parent, f) for f in files if f.lower().endswith(IMG_EXTENSIONS))
+        yield from (path for path in (os.path.join(parent, f) for f in files if f.lower().endswith(IMG_EXTENSIONS))
+                    if os.path.isfile(path))  # not a link to nothing
 
 
 def _folder_problem(name: str, base: Path, batch_size: int) -> str | None:
@@ -341,21 +351,31 @@ def _cifar(root: Path, augment: bool, **meta) -> Data:
     folder, train_files, test_file, label_key, mean, std = _CIFAR[name]
     path = root / folder
 
+    classes = 10 if name == "cifar10" else 100
+
     def read(files: list[str]) -> tuple[Tensor, Tensor]:
         entries = []
         for f in files:
             try:
                 with open(path / f, "rb") as fh:
                     entry = pickle.load(fh, encoding="latin1")  # Python 2 pickles, as torchvision reads them
-                entries.append((np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), entry[label_key]))
-            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+                images, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
+                if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
+                    raise ValueError(f"data is {images.dtype} of shape {images.shape}, not uint8 rows of 3×32×32")
+                if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or not len(images):
+                    raise ValueError(f"{labels.shape[0] if labels.ndim else 'no'} labels of kind {labels.dtype} for "
+                                     f"{len(images)} images, not one integer label per image")
+                if labels.min() < 0 or labels.max() >= classes:
+                    raise ValueError(f"labels in {labels.min()}..{labels.max()}, not 0..{classes - 1}")
+                entries.append((images.reshape(-1, 3, 32, 32), labels))
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
                 raise ValueError(f"{path / f}: not a {name} python-version batch file (damaged download?): "
                                  f"{type(e).__name__}: {e}") from e
         return (torch.from_numpy(np.concatenate([x for x, _ in entries])),
-                torch.tensor([label for _, labels in entries for label in labels]))
+                torch.from_numpy(np.concatenate([y for _, y in entries]).astype(np.int64)))
 
     return TensorData(*read(train_files), *read([test_file]), crop_flip=augment, mean=mean, std=std,
-                      num_classes=10 if name == "cifar10" else 100, **meta)
+                      num_classes=classes, **meta)
 
 
 def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:

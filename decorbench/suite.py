@@ -32,6 +32,7 @@ from decorbench.data import DATASETS, check_options, input_shape, known_train_si
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
+from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
 from decorbench.results import RunWriter, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
@@ -148,13 +149,19 @@ def _apply_override(table: dict, assignment: str) -> None:
 def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     """A built-in suite by name or a TOML file by path, with `section.key=value` overrides applied."""
     path = Path(name_or_path)
-    if path.is_file():
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError as e:  # e.g. a folder on the way that may not be read
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
+    if is_file:
         try:
             text = path.read_text(encoding="utf-8-sig")  # TOML is UTF-8; an editor's byte-order mark is harmless
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read it as UTF-8 text ({e})") from e
     elif name_or_path in builtin_names():
         text = resources.files("decorbench.configs").joinpath(f"{name_or_path}.toml").read_text()
+    elif is_dir:
+        raise ConfigError(f"{path} is a directory, not a config file")
     elif path.suffix == ".toml" or path.exists():
         raise ConfigError(f"config file not found: {path}")
     else:
@@ -180,6 +187,10 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     if not SUITE_NAME.fullmatch(config.name):
         raise ConfigError(f"name {config.name!r} must be letters, digits, '.', '_' or '-' (it names files), "
                           "not starting with '.'")
+    longest = max(len(spec.run_id.encode()) for spec in config.runs()) + len(".jsonl.tmp")
+    if longest > 255:  # the longest file name most file systems take
+        raise ConfigError(f"name {config.name[:20]!r}… is {longest - 255} characters too long: a run's file name "
+                          "would exceed 255 bytes")
     bad_seeds = [seed for seed in config.seeds if not 0 <= seed < 2**32]
     if bad_seeds:
         raise ConfigError(f"seeds must be in 0 .. 2**32 - 1, got {bad_seeds[0]}")
@@ -201,8 +212,9 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
 
 
 def _check_models(config: SuiteConfig) -> None:
-    """Every model tried on the data set's input shape, and the dbp.skip / dbp.only patterns on every model, before
-    any run: an image too small for a model, or a pattern's typo, would fail every run of it."""
+    """Every model tried on the data set's input shape, and decorrelated with the dbp.skip / dbp.only patterns,
+    before any run: an image too small for a model, a pattern's typo, or decorrelation matrices larger than the
+    machine's memory (an MLP's first R on 224² images is 84 GiB) would fail every run of it."""
     shape = input_shape(config.dataset, config.data.options)
     d = config.dbp
     for model in config.models:
@@ -214,11 +226,16 @@ def _check_models(config: SuiteConfig) -> None:
                 size = "×".join(map(str, shape))
                 raise ConfigError(f"model {model} cannot train on {config.dataset} inputs of {size} in batches of "
                                   f"{config.train.batch_size} ({str(e).splitlines()[0]})") from e
-        if "dbp" in config.methods and (d.skip or d.only is not None):
+        if "dbp" in config.methods:
             try:
                 decorrelate(net, skip=d.skip, only=d.only)
             except ValueError as e:
                 raise ConfigError(f"dbp.{e} {model}") from e
+            state = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+            if state > host_memory_bytes():  # built on the host first; each R is d×d for a layer's input size d
+                raise ConfigError(f"model {model} with DBP on {config.dataset} inputs of {'×'.join(map(str, shape))} "
+                                  f"holds {state / 2**30:.3g} GiB of weights and decorrelation matrices; this "
+                                  f"machine has {host_memory_bytes() / 2**30:.3g} GiB of memory")
 
 
 def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
@@ -261,18 +278,23 @@ def checkpoint_path(out: Path, run_id: str) -> Path:
     return out / "checkpoints" / f"{run_id}.pt"
 
 
+_RUN_RECORD_START = b'{"type": "run", '  # how RunWriter starts every file
+
+
 def _read_stored(path: Path, run_id: str) -> dict:
     """The records of `run_id` at `path`, or ConfigError if the file is not that run's: --resume never replaces a
-    file it did not write. A file without one complete line (a crash cut the run record) is that run's to redo."""
+    file it did not write. A file that starts as RunWriter starts one but holds no run record (a crash cut it) is
+    that run's to redo."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a cut-off last line is repaired when the run resumes, and said then
             stored = read_run(path)
-        complete_lines = b"\n" in path.read_bytes()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
     run = stored["run"]
-    if (run is None and complete_lines) or (run is not None and run.get("run_id") != run_id):
+    cut_run_record = data.startswith(_RUN_RECORD_START[:len(data)])
+    if (run is None and not cut_run_record) or (run is not None and run.get("run_id") != run_id):
         raise ConfigError(f"{path} is not the results file of run {run_id}; move it away to resume this suite")
     return stored
 
@@ -300,7 +322,7 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
                 raise ConfigError(f"{path} was run with other settings ({'; '.join(changed[:3])}"
                                   f"{'; ...' if len(changed) > 3 else ''}); --resume continues a suite with the same "
                                   "settings: choose another --out for new ones")
-            if stored["end"] is not None and stored["end"]["status"] in FINISHED:
+            if stored["end"] is not None and stored["end"].get("status") in FINISHED:
                 with contextlib.suppress(OSError):  # left by a kill just after its end record
                     checkpoint_path(out, spec.run_id).unlink(missing_ok=True)
             else:

@@ -82,7 +82,13 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
      "synthetic data of 2570 images of 3×100000² floats needs"),
     (["run", "smoke", "--set", "dataset=cifar10", "--set", "data.root=\"no-data\""],
      "cifar10 not found: expected no-data/cifar-10-batches-py/"),
-    (["run", "smoke", "--set", "dataset=imagenette"], "imagenette not found: expected"),
+    (["run", "smoke", "--set", "dataset=imagenette", "--set", 'models=["small-cnn"]'],
+     "imagenette not found: expected"),
+    (["run", "smoke", "--bogus"], "unrecognized arguments: --bogus (see: decorbench --help)"),
+    (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.image_size=224"],
+     "model mlp with DBP on synthetic inputs of 3×224×224 holds 84.6 GiB of weights and decorrelation matrices"),
+    (["run", "smoke", "--set", f"name=\"{'a' * 240}\""], "characters too long: a run's file name would exceed 255"),
+    (["run", "."], ". is a directory, not a config file"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -125,11 +131,26 @@ def test_a_config_file_must_be_utf8_and_may_start_with_a_byte_order_mark(tmp_pat
 
 def test_an_out_that_cannot_hold_results_is_bad_input(tmp_path, capsys):
     (tmp_path / "file").write_text("keep me")
-    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+    (tmp_path / "blocked" / "runs").mkdir(parents=True)
+    (tmp_path / "blocked" / "checkpoints").write_text("keep me too")  # where the checkpoints would go
+    for out, folder in ((tmp_path / "file", "runs"), (tmp_path / "file" / "below", "runs"),
+                        (tmp_path / "blocked", "checkpoints")):
         assert main(["run", "smoke", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and f"--out {out}: cannot make the results directory there" in err[0], err
+        assert len(err) == 1 and f"--out {out}: cannot write {folder} there" in err[0], err
     assert (tmp_path / "file").read_text() == "keep me"
+    assert (tmp_path / "blocked" / "checkpoints").read_text() == "keep me too"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "x", "--target", "abc"], "argument --target: invalid float value: 'abc'"),
+    (["report", ".", "-o", ""], "-o is empty: name the .html file to write"),
+    (["run"], "the following arguments are required: config (see: decorbench run --help)"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"decorbench: error: {message}"), err
 
 
 def test_report_bad_output_exits_2_with_one_line(tmp_path, capsys):
@@ -265,7 +286,7 @@ def test_an_unreadable_checkpoint_starts_the_run_again_in_a_fresh_file(tmp_path,
     assert steps[0] == 5 and steps == sorted(set(steps)) and records["end"]["status"] == "completed"
 
 
-@pytest.mark.parametrize("content", ["not results\n", "dir"])
+@pytest.mark.parametrize("content", ["not results\n", "my precious notes", "dir"])
 def test_resume_refuses_to_replace_what_is_not_the_runs_results_file(content, tmp_path, capsys):
     path = run_path(tmp_path, "smoke-digits-mlp-bp-s0")
     path.parent.mkdir(parents=True)
@@ -274,6 +295,16 @@ def test_resume_refuses_to_replace_what_is_not_the_runs_results_file(content, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0], err
     assert path.is_dir() if content == "dir" else path.read_text() == content
+
+
+def test_resume_redoes_a_run_whose_file_a_crash_cut_in_its_run_record_or_whose_end_lacks_a_status(tmp_path):
+    args = ["run", "smoke", "--out", str(tmp_path), "--set", "budget.max_steps=5", *ONE_PAIR]
+    assert main(args) == 0
+    cut, odd = run_path(tmp_path, "smoke-digits-mlp-bp-s0"), run_path(tmp_path, "smoke-digits-mlp-dbp-s0")
+    cut.write_bytes(cut.read_bytes()[:40])
+    odd.write_text("".join(odd.read_text().splitlines(keepends=True)[:-1]) + '{"type": "end"}\n')
+    assert main([*args, "--resume"]) == 0
+    assert read_run(cut)["end"]["status"] == read_run(odd)["end"]["status"] == "completed"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -2,6 +2,7 @@
 (tiny hand-made CIFAR pickles and image folders), clear errors. Offline and fast."""
 
 import pickle
+import re
 import shutil
 import struct
 
@@ -271,12 +272,25 @@ def test_image_folders_imagefolder_cannot_read_are_named_before_any_run(folder_r
         load_data("imagenette", batch_size=2, seed=0, root=folder_root)
 
 
-def test_a_damaged_cifar_file_is_one_line_naming_it(cifar_root):
+@pytest.mark.parametrize("damage, why", [
+    ("cut", "UnpicklingError|EOFError"),
+    ({b"labels": [1, 2, 3]}, "3 labels of kind int64 for 2 images"),  # would pair images with the wrong labels
+    ({b"labels": [1, 10]}, "labels in 1..10, not 0..9"),
+    ({b"labels": [1.0, 2.0]}, "labels of kind float64"),
+    ({b"data": np.zeros((2, 100), np.uint8)}, "not uint8 rows of 3×32×32"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "for 0 images"),
+])
+def test_a_damaged_cifar_file_is_one_line_naming_it_and_what_is_wrong(cifar_root, damage, why):
     batch = cifar_root / "cifar-10-batches-py" / "data_batch_3"
-    batch.write_bytes(batch.read_bytes()[:100])  # a download cut short
+    if damage == "cut":
+        batch.write_bytes(batch.read_bytes()[:100])  # a download cut short
+    else:
+        with open(batch, "rb") as f:
+            entry = {key.encode(): value for key, value in pickle.load(f, encoding="latin1").items()}
+        dump(batch, {**entry, **damage})
     with pytest.raises(ValueError, match=f"{batch}: not a cifar10 python-version batch file") as err:
         load_data("cifar10", batch_size=2, seed=0, root=cifar_root)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and re.search(why, str(err.value)), err.value
 
 
 # --- synthetic ----------------------------------------------------------------------------------------------

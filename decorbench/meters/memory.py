@@ -6,6 +6,7 @@ None after it: the process's peak since it started would include every earlier r
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -45,3 +46,8 @@ def peak_memory_bytes(device: torch.device) -> int | None:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+def host_memory_bytes() -> int:
+    """The machine's physical memory: what anything built whole on the host (a data set, a model) must fit in."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -39,8 +39,9 @@ def _load(paths) -> tuple:
             evals, error = load(paths), None
         except ValueError as e:
             evals, error = None, e
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if error is None:  # else the one-line error below says what went wrong
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     skipped = [str(w.message) for w in caught if w.category is UserWarning]
     if error is not None:
         last = f" ({len(skipped)} problem(s) while reading; the last: {skipped[-1]})" if skipped else ""
