@@ -107,7 +107,7 @@ class _ProgressBars:
 
 def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
     """(results directory, runs to do), or why not in one line. Reads the results directory: rank 0 only."""
-    from decorbench.data import missing_data
+    from decorbench.data import damaged_data, missing_data
     from decorbench.suite import ConfigError, pending_runs
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -118,9 +118,10 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
         return str(e)
     except OSError as e:
         return f"--out {out}: cannot read it ({e.strerror or e})"
-    missing = missing_data(config.dataset, config.data.root, config.train.batch_size) if todo else None
-    if missing:
-        return missing
+    unusable = todo and (missing_data(config.dataset, config.data.root, config.train.batch_size)
+                         or damaged_data(config.dataset, config.data.root))
+    if unusable:
+        return unusable
     for folder in ("runs", "checkpoints"):  # the last check: can results and checkpoints be written there at all
         try:
             (out / folder).mkdir(parents=True, exist_ok=True)

@@ -346,36 +346,50 @@ def _folder_problem(name: str, base: Path, batch_size: int) -> str | None:
     return None
 
 
+def _read_cifar(name: str, path: Path, files: list[str]) -> tuple[Tensor, Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels of CIFAR batch `files` in `path`; ValueError (one line, naming the file
+    and what is wrong) for a file that is not one."""
+    label_key, classes = _CIFAR[name][3], 10 if name == "cifar10" else 100
+    entries = []
+    for f in files:
+        try:
+            with open(path / f, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")  # Python 2 pickles, as torchvision reads them
+            images, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
+            if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"data is {images.dtype} of shape {images.shape}, not uint8 rows of 3×32×32")
+            if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or not len(images):
+                raise ValueError(f"{labels.shape[0] if labels.ndim else 'no'} labels of kind {labels.dtype} for "
+                                 f"{len(images)} images, not one integer label per image")
+            if labels.min() < 0 or labels.max() >= classes:
+                raise ValueError(f"labels in {labels.min()}..{labels.max()}, not 0..{classes - 1}")
+            entries.append((images.reshape(-1, 3, 32, 32), labels))
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"{path / f}: not a {name} python-version batch file (damaged download?): "
+                             f"{type(e).__name__}: {e}") from e
+    return (torch.from_numpy(np.concatenate([x for x, _ in entries])),
+            torch.from_numpy(np.concatenate([y for _, y in entries]).astype(np.int64)))
+
+
+def damaged_data(name: str, root: str | Path | None = None) -> str | None:
+    """Why the files of data set `name` that are there cannot be read as it, in one line, or None. CIFAR's batch
+    files are read whole (≈ 1 s, before a suite writes anything); image files are decoded by the runs only (all of
+    ImageNet's would take hours)."""
+    if name not in _CIFAR:
+        return None
+    folder, train_files, test_file = _CIFAR[name][:3]
+    try:
+        _read_cifar(name, _files_root(name, root) / folder, [*train_files, test_file])
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _cifar(root: Path, augment: bool, **meta) -> Data:
     name = meta["name"]
-    folder, train_files, test_file, label_key, mean, std = _CIFAR[name]
-    path = root / folder
-
-    classes = 10 if name == "cifar10" else 100
-
-    def read(files: list[str]) -> tuple[Tensor, Tensor]:
-        entries = []
-        for f in files:
-            try:
-                with open(path / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")  # Python 2 pickles, as torchvision reads them
-                images, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
-                if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
-                    raise ValueError(f"data is {images.dtype} of shape {images.shape}, not uint8 rows of 3×32×32")
-                if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or not len(images):
-                    raise ValueError(f"{labels.shape[0] if labels.ndim else 'no'} labels of kind {labels.dtype} for "
-                                     f"{len(images)} images, not one integer label per image")
-                if labels.min() < 0 or labels.max() >= classes:
-                    raise ValueError(f"labels in {labels.min()}..{labels.max()}, not 0..{classes - 1}")
-                entries.append((images.reshape(-1, 3, 32, 32), labels))
-            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
-                raise ValueError(f"{path / f}: not a {name} python-version batch file (damaged download?): "
-                                 f"{type(e).__name__}: {e}") from e
-        return (torch.from_numpy(np.concatenate([x for x, _ in entries])),
-                torch.from_numpy(np.concatenate([y for _, y in entries]).astype(np.int64)))
-
-    return TensorData(*read(train_files), *read([test_file]), crop_flip=augment, mean=mean, std=std,
-                      num_classes=classes, **meta)
+    folder, train_files, test_file, _, mean, std = _CIFAR[name]
+    return TensorData(*_read_cifar(name, root / folder, train_files), *_read_cifar(name, root / folder, [test_file]),
+                      crop_flip=augment, mean=mean, std=std, num_classes=10 if name == "cifar10" else 100, **meta)
 
 
 def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:

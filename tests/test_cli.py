@@ -16,6 +16,7 @@ from decorbench.configs import builtin_names
 from decorbench.data import load_data
 from decorbench.results import load, read_run, run_path
 from decorbench.suite import load_config, pending_runs, run_suite
+from test_data import cifar_root  # noqa: F401 (a fixture)
 
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
 
@@ -96,6 +97,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("decorbench: error:") and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_cifar_download_is_exit_2_before_any_run(cifar_root, tmp_path, capsys):
+    batch = cifar_root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:100])  # a download cut short
+    out = tmp_path / "out"
+    assert main(["run", "smoke", "--out", str(out), "--set", "dataset=cifar10", "--set", f'data.root="{cifar_root}"',
+                 *ONE_PAIR]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{batch}: not a cifar10 python-version batch file" in err[0], err
+    assert not out.exists()
 
 
 def test_a_builtin_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
