@@ -51,8 +51,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 class _Signals:
     """SIGINT/SIGTERM during `decorbench run`. While it starts they only set `stop`: nothing is half-done yet, and
     an exception raised inside torch's import can abort the process. Once the suite runs (`running`), the first is
-    announced with the command that continues, the current run checkpoints after its step and stops, and a second SIGINT
-    ends the process at once. Not by raising KeyboardInterrupt: raised inside a library's lock (codecarbon's
+    announced with the command that continues, the current run checkpoints after its step and stops, and a second
+    SIGINT ends the process at once. Not by raising KeyboardInterrupt: raised inside a library's lock (codecarbon's
     scheduler takes one without try/finally) it left the lock held and the clean-up waiting on it forever. Every
     record is on disk already, so exiting loses nothing but the current run's end record."""
 
@@ -74,8 +74,8 @@ class _Signals:
                 sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
         if self.announce and not self.stop.is_set():
-            _say(f"\ndecorbench: {signal.Signals(signum).name}: saving a checkpoint after the current step, then stopping; "
-                 f"continue with: {self.hint}")
+            _say(f"\ndecorbench: {signal.Signals(signum).name}: saving a checkpoint after the current step, then "
+                 f"stopping; continue with: {self.hint}")
         self.stop.set()
 
 

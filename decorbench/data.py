@@ -82,8 +82,8 @@ def _check_synthetic_fits(opts: dict) -> None:
     need = 4 * images * opts["channels"] * opts["image_size"] ** 2
     have = host_memory_bytes()
     if need > have:
-        raise ValueError(f"synthetic data of {images} images of {opts['channels']}×{opts['image_size']}² floats needs "
-                         f"{need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB of memory")
+        raise ValueError(f"synthetic data of {images} images of {opts['channels']}×{opts['image_size']}² floats "
+                         f"needs {need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB of memory")
 
 
 _CIFAR = {  # folder, train files, test file, label key, per-channel mean and std of the training images

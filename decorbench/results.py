@@ -217,6 +217,15 @@ class RunWriter:
                 self.end(status, f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
 
 
+_RUN_RECORD_START = json.dumps({"type": "run"})[:-1].encode() + b", "  # how RunWriter begins every file
+
+
+def begins_as_written(data: bytes) -> bool:
+    """Whether `data` (a file's bytes, maybe cut short by a crash) begins as RunWriter begins a results file: one
+    that does not was never written by it, and is not a results file to resume or replace."""
+    return data.startswith(_RUN_RECORD_START[:len(data)])
+
+
 def _eval_past(line: bytes, step: int) -> bool:
     try:
         record = json.loads(line)

@@ -34,7 +34,7 @@ from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
 from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
-from decorbench.results import RunWriter, provenance, read_run, run_path
+from decorbench.results import RunWriter, begins_as_written, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
@@ -232,10 +232,11 @@ def _check_models(config: SuiteConfig) -> None:
             except ValueError as e:
                 raise ConfigError(f"dbp.{e} {model}") from e
             state = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
-            if state > host_memory_bytes():  # built on the host first; each R is d×d for a layer's input size d
+            have = host_memory_bytes()
+            if state > have:  # built on the host first; each R is d×d for a layer's input size d
                 raise ConfigError(f"model {model} with DBP on {config.dataset} inputs of {'×'.join(map(str, shape))} "
                                   f"holds {state / 2**30:.3g} GiB of weights and decorrelation matrices; this "
-                                  f"machine has {host_memory_bytes() / 2**30:.3g} GiB of memory")
+                                  f"machine has {have / 2**30:.3g} GiB of memory")
 
 
 def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
@@ -278,9 +279,6 @@ def checkpoint_path(out: Path, run_id: str) -> Path:
     return out / "checkpoints" / f"{run_id}.pt"
 
 
-_RUN_RECORD_START = b'{"type": "run", '  # how RunWriter starts every file
-
-
 def _read_stored(path: Path, run_id: str) -> dict:
     """The records of `run_id` at `path`, or ConfigError if the file is not that run's: --resume never replaces a
     file it did not write. A file that starts as RunWriter starts one but holds no run record (a crash cut it) is
@@ -293,8 +291,7 @@ def _read_stored(path: Path, run_id: str) -> dict:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
     run = stored["run"]
-    cut_run_record = data.startswith(_RUN_RECORD_START[:len(data)])
-    if (run is None and not cut_run_record) or (run is not None and run.get("run_id") != run_id):
+    if (run is None and not begins_as_written(data)) or (run is not None and run.get("run_id") != run_id):
         raise ConfigError(f"{path} is not the results file of run {run_id}; move it away to resume this suite")
     return stored
 

@@ -292,18 +292,20 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         if saved["spec"] != dataclasses.asdict(spec):
             raise ValueError(f"resume_from is a checkpoint of another run than {spec.run_id}")
         _restore(saved, net, opt, scheduler, device)
-        step, stopwatch.total_s, wall_start = saved["step"], saved["train_time_s"], wall_start - saved["wall_time_s"]
+        carried_totals = saved["totals"]
+        step, stopwatch.total_s = saved["step"], carried_totals["train_time_s"]
+        wall_start -= saved["wall_time_s"]
         window, updates = saved["window"]["steps"], saved["window"]["updates"]
         train_loss[()], decor_loss[()] = saved["window"]["losses"][distributed.rank()]
         if saved["end"] is not None:  # it had ended, and was stopped before it could say so
-            return (*saved["end"], saved["totals"])
+            return (*saved["end"], carried_totals)
     # A resumed run continues its totals (rank 0 carries them; the other ranks add what they measure from now on);
     # a checkpoint without them (unmeasured) leaves them unknown.
     carried = resumed and distributed.is_main()
     if energy is not None:
-        energy.reset(saved["energy_j"] if carried else 0.0)
+        energy.reset(carried_totals["energy_j"] if carried else 0.0)
     if carbon is not None:
-        carbon.reset(saved["co2_kg"] if carried else 0.0)
+        carbon.reset(carried_totals["co2_kg"] if carried else 0.0)
 
     def stop_agreed(at_eval: bool) -> bool:
         """Whether to stop now. Ranks must stop at the same step, so under DDP they agree at every eval point and
@@ -350,10 +352,9 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         losses = distributed.gather([train_loss.item(), decor_loss.item()])
         if distributed.is_main():
             save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
-                                         "train_time_s": totals["train_time_s"], "wall_time_s": time.perf_counter()
-                                         - wall_start, "energy_j": totals["energy_j"], "co2_kg": totals["co2_kg"],
+                                         "wall_time_s": time.perf_counter() - wall_start, "totals": totals,
                                          "window": {"steps": window, "updates": updates, "losses": losses},
-                                         "end": end, "totals": totals, **state})
+                                         "end": end, **state})
 
     begin_training_window()
     while True:

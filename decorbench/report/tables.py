@@ -87,7 +87,8 @@ def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
     if column == "final_accuracy":  # of the runs that ended where they should, as the default target is
         ended = part.loc[part["scored"], column]
         if ended.empty:
-            return _cell(median(part[column]), kind, f"n = {part[column].notna().sum()}, none finished: their last accuracies")
+            last = part[column].notna().sum()
+            return _cell(median(part[column]), kind, f"n = {last}, none finished: their last accuracies")
         early = part[part["problem"] & part[column].notna()]
         return _cell(median(ended), kind, f"n = {len(ended)}" + (f" ({problem_note(early)} left out)" if len(early)
                                                                   else ""))
