@@ -165,7 +165,7 @@ def _probe_energy() -> tuple[str, str]:
                 power.append(f"not needed on {name} (the counter works); the fallback when it does not")
             else:
                 counter.append(f"not supported on {name}")
-                power.append(f"works on {name}: power sampled every 0.1 s and integrated")
+                power.append(f"works on {name}: {meter.power_reading} sampled every 0.1 s and integrated")
     return "; ".join(counter), "; ".join(power)
 
 

@@ -37,13 +37,14 @@ class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
 
 
 class FakeNVML:
-    """Four GPUs, NVML index i at PCI bus 0x10+i. `counter` / `power`: callables giving mJ / mW (or raising);
-    None means not supported."""
+    """Four GPUs, NVML index i at PCI bus 0x10+i. `counter` / `power` / `instant` (the instantaneous power field):
+    callables giving mJ / mW / mW (or raising); None means not supported."""
 
     NVMLError = NVMLError
+    NVML_SUCCESS, NVML_ERROR_NOT_SUPPORTED, NVML_FI_DEV_POWER_INSTANT = 0, 3, 186
 
-    def __init__(self, counter=None, power=None, init_error=None, processes=None, mig=None):
-        self.counter, self.power, self.init_error = counter, power, init_error
+    def __init__(self, counter=None, power=None, init_error=None, processes=None, mig=None, instant=None):
+        self.counter, self.power, self.init_error, self.instant = counter, power, init_error, instant
         self.processes, self.mig = processes, mig  # callable giving the board's compute PIDs; MIG mode (0/1)
         self.inits = self.shutdowns = 0
         self.calls = []
@@ -86,6 +87,14 @@ class FakeNVML:
             raise NVMLError_NotSupported("Not Supported")
         return self.power()
 
+    def nvmlDeviceGetFieldValues(self, handle, field_ids):
+        """As NVML does: the call succeeds, each field says whether it was read (unsigned int milliwatts)."""
+        assert field_ids == [self.NVML_FI_DEV_POWER_INSTANT]
+        if self.instant is None:
+            return [SimpleNamespace(nvmlReturn=self.NVML_ERROR_NOT_SUPPORTED, valueType=1,
+                                    value=SimpleNamespace(uiVal=0))]
+        return [SimpleNamespace(nvmlReturn=self.NVML_SUCCESS, valueType=1,
+                                value=SimpleNamespace(uiVal=self.instant()))]
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         if self.processes is None:
@@ -279,6 +288,28 @@ def test_power_path_integrates_samples_with_the_trapezoid_rule():
     clock.t = 105.0
     assert meter.end_window() == pytest.approx(400.0)  # + 50 W · 1 s
     assert meter.power_samples == [(0.0, 100.0), (1.0, 200.0), (2.0, 200.0), (3.0, 50.0), (4.0, 50.0), (5.0, 50.0)]
+
+
+def test_power_path_reads_the_instantaneous_field_where_the_driver_has_it():
+    """nvmlDeviceGetPowerUsage is a 1 s average on Ampere and newer: integrating it shifts each window."""
+    clock = Clock()
+    fake = FakeNVML(power=lambda: 999_000, instant=lambda: {100.0: 100_000, 101.0: 300_000}[clock.t])
+    meter = EnergyMeter("cuda:0", nvml=fake, clock=clock, sample_interval_s=0)
+    assert (meter.source, meter.power_reading) == ("nvml-power", "NVML_FI_DEV_POWER_INSTANT")
+    meter.begin_window()
+    clock.t = 101.0
+    assert meter.end_window() == pytest.approx(200.0)  # (100 + 300) / 2 W · 1 s; the 999 W average never read
+
+    without = EnergyMeter("cuda:0", nvml=FakeNVML(power=lambda: 50_000), clock=clock, sample_interval_s=0)
+    assert (without.source, without.power_reading) == ("nvml-power", "nvmlDeviceGetPowerUsage")
+
+
+def test_instantaneous_power_failing_mid_run_names_the_field():
+    fake = FakeNVML(instant=readings(100_000, 100_000, NVMLError_GpuIsLost("GPU is lost")))
+    meter = EnergyMeter("cuda:0", nvml=fake, clock=Clock(), sample_interval_s=0)
+    meter.begin_window()
+    assert meter.end_window() is None
+    assert "NVML_FI_DEV_POWER_INSTANT failed at a window end (NVMLError_GpuIsLost" in meter.unavailable_reason
 
 
 def test_power_sampler_thread_gives_power_times_duration_for_constant_power():

@@ -9,8 +9,11 @@
 Sources, best first (DESIGN.md §5):
 - "nvml-counter": `nvmlDeviceGetTotalEnergyConsumption`, the driver's millijoule counter (Volta and newer), read
   once at `begin_window` and once at `end_window`. Nothing runs in between.
-- "nvml-power": where the counter is not supported, a daemon thread reads `nvmlDeviceGetPowerUsage` (milliwatts)
-  every `sample_interval_s` (and once at each window edge) and integrates it (trapezoid) over the open windows.
+- "nvml-power": where the counter is not supported, a daemon thread reads the board's power every
+  `sample_interval_s` (and once at each window edge) and integrates it (trapezoid) over the open windows. It reads
+  the instantaneous power field (`NVML_FI_DEV_POWER_INSTANT`) where the driver has it, else
+  `nvmlDeviceGetPowerUsage`, which on Ampere and newer boards is the average of the last second: there each
+  window's joules come from an interval about half a second late (`power_reading` says which one is read).
   Its (seconds since the meter was made, watts) samples are kept for power-over-time plots, thinned 2:1 whenever
   `max_samples` is reached, so they always span the whole life of the meter in bounded memory.
 - None: the device is not a CUDA GPU, nvidia-ml-py is missing, there is no NVIDIA driver, NVML cannot find the
@@ -44,6 +47,9 @@ from collections.abc import Callable
 import torch
 
 SOURCES = ("nvml-counter", "nvml-power")
+_INSTANT = "NVML_FI_DEV_POWER_INSTANT"
+# nvmlValueType_t -> the member of nvmlValue_t that holds it (nvml.h)
+_FIELD_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 _U64 = 1 << 64
 
 
@@ -135,6 +141,7 @@ class EnergyMeter:
         self.gpu_name: str | None = None
         self.nvml_index: int | None = None  # NVML's index of the GPU (also codecarbon's gpu_ids)
         self.mapping: str | None = None  # how the torch device was matched to the NVML device
+        self.power_reading: str | None = None  # on the "nvml-power" path, the NVML reading sampled
         self.total_j: float | None = None  # cumulative joules of the closed windows since reset()
         self.warnings: list[str] = []  # why the joules may not be this run's alone, or may miss some
         self._most_processes = 0  # the most processes NVML listed on the board at a window end
@@ -196,7 +203,7 @@ class EnergyMeter:
             self.source = "nvml-counter"
         except Exception as counter_error:
             try:
-                nvml.nvmlDeviceGetPowerUsage(self._handle)
+                self.power_reading = self._choose_power_reading()
                 self.source = "nvml-power"
             except Exception as power_error:
                 self._shutdown()
@@ -302,8 +309,28 @@ class EnergyMeter:
     def _read_counter(self) -> int:
         return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
 
+    def _choose_power_reading(self) -> str:
+        """The instantaneous power field where this driver reads it, else nvmlDeviceGetPowerUsage (raises if
+        neither reads)."""
+        try:
+            self._read_instant_milliwatts()
+            return _INSTANT
+        except Exception:
+            self._nvml.nvmlDeviceGetPowerUsage(self._handle)
+            return "nvmlDeviceGetPowerUsage"
+
+    def _read_instant_milliwatts(self) -> int:
+        nvml = self._nvml
+        field = nvml.nvmlDeviceGetFieldValues(self._handle, [nvml.NVML_FI_DEV_POWER_INSTANT])[0]
+        if field.nvmlReturn != nvml.NVML_SUCCESS:
+            raise nvml.NVMLError(field.nvmlReturn)
+        return getattr(field.value, _FIELD_VALUE_MEMBER[field.valueType])
+
     def _read_power(self) -> tuple[float, float]:
-        milliwatts = self._nvml.nvmlDeviceGetPowerUsage(self._handle)
+        if self.power_reading == _INSTANT:
+            milliwatts = self._read_instant_milliwatts()
+        else:
+            milliwatts = self._nvml.nvmlDeviceGetPowerUsage(self._handle)
         return self._clock(), milliwatts / 1000.0
 
     def _counter_delta(self, start: int, end: int) -> int:
@@ -358,8 +385,7 @@ class EnergyMeter:
                 return
 
     def _fail(self, where: str, e: BaseException) -> None:
-        call = ("nvmlDeviceGetTotalEnergyConsumption" if self.source == "nvml-counter"
-                else "nvmlDeviceGetPowerUsage")
+        call = "nvmlDeviceGetTotalEnergyConsumption" if self.source == "nvml-counter" else self.power_reading
         self.unavailable_reason = (f"NVML: {call} failed {where} ({describe_nvml_error(e)}); energy from then on "
                                    f"is unknown, so the run's total is too")
         self.source, self.total_j, self._open = None, None, False

@@ -4,10 +4,10 @@ For each depth × batch, builds the BP and the DBP ResNet (CIFAR stem, 3×32×32
 batch) and times decorbench's own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16
 autocast and channels_last, optionally torch.compile) in windows of about `--window-s` seconds, BP and DBP windows
 taking turns so drifts in clocks and temperature hit both. Per window: CUDA-synchronised wall time, and the GPU's
-energy read two ways at once — NVML's energy counter and NVML power readings sampled every 0.1 s and integrated — so
-the two meters are checked against each other on the same work. Before the sweep, the idle GPU's power over
-`--idle-s` seconds. FLOPs per step are counted exactly (torch.utils.flop_counter, DBP's formation and update
-included); MFU = FLOPs/s ÷ the GPU's datasheet dense bf16 peak (`decorbench.gpus`).
+energy read two ways at once — NVML's energy counter and NVML power readings (instantaneous where the driver has
+them) sampled every 0.1 s and integrated — so the two meters are checked against each other on the same work. Before
+the sweep, the idle GPU's power over `--idle-s` seconds. FLOPs per step are counted exactly (torch.utils.flop_counter,
+DBP's formation and update included); MFU = FLOPs/s ÷ the GPU's datasheet dense bf16 peak (`decorbench.gpus`).
 
     python reports/scripts/gpu_step_cost.py --out reports/gpu/step_cost [--depths resnet18 resnet34]
         [--batches 128 256] [--paths eager compiled] [--windows 5] [--window-s 2] [--idle-s 5]
@@ -185,7 +185,8 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
     if pairs:
         deviation = [s / c - 1 for c, s in pairs]
         total = sum(s for _, s in pairs) / sum(c for c, _ in pairs) - 1
-        lines.append(f"Power sampling vs energy counter over the same {len(pairs)} windows: total "
+        lines.append(f"Power sampling ({state['power_reading'].get('sampled')}) vs energy counter over the same "
+                     f"{len(pairs)} windows: total "
                      f"{total:+.2%}, per window {min(deviation):+.2%} to {max(deviation):+.2%}.")
     for meter, reason in state["unavailable"].items():
         if reason:
@@ -199,13 +200,14 @@ def meter_state(energy: dict[str, EnergyMeter]) -> dict[str, dict]:
     """Why each meter cannot measure (None where it can) and its warnings (a shared board, MIG, a counter reset);
     a meter may fail or warn mid-sweep, so asked anew each time."""
     return {"unavailable": {k: m.unavailable_reason for k, m in energy.items()},
-            "warnings": {k: list(m.warnings) for k, m in energy.items()}}
+            "warnings": {k: list(m.warnings) for k, m in energy.items()},
+            "power_reading": {k: m.power_reading for k, m in energy.items()}}
 
 
 def write(out: Path, prov: dict, idle: dict, results: list[dict], state: dict) -> None:
     """Both files, each replaced whole (a job killed while writing leaves the previous version, not half a file)."""
     saved = {"provenance": prov, "dbp": DBP, "idle_watts": idle, "energy_unavailable": state["unavailable"],
-             "energy_warnings": state["warnings"], "results": results}
+             "energy_warnings": state["warnings"], "power_reading": state["power_reading"], "results": results}
     for suffix, text in ((".json", json.dumps(saved, indent=1)), (".md", markdown(prov, idle, results, state))):
         tmp = out.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
