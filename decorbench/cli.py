@@ -241,8 +241,18 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 a run failed, 2 bad input (one line, nothing written), 130 interrupted."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = threading.Event()
+
+    def interrupt(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)  # `run` replaces it with its own
     try:
-        return _main(argv)
+        status = _main(argv)
+        if interrupted.is_set():  # a library caught the KeyboardInterrupt on its way (numpy's import, in torch's)
+            raise KeyboardInterrupt
+        return status
     except _UsageError as e:
         return _fail(str(e))
     except KeyboardInterrupt:  # Ctrl-C in report or env (run has its own handler)

@@ -401,6 +401,19 @@ def test_the_printed_resume_command_keeps_the_device(tmp_path):
     assert f"decorbench run smoke --out {out} --device cpu " in hint and hint.endswith(" --resume")
 
 
+def test_ctrl_c_in_env_exits_130_even_when_a_library_swallows_it(monkeypatch, capsys):
+    def describe_swallowing_ctrl_c(country_iso_code):
+        try:  # as numpy's import inside torch's can: the KeyboardInterrupt never reaches decorbench
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return "environment"
+
+    monkeypatch.setattr("decorbench.env.describe_environment", describe_swallowing_ctrl_c)
+    assert main(["env"]) == 130
+    assert "aborted" in capsys.readouterr().err
+
+
 def test_env_reports_every_meter_and_exits_0(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
