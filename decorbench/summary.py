@@ -11,8 +11,8 @@ from decorbench.report.runs import GROUP, per_run, tidy
 
 
 def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
-    """One row per (dataset, model, method): runs, target, median final accuracy, median time to target, how many
-    seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's is), and the speed-up =
+    """One row per (dataset, model, method): how many of its runs finished, target, median final accuracy, median time to
+    target, how many seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's is), and the speed-up =
     median BP time-to-target / median DBP time-to-target.
 
     Final accuracies are of the runs that ended without a problem (not interrupted, failed, diverged or unfinished),
@@ -21,7 +21,8 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     runs, goal = per_run(tidy(evals), target)
     runs["final_accuracy"] = runs["final_accuracy"].where(runs["scored"])  # as the target: finished runs only
     table = runs.groupby([*GROUP, "method"]).agg(
-        runs=("final_accuracy", "size"), final_accuracy=("final_accuracy", "median"),
+        finished=("scored", lambda s: f"{int(s.sum())}/{len(s)}"),
+        final_accuracy=("final_accuracy", "median"),
         time_to_target_s=("time_to_target", "median"), reached=("reached", lambda s: f"{int(s.sum())}/{len(s)}"),
         co2e_g=("co2_kg", lambda s: s.median() * 1000 if s.notna().all() else float("nan")))
     table = table.join(goal, on=GROUP)
@@ -37,6 +38,7 @@ def format_summary(table: pd.DataFrame) -> str:
         if col in shown:
             spec = ".3g" if col == "co2e_g" else ".3f"  # grams span orders of magnitude
             shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else format(v, spec))
-    return ("time = training seconds to the first eval at or above the target, median over seeds; "
+    return ("finished = runs that ended without a problem (not interrupted, failed, diverged or killed before its end), of all; "
+            "final_accuracy = their median; time = training seconds to the first eval at or above the target, median over seeds; "
             "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
             "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False))

@@ -511,6 +511,7 @@ def test_runs_that_did_not_finish_are_left_out_of_final_accuracy_and_the_verdict
     assert "n = 3, none finished: their last accuracies" in row(shown, "final accuracy")
     table = summarize(load(tmp_path)).set_index("method")
     assert table.loc["bp", "final_accuracy"] == pytest.approx(0.81) and pd.isna(table.loc["dbp", "final_accuracy"])
+    assert (table.loc["bp", "finished"], table.loc["dbp", "finished"]) == ("3/4", "0/3")
 
 
 def test_claim_with_a_given_target_says_it_is_not_the_papers_measure(claimed, tmp_path):
