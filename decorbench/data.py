@@ -59,6 +59,11 @@ _OPTION_MINIMUM = {"image_size": 1, "num_workers": 0, "data_seed": 0, "num_class
                    "train_size": 1, "test_size": 1, "noise": 0}
 
 
+def resolved_options(name: str, options: dict) -> dict:
+    """`options` with data set `name`'s defaults for the keys it leaves out."""
+    return {**OPTIONS[name], **options}
+
+
 def check_options(name: str, options: dict) -> None:
     """ValueError (one line) for an option data set `name` does not take, or a value it cannot use."""
     unknown = sorted(set(options) - set(OPTIONS[name]))
@@ -73,7 +78,7 @@ def check_options(name: str, options: dict) -> None:
                 or value < _OPTION_MINIMUM[key]):
             raise ValueError(f"data.options.{key} must be {what} ≥ {_OPTION_MINIMUM[key]}, got {value!r}")
     if name == "synthetic":
-        _check_synthetic_fits({**OPTIONS[name], **options})
+        _check_synthetic_fits(resolved_options(name, options))
 
 
 def _check_synthetic_fits(opts: dict) -> None:
@@ -98,13 +103,13 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def known_train_size(name: str, options: dict) -> int | None:
     """The size of data set `name`'s training set without reading it, or None where only its files tell."""
     if name == "synthetic":
-        return {**OPTIONS[name], **options}["train_size"]
+        return resolved_options(name, options)["train_size"]
     return _TRAIN_SIZE.get(name)
 
 
 def input_shape(name: str, options: dict) -> tuple[int, int, int]:
     """(C, H, W) of one model input of data set `name` with `options`, known without reading any file."""
-    opts = {**OPTIONS[name], **options}
+    opts = resolved_options(name, options)
     if name == "digits":
         return 1, 8, 8
     if name in _CIFAR:
@@ -442,7 +447,7 @@ def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | s
         raise ValueError(f"batch_size {batch_size} (the global batch) does not split evenly over {world_size} "
                          "processes")
     check_options(name, options or {})
-    opts = {**OPTIONS[name], **(options or {})}
+    opts = resolved_options(name, options or {})
     meta = dict(name=name, batch_size=batch_size, seed=seed, device=torch.device(device), rank=rank,
                 world_size=world_size)
     missing = missing_data(name, root, batch_size)

@@ -28,7 +28,7 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint
 from decorbench.configs import builtin_names
-from decorbench.data import DATASETS, check_options, input_shape, known_train_size
+from decorbench.data import DATASETS, check_options, input_shape, known_train_size, resolved_options
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
@@ -241,12 +241,24 @@ def _check_models(config: SuiteConfig) -> None:
 
 def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
     """What makes a run this run, as its results record stores it (JSON types): a stored run with other settings
-    is another experiment."""
+    is another experiment. Data options with their defaults filled in, so the record says what was used."""
+    data = {"root": config.data.root, "options": resolved_options(spec.dataset, config.data.options)}
     return json.loads(json.dumps({
         "budget": dataclasses.asdict(spec.budget),
         "hyperparameters": {"train": dataclasses.asdict(spec.train),
                             "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
-                            "data": dataclasses.asdict(config.data)}}))
+                            "data": data}}))
+
+
+def _stored_settings(run: dict, dataset: str) -> dict:
+    """A stored run record's settings as _settings gives them (results written before data options were stored
+    with their defaults have them as the config gave them)."""
+    settings = json.loads(json.dumps({k: run.get(k) for k in ("budget", "hyperparameters")}))
+    hyperparameters = settings["hyperparameters"]
+    data = hyperparameters.get("data") if isinstance(hyperparameters, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("options"), dict):
+        data["options"] = resolved_options(dataset, data["options"])
+    return settings
 
 
 def _changed(stored: dict, settings: dict, where: str = "") -> list[str]:
@@ -313,7 +325,7 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
             raise ConfigError(f"{path} already exists; pass --resume to continue this suite or choose another --out")
         else:
             stored = _read_stored(path, spec.run_id)
-            changed = _changed({k: (stored["run"] or {}).get(k) for k in ("budget", "hyperparameters")},
+            changed = _changed(_stored_settings(stored["run"], spec.dataset),
                                _settings(spec, config)) if stored["run"] else []
             if changed:
                 raise ConfigError(f"{path} was run with other settings ({'; '.join(changed[:3])}"

@@ -15,7 +15,7 @@ from decorbench.cli import main
 from decorbench.configs import builtin_names
 from decorbench.data import load_data
 from decorbench.results import load, read_run, run_path
-from decorbench.suite import load_config, pending_runs, run_suite
+from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
 from test_data import cifar_root  # noqa: F401 (a fixture)
 
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
@@ -242,6 +242,25 @@ def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsy
     assert len(err) == 1 and "was run with other settings (budget.max_epochs: 1 -> 2)" in err[0], err
     assert "choose another --out" in err[0]
     assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
+
+
+def test_resume_takes_a_data_option_given_at_its_default_as_the_same_setting(tmp_path):
+    tiny = [*ONE_PAIR[1::2], 'methods=["bp"]', "dataset=synthetic", "budget.max_steps=2",
+            "data.options.train_size=64", "data.options.test_size=32"]
+    config = load_config("smoke", tiny)
+    run_suite(config, tmp_path, torch.device("cpu"), pending_runs(config, tmp_path, resume=False))
+    path = run_path(tmp_path, "smoke-synthetic-mlp-bp-s0")
+    stored = read_run(path)["run"]["hyperparameters"]["data"]["options"]
+    assert stored["data_seed"] == 0 and stored["train_size"] == 64  # the record says what was used
+    assert pending_runs(load_config("smoke", [*tiny, "data.options.data_seed=0"]), tmp_path, resume=True) == []
+    with pytest.raises(ConfigError, match=r"data\.options\.data_seed: 0 -> 1"):
+        pending_runs(load_config("smoke", [*tiny, "data.options.data_seed=1"]), tmp_path, resume=True)
+
+    lines = path.read_text().splitlines()  # as written before the defaults were stored: the options as given
+    run = json.loads(lines[0])
+    run["hyperparameters"]["data"]["options"] = {"train_size": 64, "test_size": 32}
+    path.write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
+    assert pending_runs(config, tmp_path, resume=True) == []
 
 
 def _interrupted_bp_run(out, *sets):
