@@ -28,11 +28,11 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     assert set(finals["method"]) == {"bp", "dbp"} and set(finals["model"]) == {"small-cnn", "mlp"}
     assert (finals["eval_accuracy"] >= 0.9).all(), finals["eval_accuracy"]
     out = capsys.readouterr().out.splitlines()
-    assert out[1].split() == ["dataset", "model", "method", "runs", "final_accuracy", "time_to_target_s", "reached",
-                              "co2e_g", "target", "speedup_bp_over_dbp"]
+    assert out[1].split() == ["dataset", "model", "method", "finished", "final_accuracy", "time_to_target_s",
+                              "reached", "co2e_g", "target", "speedup_bp_over_dbp"]
     rows = [line.split() for line in out[2:]]
     assert {(r[1], r[2]) for r in rows} == {(m, k) for m in ("mlp", "small-cnn") for k in ("bp", "dbp")}
-    assert {r[8] for r in rows} == {"0.900"} and all(r[6] == "2/2" for r in rows)
+    assert {r[8] for r in rows} == {"0.900"} and all(r[3] == r[6] == "2/2" for r in rows)
     co2e_g = finals.groupby(["model", "method"])["co2_kg"].median() * 1000
     assert {(r[1], r[2]): r[7] for r in rows} == {k: f"{v:.3g}" for k, v in co2e_g.items()}
 
