@@ -377,7 +377,8 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
     except Exception as e:  # torch.load raises many kinds; any means the run starts again
         warnings.warn(f"{checkpoint}: cannot be read ({type(e).__name__}); {spec.run_id} starts again")
         return None
-    if saved is not None and (saved.get("spec") != dataclasses.asdict(spec) or "window" not in saved):
+    if saved is not None and (saved.get("spec") != dataclasses.asdict(spec)
+                              or not {"window", "running_stats"} <= saved.keys()):
         warnings.warn(f"{checkpoint} was written for other settings or by an older decorbench; {spec.run_id} starts "
                       "again")
         return None

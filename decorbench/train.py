@@ -166,15 +166,21 @@ def _rng(device: torch.device) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
+def _running_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.cpu() for name, buffer in model.named_buffers()
+            if name.endswith(("running_mean", "running_var"))}
+
+
 def _state(model: nn.Module, opt, scheduler, device: torch.device) -> dict:
     """Everything a continued run needs to go on exactly as if never stopped (R is in the model's state_dict).
 
-    Collective: the model and optimizer are the same on every rank, the random state (DBP's sampling) is not, so
-    each rank's is kept, in rank order.
+    Collective: the model and optimizer are the same on every rank; the random state (DBP's sampling) is not, nor,
+    between eval points, are BatchNorm's running statistics (averaged over ranks only at evals): each rank's is kept,
+    in rank order.
     """
     return {"model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler else None, "rng": distributed.gather(_rng(device)),
-            "world_size": distributed.world_size()}
+            "running_stats": distributed.gather(_running_stats(model)), "world_size": distributed.world_size()}
 
 
 def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device) -> None:
@@ -182,6 +188,10 @@ def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device
         raise ValueError(f"the checkpoint was written by {saved['world_size']} process(es), this job has "
                          f"{distributed.world_size()}: resume with as many, so each continues its random state")
     model.load_state_dict(saved["model"])
+    with torch.no_grad():
+        buffers = dict(model.named_buffers())
+        for name, value in saved["running_stats"][distributed.rank()].items():
+            buffers[name].copy_(value)
     opt.load_state_dict(saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])

@@ -297,6 +297,17 @@ def test_a_record_a_kill_left_past_the_checkpoint_is_written_again_once(tmp_path
     assert [r["step"] for r in evals][:3] == [5, 10, 15] and evals[2]["eval_accuracy"] > 0
 
 
+def test_a_checkpoint_of_an_older_format_starts_its_run_again_with_a_warning(tmp_path, capsys):
+    path, resume = _interrupted_bp_run(tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "smoke-digits-mlp-bp-s0.pt"
+    saved = torch.load(checkpoint, weights_only=False)
+    del saved["running_stats"]  # as written before each rank's BatchNorm statistics were kept
+    torch.save(saved, checkpoint)
+    assert main(resume) == 0
+    assert "by an older decorbench; smoke-digits-mlp-bp-s0 starts again" in capsys.readouterr().err
+    assert _steps(path) == list(range(5, 3 * (1347 // 64), 5)) + [3 * (1347 // 64)]
+
+
 def test_resume_deletes_a_checkpoint_a_kill_left_beside_a_finished_run(tmp_path):
     args = ["run", "smoke", "--out", str(tmp_path), "--set", "budget.max_steps=5", *ONE_PAIR]
     assert main(args) == 0

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from decorbench import distributed
+from decorbench.checkpoint import load_checkpoint
 from decorbench.cli import main
 from decorbench.data import load_data
 from decorbench.dbp import DecorLinear, decorrelate, update
@@ -130,9 +132,25 @@ def _two_ranks(rank: int, init_file: str, out: str) -> None:
     straight = Records()  # the torchrun test's DBP run, never stopped
     _, _, totals = train_run(_spec("dbp"), straight, device=torch.device("cpu"), energy=WarnedMeter(rank))
     torch.save({"trained": {k: v for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k},
-                "pooled": [layer.R for layer in layers], "straight": straight.evals, "totals": totals},
-               f"{out}/rank{rank}.pt")
+                "pooled": [layer.R for layer in layers], "straight": straight.evals, "totals": totals,
+                "batchnorm": _stopped_between_evals_and_resumed(out)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _stopped_between_evals_and_resumed(out: str) -> dict:
+    """small-cnn (BatchNorm: each rank's running statistics differ between eval points) run straight, and stopped
+    at step 10 (a stop poll, between evals 7 and 14) then resumed from its checkpoint."""
+    config = load_config("smoke", ['models=["small-cnn"]', 'methods=["bp"]', "seeds=[0]", "budget.max_steps=21",
+                                   "train.eval_every=7"])
+    spec = config.runs()[0]
+    straight, stopped, resumed = Records(), Records(), Records()
+    train_run(spec, straight, device=torch.device("cpu"))
+    steps, checkpoint = [0], Path(out) / "bn.pt"
+    status, _, _ = train_run(spec, stopped, device=torch.device("cpu"), checkpoint=checkpoint,
+                             should_stop=lambda: steps[-1] >= 9, on_step=lambda step, *_: steps.append(step))
+    saved = load_checkpoint(checkpoint, torch.device("cpu")) if distributed.rank() == 0 else None
+    train_run(spec, resumed, device=torch.device("cpu"), checkpoint=checkpoint, resume_from=saved)
+    return {"status": status, "straight": straight.evals, "stopped": stopped.evals, "resumed": resumed.evals}
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +170,15 @@ def test_ddp_training_keeps_R_and_weights_identical_across_ranks(two_ranks):
 def test_every_ranks_energy_warnings_reach_the_end_record(two_ranks):
     for saved in two_ranks:  # the same on both ranks; rank 0 writes it
         assert saved["totals"]["energy_warnings"] == ["rank 1: 2 processes were on the GPU at once"]
+
+
+def test_a_stop_between_evals_resumes_batchnorm_statistics_of_every_rank_exactly(two_ranks):
+    runs = two_ranks[0]["batchnorm"]
+    assert runs["status"] == "interrupted" and [e["step"] for e in runs["stopped"]] == [7]
+    assert [e["step"] for e in runs["resumed"]] == [14, 21]
+    for resumed, straight in zip(runs["resumed"], runs["straight"][1:], strict=True):
+        for key in ("train_loss", "eval_loss", "eval_accuracy"):
+            assert resumed[key] == straight[key], (resumed["step"], key)
 
 
 def test_the_pooled_update_is_the_one_process_update_on_all_ranks_samples(two_ranks):
@@ -191,7 +218,7 @@ def interrupted(tmp_path_factory):
 def test_two_processes_write_each_record_once_and_train_bp_as_one_process_would(interrupted):
     _, returncode, stdout, stderr, texts = interrupted
     assert returncode != 0  # torchrun's own exit status after a signal; each rank exits 130
-    assert stdout.count("final_accuracy") == 1  # one summary: rank 0's
+    assert stdout.count("speedup_bp_over_dbp") == 1  # one summary: rank 0's
     assert "continue with: torchrun --nproc_per_node=2 -m decorbench run smoke" in stderr
     records = {m: [json.loads(line) for line in text.splitlines()] for m, text in texts.items()}
     for method, lines in records.items():
