@@ -38,7 +38,8 @@ def bare_step_seconds(spec: RunSpec, device: torch.device) -> float:
     torch.manual_seed(spec.seed)
     data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
                      options=spec.data_options)
-    model = create_model(spec.model, data.num_classes, input_shape=data.input_shape).to(device).train()
+    model = create_model(spec.model, data.num_classes, input_shape=data.input_shape,
+                         batchnorm=spec.train.batchnorm).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr)
     epochs = range(spec.budget.max_steps // data.steps_per_epoch() + 1)
     batches = islice((b for epoch in epochs for b in data.train_batches(epoch)), spec.budget.max_steps)

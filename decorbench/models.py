@@ -76,12 +76,23 @@ MODELS: dict[str, Builder] = {
 }
 
 
+def _without_batchnorm(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, nn.Identity())
+        else:
+            _without_batchnorm(child)
+    return module
+
+
 def create_model(name: str, num_classes: int, *, input_shape: tuple[int, int, int] = (3, 224, 224),
-                 stem: str = "auto") -> nn.Module:
+                 stem: str = "auto", batchnorm: bool = True) -> nn.Module:
     """Build registered model `name` (randomly initialised) for inputs of shape (C, H, W) and `num_classes` logits.
 
     `stem` applies to ResNets only: "imagenet" keeps torchvision's 7×7 stride-2 conv and max-pool, "cifar" uses a
-    3×3 stride-1 conv and no max-pool, "auto" picks "cifar" when min(H, W) ≤ 64. Raises ValueError on bad input.
+    3×3 stride-1 conv and no max-pool, "auto" picks "cifar" when min(H, W) ≤ 64. `batchnorm=False` puts an identity
+    in place of every BatchNorm layer (the DBP authors' code of the paper's time did so, for BP and DBP alike).
+    Raises ValueError on bad input.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from: {', '.join(MODELS)}")
@@ -94,4 +105,5 @@ def create_model(name: str, num_classes: int, *, input_shape: tuple[int, int, in
         raise ValueError(f"unknown stem {stem!r}; choose from: {', '.join(STEMS)}")
     if stem == "auto":
         stem = "cifar" if min(input_shape[1:]) <= 64 else "imagenet"
-    return MODELS[name](num_classes, input_shape, stem)
+    model = MODELS[name](num_classes, input_shape, stem)
+    return model if batchnorm else _without_batchnorm(model)

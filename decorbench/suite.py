@@ -219,7 +219,7 @@ def _check_models(config: SuiteConfig) -> None:
     d = config.dbp
     for model in config.models:
         with torch.device("meta"):  # shapes only: no memory, no initialisation, nothing computed
-            net = create_model(model, 10, input_shape=shape)
+            net = create_model(model, 10, input_shape=shape, batchnorm=config.train.batchnorm)
             try:
                 net(torch.zeros(config.train.batch_size, *shape))
             except (RuntimeError, ValueError) as e:

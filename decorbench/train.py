@@ -52,6 +52,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast, for BP and DBP alike; R stays fp32
     channels_last: bool = False  # NHWC activations and conv weights (tensor-core friendly on GPUs)
     compile: bool = False  # torch.compile forward + backward (BP and DBP alike; the first steps pay compilation)
+    batchnorm: bool = True  # false: no BatchNorm layers (identities), as in the DBP authors' paper-era code
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -269,7 +270,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
                      root=spec.data_root, options=spec.data_options, rank=distributed.rank(),
                      world_size=distributed.world_size())
-    net = create_model(spec.model, data.num_classes, input_shape=data.input_shape)
+    net = create_model(spec.model, data.num_classes, input_shape=data.input_shape, batchnorm=spec.train.batchnorm)
     dbp = spec.method == "dbp"
     if dbp:
         d = spec.dbp

@@ -113,6 +113,18 @@ def test_dbp_training_step_on_digits():
     assert update(model, 1e-3) >= 0.0
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "small-cnn"])
+def test_batchnorm_can_be_left_out(name):
+    torch.manual_seed(0)
+    with_bn = create_model(name, 10, input_shape=(3, 32, 32))
+    torch.manual_seed(0)
+    without = create_model(name, 10, input_shape=(3, 32, 32), batchnorm=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in without.modules())
+    assert len(decor_layers(decorrelate(without))) == len(decor_layers(decorrelate(with_bn)))  # same convs, fcs
+    assert without(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_unknown_model():
     with pytest.raises(ValueError, match=r"unknown model 'resnet9'; choose from: resnet10, .*small-cnn, mlp$") as e:
         create_model("resnet9", 10)

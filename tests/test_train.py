@@ -185,6 +185,15 @@ def test_fast_path_options_train_the_same_model(method, option):
 
 
 
+@pytest.mark.parametrize("method", ["bp", "dbp"])
+def test_a_run_without_batchnorm_trains_a_model_without_it(method, monkeypatch):
+    built = []
+    monkeypatch.setattr(train, "create_model", lambda *a, **k: built.append(create_model(*a, **k)) or built[-1])
+    status, _, _, evals = run(method, model="small-cnn", batchnorm=False)
+    assert status == "completed" and len(evals) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in built[0].modules())
+
+
 def _dbp_run(update_every, steps, eval_every):
     spec = RunSpec("t", "dbp", "mlp", "digits", 0, TrainConfig(batch_size=64, eval_every=eval_every,
                                                                  schedule="constant"),
