@@ -247,13 +247,14 @@ def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
         "budget": dataclasses.asdict(spec.budget),
         "hyperparameters": {"train": dataclasses.asdict(spec.train),
                             "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
-                            "data": data}}))
+                            "data": data},
+        "country_iso_code": config.carbon.country_iso_code}))  # whose grid intensity co2_kg is of
 
 
 def _stored_settings(run: dict, dataset: str) -> dict:
     """A stored run record's settings as _settings gives them (results written before data options were stored
     with their defaults have them as the config gave them)."""
-    settings = json.loads(json.dumps({k: run.get(k) for k in ("budget", "hyperparameters")}))
+    settings = json.loads(json.dumps({k: run.get(k) for k in ("budget", "hyperparameters", "country_iso_code")}))
     hyperparameters = settings["hyperparameters"]
     data = hyperparameters.get("data") if isinstance(hyperparameters, dict) else None
     if isinstance(data, dict) and isinstance(data.get("options"), dict):
@@ -278,7 +279,6 @@ def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy
     return {"run_id": spec.run_id, "suite": spec.suite, "method": spec.method, "model": spec.model,
             "dataset": spec.dataset, "seed": spec.seed, "world_size": distributed.world_size(),
             **_settings(spec, config),
-            "country_iso_code": config.carbon.country_iso_code,
             "energy_unavailable_reason": energy.unavailable_reason if energy else "no energy meter",
             "energy_gpu": energy.mapping if energy else None,  # how the torch device was matched to NVML's GPU
             "carbon_unavailable_reason": carbon.unavailable_reason if carbon else "no carbon meter",
@@ -310,9 +310,9 @@ def _read_stored(path: Path, run_id: str) -> dict:
 
 def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int = 1) -> list[RunSpec]:
     """The runs still to do by `world_size` processes. Without resume, existing results are an error: nothing
-    written is ever replaced. With resume, so are results of other settings (budget, hyperparameters) than the
-    config's now. A checkpointed run continues only with as many processes as wrote its checkpoint. A finished run's
-    checkpoint is deleted."""
+    written is ever replaced. With resume, so are results of other settings (budget, hyperparameters, carbon
+    country) than the config's now. A checkpointed run continues only with as many processes as wrote its
+    checkpoint. A finished run's checkpoint is deleted."""
     if config.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
                           f"{world_size} processes")

@@ -241,6 +241,8 @@ def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was run with other settings (budget.max_epochs: 1 -> 2)" in err[0], err
     assert "choose another --out" in err[0]
+    assert main([*args, "--set", "carbon.country_iso_code=DEU", "--resume"]) == 2  # co2_kg would mix two grids
+    assert 'country_iso_code: "NLD" -> "DEU"' in capsys.readouterr().err
     assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
 
 
