@@ -51,8 +51,8 @@ def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, statu
 
 
 def write_suite(out):
-    """digits·mlp with 2 seeds (min–max), digits·cnn with 3 (bootstrap CI); no energy measured anywhere."""
-    for model, seeds in (("mlp", 2), ("cnn", 3)):
+    """digits·mlp with 2 seeds (min–max), digits·cnn with 6 (95 % CI); no energy measured anywhere."""
+    for model, seeds in (("mlp", 2), ("cnn", 6)):
         for seed in range(seeds):
             for method in ("bp", "dbp"):
                 write_run(out, f"{model}-{method}-s{seed}", method, model, seed, energy=False)
@@ -106,10 +106,10 @@ def test_summary_shows_the_medians_spreads_and_speedups_computed_from_the_data(s
             assert fmt(first_flops.median(), "flops") in row(shown, "FLOPs to target")
             first_step = flops.sort_values("step").groupby("run_id")["step"].first()
             assert fmt(first_step.median(), "steps") in row(shown, "steps to target")
-            if 1 < len(times) < 3:
+            if 1 < len(times) < 6:
                 assert f"{span(times.min(), times.max(), 'seconds')} · {RANGE}" in row(shown, "time to target")
         assert fmt(medians["bp"] / medians["dbp"], "ratio") in row(shown, "time to target")
-    assert f"· {CI}" in row(card(html, "digits", "cnn"), "final accuracy")  # 3 seeds: bootstrap
+    assert f"· {CI}" in row(card(html, "digits", "cnn"), "final accuracy")  # 6 seeds: a 95 % interval
     assert f"· {RANGE}" in row(card(html, "digits", "mlp"), "final accuracy")  # 2 seeds: min–max
 
 
@@ -143,7 +143,7 @@ def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suit
     _, html = suite
     assert "<th>carbon region (country)</th><td>NLD</td>" in html
     assert f"<th>Python</th><td>{PROVENANCE['python']}</td>" in html
-    assert "Energy is unknown for 10 of 10 runs: no energy meter is wired in yet." in html
+    assert "Energy is unknown for 16 of 16 runs: no energy meter is wired in yet." in html
     assert "Not drawn: no run recorded its energy" in html  # and no energy figure
     assert html.count("<svg") == 4  # time, FLOPs, step time, decorrelation loss
     time_figure = html.split("<h3>Accuracy vs training time</h3>")[1].split("</svg>")[0]
@@ -231,7 +231,7 @@ def test_a_corrupt_file_is_skipped_with_a_visible_warning_and_the_rest_renders(t
     assert "3 problems while reading the results" in skipped
     assert "garbage.jsonl: skipped unreadable line 1" in skipped and "garbage.jsonl: no run record" in skipped
     assert "mlp-bp-s0.jsonl: skipped unreadable line 8 (truncated last line" in skipped
-    assert "10 runs in 2 (dataset, model) groups" in html and html.count("<svg") == 4
+    assert "16 runs in 2 (dataset, model) groups" in html and html.count("<svg") == 4
 
 
 def test_a_run_record_that_does_not_say_which_run_it_is_is_skipped_with_a_warning(tmp_path):
@@ -243,7 +243,7 @@ def test_a_run_record_that_does_not_say_which_run_it_is_is_skipped_with_a_warnin
     messages = [str(w.message) for w in caught]
     assert any("listed-seed.jsonl: its run record has seed = [1, 2], not an integer; skipped" in m for m in messages)
     assert any("no-dataset.jsonl: its run record has dataset = null, not a string; skipped" in m for m in messages)
-    assert "10 runs in 2 (dataset, model) groups" in html
+    assert "16 runs in 2 (dataset, model) groups" in html
 
 
 @pytest.mark.parametrize("output", ["runs/mlp-bp-s0.jsonl", "suite.toml", "runs", "report"])
@@ -312,12 +312,16 @@ def test_the_runs_table_counts_every_eval_record_of_a_run_even_one_without_an_ac
 def test_stats_say_which_interval_and_are_reproducible():
     assert median([3.0, 1.0]) == median([1.0, 3.0, float("nan")])
     assert median([1.0, 3.0]).kind == RANGE and (median([1.0, 3.0]).low, median([1.0, 3.0]).high) == (1.0, 3.0)
-    five = median([1.0, 2.0, 3.0, 4.0, 50.0])
-    assert five.kind == CI and five.value == 3.0 and 1.0 <= five.low <= 3.0 <= five.high <= 50.0
-    assert five == median([1.0, 2.0, 3.0, 4.0, 50.0])
+    three = median([92.0, 93.33, 92.67])  # a 95 % interval of a median needs 6 values: [min, max] covers 75 % here
+    assert (three.kind, three.value, three.low, three.high) == (RANGE, 92.67, 92.0, 93.33)
+    nine = median([9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 50.0])  # order statistics 2 and 8: P ≥ 96 %
+    assert (nine.kind, nine.value, nine.low, nine.high) == (CI, 5.0, 2.0, 9.0)
     assert ratio([4.0, 6.0], [2.0]).value == 2.5 and (ratio([4.0, 6.0], [2.0]).low, ratio([4.0, 6.0], [2.0]).high) \
         == (2.0, 3.0)
-    assert ratio([4.0, 6.0, 8.0], [2.0, 2.0, 2.0]).kind == CI
+    assert ratio([4.0, 6.0, 8.0], [2.0, 2.0, 2.0]).kind == RANGE
+    six = ratio([4.0, 6.0, 8.0, 5.0, 7.0, 6.0], [2.0] * 6)
+    assert six.kind == CI and six.value == 3.0 and 2.0 <= six.low <= 3.0 <= six.high <= 4.0
+    assert six == ratio([4.0, 6.0, 8.0, 5.0, 7.0, 6.0], [2.0] * 6)
     assert math.isnan(ratio([], [1.0]).value) and median([]).n == 0
     assert math.isnan(ratio([4.0, 6.0, 8.0], [0.0, 5.0, 7.0]).value)  # not 6 / 6: a zero is not left out
     assert [fmt(v, k) for v, k in [(0.0421, "seconds"), (5400, "seconds"), (1.5e12, "flops"), (2e-4, "co2"),

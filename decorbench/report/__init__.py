@@ -60,7 +60,7 @@ def _figures(evals, runs, goals) -> list[dict]:
     out.append({"title": "Time per step and DBP's overhead", "svg": figures.step_time(runs),
                 "how": "Training time per step (eval excluded) of each run at its last eval point: diamond = median, "
                        "whisker = min–max, dots = runs. Right: DBP/BP ratio of the medians; whisker = min–max over "
-                       "BP×DBP run pairs while either method has under 3 runs, else a 95% bootstrap CI.",
+                       "BP×DBP run pairs while either method has under 6 runs, else a 95% bootstrap CI.",
                 "missing": "Not drawn: no run has a timed eval point."})
     out.append({"title": "Decorrelation loss (DBP)", "svg": figures.decor_loss(evals),
                 "how": "DBP's decorrelation loss of the sampled layer inputs (log scale): falling means the "
