@@ -287,6 +287,23 @@ def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy
             **provenance(device)}
 
 
+@contextlib.contextmanager
+def _compiled_afresh(compile: bool):
+    """With train.compile, a run compiles its step from scratch: torch.compile would reuse the graphs an earlier run
+    of the same shapes compiled (in this process, or cached on disk), and only the suite's first runs would pay
+    for compilation in their train_time_s, favouring whichever method runs later."""
+    if not compile:
+        yield
+        return
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what we asked for
+        yield
+
+
 def checkpoint_path(out: Path, run_id: str) -> Path:
     return out / "checkpoints" / f"{run_id}.pt"
 
@@ -414,9 +431,10 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         with RunWriter(path, record, resume=resuming, resume_after_step=after_step) if main else _Discard() as writer:
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
-                status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,
-                                                   resume_from=saved, should_stop=should_stop, on_step=on_step,
-                                                   energy=energy, carbon=carbon)
+                with _compiled_afresh(spec.train.compile):
+                    status, reason, totals = train_run(spec, writer, device=device, checkpoint=checkpoint,
+                                                       resume_from=saved, should_stop=should_stop, on_step=on_step,
+                                                       energy=energy, carbon=carbon)
             except Exception as e:  # isolate: record it, tell the user, keep going
                 if distributed.active():
                     raise  # RunWriter records it as failed

@@ -16,6 +16,7 @@ from decorbench.configs import builtin_names
 from decorbench.data import load_data
 from decorbench.results import load, read_run, run_path
 from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
+from decorbench.train import train_run
 from test_data import cifar_root  # noqa: F401 (a fixture)
 
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
@@ -263,6 +264,20 @@ def test_resume_takes_a_data_option_given_at_its_default_as_the_same_setting(tmp
     run["hyperparameters"]["data"]["options"] = {"train_size": 64, "test_size": 32}
     path.write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
     assert pending_runs(config, tmp_path, resume=True) == []
+
+
+def test_each_compiled_run_of_a_suite_compiles_its_own_step(tmp_path, monkeypatch):
+    """A later run reusing an earlier one's compiled graph would not pay for compilation in its train_time_s."""
+    from torch._dynamo.utils import counters
+
+    config = load_config("smoke", ['models=["mlp"]', 'methods=["bp"]', "seeds=[0, 1]", "budget.max_steps=1",
+                                   "train.compile=true"])
+    compiled = []
+    counters.clear()
+    monkeypatch.setattr("decorbench.suite.train_run",
+                        lambda *a, **k: (train_run(*a, **k), compiled.append(counters["stats"]["unique_graphs"]))[0])
+    run_suite(config, tmp_path, torch.device("cpu"), pending_runs(config, tmp_path, resume=False))
+    assert len(compiled) == 2 and compiled[1] > compiled[0] > 0
 
 
 def _interrupted_bp_run(out, *sets):
