@@ -17,7 +17,7 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import TINY
+from benchmarks.common import DEVICES, TINY, device_or_skip
 from decorbench.budget import Budget
 from decorbench.data import load_data
 from decorbench.meters import CarbonMeter, EnergyMeter
@@ -81,14 +81,19 @@ def measure(steps: int, repeats: int, device: torch.device) -> tuple[float, floa
 
 
 class MeterOverhead:
-    """asv: instrumented over bare step time (goal: below 1.01)."""
+    """asv: instrumented over bare step time (goal: below 1.01); on a GPU with the NVML energy meter in the loop."""
 
     unit = "ratio"
     rounds = 1
     timeout = 900
+    params = DEVICES
+    param_names = ["device"]
 
-    def track_meter_overhead_ratio(self):
-        bare, instrumented = measure(8 if TINY else 100, 1 if TINY else 3, torch.device("cpu"))
+    def setup(self, device):
+        self.device = device_or_skip(device)
+
+    def track_meter_overhead_ratio(self, device):
+        bare, instrumented = measure(8 if TINY else 100, 1 if TINY else 3, self.device)
         return instrumented / bare
 
 

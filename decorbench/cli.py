@@ -1,6 +1,6 @@
 """decorbench: train BP and DBP side by side and compare what they cost.
 
-  decorbench run CONFIG|BUILTIN [--out DIR] [--device auto|cpu|cuda] [--resume] [--set key=value ...]
+  decorbench run CONFIG|BUILTIN [--out DIR] [--device auto|cpu|cuda|cuda:N] [--resume] [--set key=value ...]
   torchrun --nproc_per_node=N -m decorbench run ...   (one run on N processes: DDP; rank 0 writes and prints)
   decorbench report RESULTS... [-o FILE.html] [--target X]
   decorbench env [--country ISO3]
@@ -272,7 +272,8 @@ def _main(argv: list[str] | None) -> int:
     run.add_argument("config", help=f"path to a suite TOML, or a built-in: {', '.join(builtin_names())}")
     run.add_argument("--out", help="results directory (default: a new results/<suite>-<UTC time>)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    run.add_argument("--resume", action="store_true", help="in --out: skip finished runs, redo unfinished ones")
+    run.add_argument("--resume", action="store_true", help="in --out: skip finished runs, continue unfinished ones from their "
+                                                          "last checkpoint")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set budget.max_epochs=3 --set 'models=[\"mlp\"]'")
     report = sub.add_parser("report", help="write a self-contained HTML report comparing BP and DBP")
