@@ -38,7 +38,8 @@ def format_summary(table: pd.DataFrame) -> str:
         if col in shown:
             spec = ".3g" if col == "co2e_g" else ".3f"  # grams span orders of magnitude
             shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else format(v, spec))
-    return ("finished = runs that ended without a problem (not interrupted, failed, diverged or killed before its end), of all; "
-            "final_accuracy = their median; time = training seconds to the first eval at or above the target, median over seeds; "
+    return ("finished = runs that ended without a problem (not interrupted, failed, diverged or killed before its "
+            "end), of all; final_accuracy = their median; time = training seconds to the first eval at or above the "
+            "target, median over the runs that reached it (reached: how many did); "
             "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
             "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False))
