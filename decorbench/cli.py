@@ -119,7 +119,7 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
     except OSError as e:
         return f"--out {out}: cannot read it ({e.strerror or e})"
     unusable = todo and (missing_data(config.dataset, config.data.root, config.train.batch_size)
-                         or damaged_data(config.dataset, config.data.root))
+                         or damaged_data(config.dataset, config.data.root, config.train.batch_size))
     if unusable:
         return unusable
     for folder in ("runs", "checkpoints"):  # the last check: can results and checkpoints be written there at all

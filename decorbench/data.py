@@ -376,17 +376,22 @@ def _read_cifar(name: str, path: Path, files: list[str]) -> tuple[Tensor, Tensor
             torch.from_numpy(np.concatenate([y for _, y in entries]).astype(np.int64)))
 
 
-def damaged_data(name: str, root: str | Path | None = None) -> str | None:
-    """Why the files of data set `name` that are there cannot be read as it, in one line, or None. CIFAR's batch
-    files are read whole (≈ 1 s, before a suite writes anything); image files are decoded by the runs only (all of
-    ImageNet's would take hours)."""
+def damaged_data(name: str, root: str | Path | None = None, batch_size: int = 1) -> str | None:
+    """Why the files of data set `name` that are there cannot be trained on in batches of `batch_size`, in one
+    line, or None. CIFAR's batch files are read whole (≈ 1 s, before a suite writes anything); image files are
+    decoded by the runs only (all of ImageNet's would take hours)."""
     if name not in _CIFAR:
         return None
     folder, train_files, test_file = _CIFAR[name][:3]
+    path = _files_root(name, root) / folder
     try:
-        _read_cifar(name, _files_root(name, root) / folder, [*train_files, test_file])
+        found = len(_read_cifar(name, path, train_files)[0])
+        _read_cifar(name, path, [test_file])
     except ValueError as e:
         return str(e)
+    if found < batch_size:
+        return (f"{name}: {path} holds {found} training images, fewer than train.batch_size {batch_size}: no full "
+                "batch to train on")
     return None
 
 

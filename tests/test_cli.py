@@ -111,6 +111,16 @@ def test_a_damaged_cifar_download_is_exit_2_before_any_run(cifar_root, tmp_path,
     assert not out.exists()
 
 
+def test_a_cifar_copy_smaller_than_a_batch_is_exit_2_before_any_run(cifar_root, tmp_path, capsys):
+    out = tmp_path / "out"  # the fixture's CIFAR-10 holds 10 training images, the real one 50,000
+    assert main(["run", "smoke", "--out", str(out), "--set", "dataset=cifar10", "--set", f'data.root="{cifar_root}"',
+                 "--set", "train.batch_size=16", *ONE_PAIR]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"decorbench: error: cifar10: {cifar_root / 'cifar-10-batches-py'} holds 10 training images, fewer than "
+        "train.batch_size 16: no full batch to train on")
+    assert not out.exists()
+
+
 def test_a_builtin_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smoke").mkdir()  # e.g. an earlier --out smoke
