@@ -55,7 +55,7 @@ class Budget:
         if self.max_epochs is not None and epoch >= self.max_epochs:
             return "completed", f"max_epochs {self.max_epochs} done"
         if self.max_train_seconds is not None and train_time_s >= self.max_train_seconds:
-            return "budget", f"max_train_seconds {self.max_train_seconds} reached ({train_time_s:.1f} s)"
+            return "budget", f"max_train_seconds {self.max_train_seconds} reached ({train_time_s:.3f} s)"
         if self.max_energy_j is not None and energy_j is not None and energy_j >= self.max_energy_j:
-            return "budget", f"max_energy_j {self.max_energy_j} reached ({energy_j:.0f} J)"
+            return "budget", f"max_energy_j {self.max_energy_j} reached ({energy_j:.1f} J)"
         return None

@@ -280,7 +280,7 @@ def _main(argv: list[str] | None) -> int:
     report.add_argument("results", nargs="+", help="results directories (a suite's --out) or .jsonl files")
     report.add_argument("-o", "--output", help="HTML file to write (default: DIR/report.html for one results "
                                                "directory, else ./report.html)")
-    report.add_argument("--target", type=float, help="target accuracy 0..1 for the to-target numbers "
+    report.add_argument("--target", type=float, help="target accuracy in (0, 1] for the to-target numbers "
                                                       "(default: the runs' budget.target_accuracy if they share "
                                                       "one, else BP's median final accuracy per dataset and model)")
     env = sub.add_parser("env", help="hardware, versions, and which meters work here (and why not)")

@@ -422,7 +422,6 @@ def test_carbon_meter_is_an_offline_labelled_estimate_that_writes_nothing(tmp_pa
     meter = CarbonMeter("nld")
     assert meter.start(), meter.unavailable_reason
     assert meter.unavailable_reason is None and meter.country_iso_code == "NLD"
-    assert meter.source == "codecarbon-estimate"
     assert meter.method.startswith("estimate by codecarbon") and "Netherlands (NLD)" in meter.method
     assert meter.carbon_intensity_g_per_kwh > 0
     meter.begin_window()

@@ -171,8 +171,6 @@ class CarbonMeter:
     `country_iso_code`, `country_name`, `carbon_intensity_g_per_kwh`, `start_s`, `stop_s` (seconds they took).
     """
 
-    source = "codecarbon-estimate"
-
     def __init__(self, country_iso_code: str = "NLD", *, gpu_ids: list[int] | None = None,
                  measure_power_secs: float = 15.0, tracker_factory: Callable | None = None) -> None:
         self.country_iso_code = country_iso_code.upper()

@@ -79,8 +79,8 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
     in each group. Raises ValueError (one line) for a path that does not exist, no results at all, a target outside
     [0, 1], or an output that is not an .html file or cannot be written.
     """
-    if target is not None and not 0 <= float(target) <= 1:
-        raise ValueError(f"target must be an accuracy between 0 and 1, not {target!r}")
+    if target is not None and not 0 < float(target) <= 1:  # as budget.target_accuracy: 0 is reached by any eval
+        raise ValueError(f"target must be an accuracy between 0 and 1, above 0, not {target!r}")
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
         raise ValueError(f"the report goes to an .html file, not {output} (results and configs are never overwritten)")
@@ -99,7 +99,7 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
         version=__version__, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         runs_total=len(runs), files_skipped=skipped, provenance=tables.provenance(runs),
         target_given=None if target is None else tables.fmt(float(target), "accuracy"), target_source=source,
-        notes=tables.notes(runs, evals), summary=tables.summary(runs, goals, None if target is None else source),
+        notes=tables.notes(runs), summary=tables.summary(runs, goals, None if target is None else source),
         claim=claim.check(runs, goals, target, source),
         no_accuracy=runs["final_accuracy"].isna().all(), figures=_figures(evals, runs, goals),
         statuses=tables.status_counts(runs), runs=tables.run_rows(runs))
@@ -111,5 +111,7 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
     except OSError as e:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        raise ValueError(f"cannot write the report to {output} ({e.strerror or e})") from None
+        why = (f"{e.filename} is not a folder" if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename
+               else e.strerror or e)
+        raise ValueError(f"cannot write the report to {output} ({why})") from None
     return output

@@ -170,7 +170,7 @@ def provenance(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return rows
 
 
-def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
+def notes(runs: pd.DataFrame) -> list[str]:
     """Why a metric is missing or to be read with care: unavailable meters, estimates, mixed hardware."""
     out = []
     for label, value, reason in (("Energy", "energy_j", "energy_unavailable_reason"),
@@ -188,10 +188,6 @@ def notes(runs: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
         methods = runs.loc[runs["co2_kg"].notna(), "carbon_method"].dropna()
         for method, n in methods.value_counts(sort=False).items():
             out.append(f"CO2e of {n} of {len(runs)} runs is an {method}.")
-    estimated = evals.loc[evals["energy_source"] == "codecarbon-estimate", "run"].nunique()
-    if estimated:
-        out.append(f"Energy of {estimated} runs is codecarbon's estimate from an assumed power, not a measurement.")
-    out.append("Power over time: not shown; these results hold no power samples.")
     machine = _field(runs, "device") + " / " + _field(runs, "gpu_name") + " / " + _field(runs, "cpu")
     for (dataset, model), n in machine.groupby([runs[c] for c in GROUP]).nunique().items():
         if n > 1:
