@@ -132,7 +132,9 @@ def _accuracy_verdict(bp: pd.Series, dbp: pd.Series, difference: str) -> str:
         return "not judged: with one seed of a method there is no seed spread to compare the difference with"
     if difference == "±0.00 pp":
         return "the same to 0.01 pp: neither higher nor lower"
-    seeds = f"{len(dbp)} DBP vs {len(bp)} BP runs"
+    # with no difference between the methods, one side is wholly above the other by chance 1 time in C(m+n, n)
+    seeds = (f"{len(dbp)} DBP vs {len(bp)} BP runs; were the methods alike, chance would do that 1 time in "
+             f"{math.comb(len(bp) + len(dbp), len(dbp)):,}")
     if dbp.min() > bp.max():
         return f"higher, as the paper reports: every DBP run above every BP run ({seeds})"
     if dbp.max() < bp.min():
