@@ -73,6 +73,7 @@ def measure(steps: int, repeats: int, device: torch.device) -> tuple[float, floa
     spec = RunSpec("overhead", "bp", "small-cnn", "synthetic", 0,
                    TrainConfig(batch_size=128, lr=1e-3, schedule="constant", eval_every=max(steps // 4, 1)),
                    budget=Budget(max_steps=steps), data_options=DATA)
+    bare_step_seconds(spec, device)  # untimed: a process's first steps load libraries and kernels (train_run warms up)
     bare, instrumented = [], []
     for _ in range(repeats):
         bare.append(bare_step_seconds(spec, device))

@@ -202,6 +202,30 @@ def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+def _warm_up(net: nn.Module, spec: RunSpec, device: torch.device, input_shape, num_classes: int,
+             steps: int = 2) -> None:
+    """Untimed steps on random data of the run's shapes, then the model and random state as they were. A process's
+    first steps load the device's libraries and kernels (on a GPU up to seconds): without this only the first run of
+    a suite (BP's) would pay for that in its train_time_s and energy. Eager and without collectives; a compiled
+    step still compiles inside the run's time, as it is the run's own cost."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    rng = _rng(device)
+    t, local_batch = spec.train, spec.train.batch_size // distributed.world_size()
+    step = make_step(net, _optimizer(net.parameters(), t), amp=t.amp, channels_last=t.channels_last,
+                     dbp_lr=spec.dbp.lr if spec.method == "dbp" else None)
+    x = torch.randn(local_batch, *input_shape, device=device)
+    y = torch.randint(num_classes, (local_batch,), device=device)
+    for _ in range(steps):
+        step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    net.load_state_dict(state)
+    net.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng["cpu"])
+    if rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -276,6 +300,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         d = spec.dbp
         decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
     prepare_model(net.to(device).train(), channels_last=spec.train.channels_last)
+    _warm_up(net, spec, device, data.input_shape, data.num_classes)  # before DDP's hooks are on the parameters
     model = distributed.wrap(net, device)
     opt = _optimizer(net.parameters(), spec.train)
     t = spec.train

@@ -194,6 +194,26 @@ def test_a_run_without_batchnorm_trains_a_model_without_it(method, monkeypatch):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in built[0].modules())
 
 
+def test_the_warm_up_before_the_clock_leaves_the_run_as_it_would_be_without_it(monkeypatch):
+    events = []
+    real_make_step, real_start = train.make_step, train.Stopwatch.start
+
+    def make_step(*args, **kwargs):
+        inner = real_make_step(*args, **kwargs)
+        return lambda *a, **k: (events.append("step"), inner(*a, **k))[1]
+
+    monkeypatch.setattr(train, "make_step", make_step)
+    monkeypatch.setattr(train.Stopwatch, "start", lambda self: (events.append("clock"), real_start(self))[1])
+    warmed = run("dbp", model="small-cnn")[3]  # BatchNorm statistics and DBP's random sampling: both restored
+    assert events[:3] == ["step", "step", "clock"]  # two untimed steps, then the first window
+
+    monkeypatch.setattr(train, "_warm_up", lambda *a, **k: None)
+    cold = run("dbp", model="small-cnn")[3]
+    for a, b in zip(warmed, cold, strict=True):
+        for key in ("train_loss", "eval_loss", "eval_accuracy", "decor_loss", "flops"):
+            assert a[key] == b[key], (a["step"], key)
+
+
 def _dbp_run(update_every, steps, eval_every):
     spec = RunSpec("t", "dbp", "mlp", "digits", 0, TrainConfig(batch_size=64, eval_every=eval_every,
                                                                  schedule="constant"),
