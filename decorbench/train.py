@@ -53,6 +53,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC activations and conv weights (tensor-core friendly on GPUs)
     compile: bool = False  # torch.compile forward + backward (BP and DBP alike; the first steps pay compilation)
     batchnorm: bool = True  # false: no BatchNorm layers (identities), as in the DBP authors' paper-era code
+    checkpoint_every: int = 1  # eval points per checkpoint (a stop and the run's end always checkpoint)
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -60,6 +61,8 @@ class TrainConfig:
         for name in ("batch_size", "lr", "step_epochs", "gamma"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"train.{name} must be positive and finite, got {getattr(self, name)}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.eval_every < 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ValueError("train.eval_every, train.weight_decay and train.momentum must not be negative")
 
@@ -273,7 +276,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     The step has no host synchronisation: losses accumulate on the device and are read at eval points, where
     time is synchronised, NaN/Inf losses end the run as "diverged", and every budget limit is checked.
     `on_step(step, planned_steps, record)` reports progress (record: the eval record at eval points, else None).
-    With `checkpoint`, the state is saved there at every eval point and at a stop, each eval record written first.
+    With `checkpoint`, the state is saved there at every `train.checkpoint_every`-th eval point, at the run's end and
+    at a stop, each eval record written first.
     With `resume_from` (such a saved state, as `load_checkpoint` reads it, of this spec) the run continues from it:
     same weights, R, optimizer, schedule, RNG, data position, clocks and loss sums, so its records are the ones an
     unstopped run writes; one saved at its end returns that end at once.
@@ -437,7 +441,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             window = 0
             end = _end(spec.budget, record, totals, steps_per_epoch, had_updates=updates > 0)
             updates = 0
-            save(totals, end)
+            if end is not None or stop or (step // eval_every) % spec.train.checkpoint_every == 0:
+                save(totals, end)
             on_step(step, length, record)
             if end is not None:
                 return (*end, totals)

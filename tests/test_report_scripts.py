@@ -41,21 +41,21 @@ TINY = {"OVERHEAD_ARGS": "--steps 4 --repeats 1 --device cpu", "STEP_COST_ARGS":
 def _session(out, seconds, *phases):
     env = {**os.environ, **TINY, "PYTHON": sys.executable, "DECORBENCH_GIT_COMMIT": "0" * 40}
     done = subprocess.run(["bash", SESSION, str(out), str(seconds), *phases], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=400)
     with tarfile.open(out / "gpu-session.tar.gz") as tar:
         names = {n.removeprefix("./") for n in tar.getnames()}
     return done, names
 
 
 def test_gpu_session_bundles_every_phase_and_keeps_a_log(tmp_path):
-    done, names = _session(tmp_path, 240, "env", "overhead", "step-cost", "reference")
+    done, names = _session(tmp_path, 300, "env", "overhead", "step-cost", "reference")
     assert done.returncode == 0, done.stdout + done.stderr
     assert {"env.txt", "meter_overhead.txt", "step_cost.json", "step_cost.md", "reference/report.html"} <= names
     assert {n for n in names if n.startswith("reference/runs/")} == {
         "reference/runs/smoke-digits-mlp-bp-s0.jsonl", "reference/runs/smoke-digits-mlp-dbp-s0.jsonl"}
     log = (tmp_path / "session.log").read_text()
     assert "== env: 0" in log and "== overhead: 0" in log and "== step-cost: 0" in log and "== reference: 0" in log
-    assert "training capped at " in log  # (240 s - the phases before - 30 - 20 - 4 x 25) / 4
+    assert "training capped at " in log  # (300 s - the phases before - 30 - 20 - 4 x 35) / 4
     assert "| small-cnn | 8 | eager |" in done.stdout  # the step-cost table comes last, in the tool's output tail
 
 

@@ -1,5 +1,6 @@
 """One run: records carry every field, BP and DBP see the same data, budgets and divergence end runs."""
 
+import dataclasses
 import math
 import threading
 import time
@@ -159,6 +160,22 @@ def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
     for record in second.evals:  # the same weights, R, optimizer, schedule, RNG, batches and loss sums
         for key in ("eval_loss", "eval_accuracy", "flops", *window_means):
             assert record[key] == pytest.approx(expected[record["step"]][key], rel=1e-5), (record["step"], key)
+
+
+def test_checkpoint_every_saves_every_kth_eval_point_and_always_the_end_or_a_stop(tmp_path):
+    spec = _resume_spec("bp", steps=22)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, checkpoint_every=2))
+    watch = CheckpointWatch(tmp_path / "run.pt")
+    train_run(spec, watch, device=torch.device("cpu"), checkpoint=tmp_path / "run.pt")
+    assert [r["step"] for r in watch.evals] == [5, 10, 15, 20, 22]
+    assert watch.checkpointed == [None, None, 10, 10, 20]  # 10 and 20 saved; then the end, at 22
+    assert load_checkpoint(tmp_path / "run.pt", torch.device("cpu"))["step"] == 22
+    stopped = CheckpointWatch(tmp_path / "stop.pt")
+    train_run(spec, stopped, device=torch.device("cpu"), checkpoint=tmp_path / "stop.pt",
+              should_stop=lambda: len(stopped.evals) >= 3)
+    assert load_checkpoint(tmp_path / "stop.pt", torch.device("cpu"))["step"] == 16  # the stop, between evals
+    with pytest.raises(ValueError, match="checkpoint_every must be at least 1"):
+        TrainConfig(checkpoint_every=0)
 
 
 def test_a_run_killed_before_its_end_record_ends_on_resume_as_it_did_without_training_on(tmp_path):

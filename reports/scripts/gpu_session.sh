@@ -24,17 +24,19 @@ budget=${2:-480}
 shift $(($# < 2 ? $# : 2))
 phases=${*:-env tests overhead step-cost reference}
 python=${PYTHON:-python3}
-overhead_args=${OVERHEAD_ARGS:---steps 300 --repeats 3 --device cuda}
+overhead_args=${OVERHEAD_ARGS:---steps 2000 --repeats 3 --device cuda}  # windows of ≈ 1 s, as in real runs
 step_cost_args=${STEP_COST_ARGS:---windows 3 --window-s 1.5 --idle-s 5}
-suite_args=${SUITE_ARGS:-gpu-reference --set models=[\"resnet18\"] --set seeds=[0,1]}
+# a checkpoint every 10th eval point: a ResNet-18 DBP one is ≈ 0.5 GB, about a second per write
+suite_args=${SUITE_ARGS:-gpu-reference --set models=[\"resnet18\"] --set seeds=[0,1] --set train.checkpoint_every=10}
 runs=4            # the reference phase's runs: bp and dbp x 2 seeds
-run_overhead_s=25 # per run, besides training: model, FLOP count, data on the GPU, evaluations, codecarbon
+run_overhead_s=35 # per run, besides training: model, warm-up, FLOP count, data on the GPU, evaluations, checkpoints
 deadline=$((SECONDS + budget))
 
 mkdir -p "$out"
 work=$(mktemp -d)
 site=$(mktemp -d)
 exec > >(tee -a "$out/session.log") 2>&1
+log_writer=$!
 
 left() { echo $((deadline - SECONDS)); }
 upto() { local l; l=$(left); echo $(($1 < l ? $1 : l)); }  # N seconds, or what is left if less
@@ -68,7 +70,7 @@ for phase in $phases; do
     env)
         timebox "$(upto 60)" "$python" -m decorbench env | tee "$work/env.txt"
         status=$?
-        nvidia-smi -q >"$work/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not available"
+        timeout 30 nvidia-smi -q >"$work/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not available"
         ;;
     tests)
         timebox "$(upto 120)" "$python" -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_gpu_meters.py \
@@ -100,7 +102,7 @@ for phase in $phases; do
             # shellcheck disable=SC2086
             timebox "$limit" "$python" -m decorbench run $suite_args --set "budget.max_train_seconds=$per_run" \
                 --out "$work/reference"
-            status=$?  # 130: interrupted at the time limit, its runs kept; 1: a run failed, its error recorded
+            status=$?  # 124: stopped at the time limit, its runs kept (interrupted); 1: a run failed (recorded)
             timebox "$(upto 60)" "$python" -m decorbench report "$work/reference" -o "$work/reference/report.html"
         fi
         ;;
@@ -116,3 +118,5 @@ done
 
 echo "== done, $(left) s of ${budget} left"
 if [ -f "$work/step_cost.md" ]; then cat "$work/step_cost.md"; fi
+exec >&- 2>&-
+wait "$log_writer"  # session.log complete before the device tool collects OUT
