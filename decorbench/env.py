@@ -161,7 +161,9 @@ def _probe_energy() -> tuple[str, str]:
                 counter.append(f"FAILS on {name}: {meter.unavailable_reason}")
                 power.append(f"FAILS on {name}: {meter.unavailable_reason}")
             elif source == "nvml-counter":
-                counter.append(f"works on {name}: a window read {joules:.3f} J")
+                interval = meter.counter_interval_s(0.5)
+                steps = "" if interval is None else f"; it moves every {interval * 1e3:.0f} ms (idle)"
+                counter.append(f"works on {name}: a window read {joules:.3f} J{steps}")
                 power.append(f"not needed on {name} (the counter works); the fallback when it does not")
             else:
                 counter.append(f"not supported on {name}")

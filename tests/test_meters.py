@@ -269,6 +269,21 @@ def test_reset_starts_a_new_total_and_an_unknown_start_stays_unknown():
     assert meter.end_window() == pytest.approx(1.0)
 
 
+def test_counter_interval_is_the_median_time_between_changes_of_the_counter():
+    clock, reads, every = Clock(), [0], [10]
+
+    def counter():  # NVML's counter moves in steps: 5 mJ every 10th read, one read per ms
+        reads[0] += 1
+        clock.t += 0.001
+        return 1000 + 5 * (reads[0] // every[0])
+
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=counter), clock=clock)
+    assert meter.counter_interval_s(0.2) == pytest.approx(0.010)
+    assert EnergyMeter("cuda:0", nvml=FakeNVML(power=lambda: 1000), sample_interval_s=0).counter_interval_s() is None
+    every[0] = 10**9  # a counter that does not move in the time polled
+    assert EnergyMeter("cuda:0", nvml=FakeNVML(counter=counter), clock=clock).counter_interval_s(0.05) is None
+
+
 # -- power-sampling path -----------------------------------------------------------------------------------------
 def test_power_path_integrates_samples_with_the_trapezoid_rule():
     clock = Clock()

@@ -285,6 +285,25 @@ class EnergyMeter:
                 self._integrate(t, watts)
             self._record(t, watts)
 
+    def counter_interval_s(self, seconds: float = 1.0) -> float | None:
+        """Median seconds between changes of the energy counter, polled for `seconds`; None off the counter path or
+        when it changed fewer than 3 times. A window only a few such intervals long reads largely the counter's
+        steps: its joules are off by up to one interval's worth at each edge."""
+        with self._lock:
+            if self.source != "nvml-counter":
+                return None
+            changes, last, end = [], None, self._clock() + seconds
+            try:
+                while (now := self._clock()) < end:
+                    value = self._read_counter()
+                    if last is not None and value != last:
+                        changes.append(now)
+                    last = value
+            except Exception:
+                return None
+        gaps = sorted(b - a for a, b in zip(changes, changes[1:]))
+        return gaps[len(gaps) // 2] if len(gaps) >= 2 else None
+
     @property
     def power_samples(self) -> list[tuple[float, float]]:
         """(seconds since the meter was made, watts) of the power sampler; empty on the counter path."""

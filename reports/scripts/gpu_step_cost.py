@@ -157,7 +157,8 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
     lines = [f"GPU {prov['gpu_name'] or '(none: ' + prov['device'] + ')'}, driver {prov['gpu_driver'] or '—'}, "
              f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, commit {prov['git_commit'] or 'unknown'}, "
              f"{prov['started_at']}", "", f"Command: `{prov['command']}`", "",
-             "Step: Adam + (DBP) decorrelation update, bf16 autocast, channels_last; ResNet CIFAR stem, 3×32×32, "
+             "Step: Adam + (DBP) decorrelation update (in fp32, TF32 off: R's precision), bf16 autocast, "
+             "channels_last; ResNet CIFAR stem, 3×32×32, "
              f"10 classes; DBP κ {DBP['kappa']}, sample fraction {DBP['sample_fraction']}. Step time: median over "
              "windows (min–max); energy and power: NVML energy counter over all windows; MFU: FLOPs per step "
              "(DBP's extra work included) / median step time / datasheet dense bf16 peak.", "",
@@ -178,7 +179,8 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
             f"| {bp['flops_per_step'] / 1e9:.0f} | {dbp['flops_per_step'] / 1e9:.0f} "
             f"| {_f(bp['peak_memory_bytes'], '.2f', 2**-30)} / {_f(dbp['peak_memory_bytes'], '.2f', 2**-30)} |")
     lines += ["", f"Idle GPU power: counter {_f(idle.get('counter'), '.1f')} W, sampled "
-                  f"{_f(idle.get('sampled'), '.1f')} W."]
+                  f"{_f(idle.get('sampled'), '.1f')} W. The energy counter moves every "
+                  f"{_f(prov.get('nvml_counter_interval_s'), '.0f', 1e3)} ms (median, idle)."]
     pairs = [(w["joules"]["counter"], w["joules"].get("sampled")) for r in results for m in METHODS
              for w in r[m]["windows"]]
     pairs = [(c, s) for c, s in pairs if c is not None and s is not None]
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = []
     try:
         idle = idle_power(device, energy, args.idle_s)
+        prov["nvml_counter_interval_s"] = energy["counter"].counter_interval_s(1.0)  # how coarse a window's joules
         for depth in args.depths:
             for batch in args.batches:
                 for path in args.paths:
