@@ -163,6 +163,11 @@ class Data:
         raise NotImplementedError
 
 
+def _upload(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, so the host does not wait for the GPU's queue."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 class TensorData(Data):
     """The whole dataset on the device; uint8 images are normalised per batch, after augmentation."""
 
@@ -182,10 +187,10 @@ class TensorData(Data):
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         g, n, b, share = _generator(self.seed, epoch), self.train_size, self.batch_size, self.local_batch_size
-        order = torch.randperm(n, generator=g).to(self.device)
+        order = _upload(torch.randperm(n, generator=g), self.device)
         if self.crop_flip:  # all of the epoch's random draws at once, so no batch waits on the host
-            shifts = torch.randint(0, 9, (n, 2), generator=g).to(self.device)
-            flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
+            shifts = _upload(torch.randint(0, 9, (n, 2), generator=g), self.device)
+            flips = _upload(torch.rand(n, generator=g) < 0.5, self.device)
         for first in range(start * b, n - b + 1, b):
             mine = slice(first + self.rank * share, first + (self.rank + 1) * share)
             x = self.x_train[order[mine]]

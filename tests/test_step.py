@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from decorbench.data import load_data
 from decorbench.dbp import decor_layers, decorrelate
 from decorbench.models import create_model
 from decorbench.step import make_step, prepare_model
+from test_data import cifar_root  # noqa: F401 (a fixture)
 
 
 def _setup(method, device="cpu", channels_last=False, **options):
@@ -63,5 +65,18 @@ def test_gpu_step_never_waits_for_the_device(method):
     try:
         for _ in range(3):
             step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_resident_data_never_waits_for_the_device_even_at_an_epoch_start(cifar_root):
+    data = load_data("cifar10", batch_size=2, seed=0, device="cuda", root=cifar_root)  # random crops and flips
+    list(data.train_batches(0))  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for epoch in (1, 2):  # each epoch draws its order, crops and flips on the host and uploads them
+            assert len(list(data.train_batches(epoch))) == 5
     finally:
         torch.cuda.set_sync_debug_mode("default")
