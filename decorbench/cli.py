@@ -272,8 +272,8 @@ def _main(argv: list[str] | None) -> int:
     run.add_argument("config", help=f"path to a suite TOML, or a built-in: {', '.join(builtin_names())}")
     run.add_argument("--out", help="results directory (default: a new results/<suite>-<UTC time>)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    run.add_argument("--resume", action="store_true", help="in --out: skip finished runs, continue unfinished ones from their "
-                                                          "last checkpoint")
+    run.add_argument("--resume", action="store_true",
+                     help="in --out: skip finished runs, continue unfinished ones from their last checkpoint")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set budget.max_epochs=3 --set 'models=[\"mlp\"]'")
     report = sub.add_parser("report", help="write a self-contained HTML report comparing BP and DBP")

@@ -11,9 +11,9 @@ from decorbench.report.runs import GROUP, per_run, tidy
 
 
 def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
-    """One row per (dataset, model, method): how many of its runs finished, target, median final accuracy, median time to
-    target, how many seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's is), and the speed-up =
-    median BP time-to-target / median DBP time-to-target.
+    """One row per (dataset, model, method): how many of its runs finished, target, median final accuracy, median
+    time to target, how many seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's
+    is), and the speed-up = median BP time-to-target / median DBP time-to-target.
 
     Final accuracies are of the runs that ended without a problem (not interrupted, failed, diverged or unfinished),
     as in the report; the target defaults to BP's median of them per dataset and model.
