@@ -252,20 +252,32 @@ def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
 
 
 def _stored_settings(run: dict, dataset: str) -> dict:
-    """A stored run record's settings as _settings gives them (results written before data options were stored
-    with their defaults have them as the config gave them)."""
+    """A stored run record's settings as _settings gives them. Records written by an older decorbench lack the
+    settings added since (each added with the old behaviour as its default) and have data options as the config
+    gave them."""
     settings = json.loads(json.dumps({k: run.get(k) for k in ("budget", "hyperparameters", "country_iso_code")}))
-    hyperparameters = settings["hyperparameters"]
-    data = hyperparameters.get("data") if isinstance(hyperparameters, dict) else None
+    with_defaults = ((settings, "budget", Budget), (settings["hyperparameters"], "train", TrainConfig),
+                     (settings["hyperparameters"], "dbp", DBPConfig))
+    for parent, key, kind in with_defaults:
+        if isinstance(parent, dict) and isinstance(parent.get(key), dict):
+            defaults = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
+            parent[key] = {**defaults, **parent[key]}
+    data = settings["hyperparameters"].get("data") if isinstance(settings["hyperparameters"], dict) else None
     if isinstance(data, dict) and isinstance(data.get("options"), dict):
         data["options"] = resolved_options(dataset, data["options"])
-    return settings
+    return json.loads(json.dumps(settings))
+
+
+# how a run is carried out, not what it is: --resume may change them
+_NOT_THE_EXPERIMENT = {"hyperparameters.train.checkpoint_every", "hyperparameters.data.options.num_workers"}
 
 
 def _changed(stored: dict, settings: dict, where: str = "") -> list[str]:
     """'key: old -> new' for every setting whose stored value differs."""
     out = []
     for key in sorted(set(stored) | set(settings)):
+        if f"{where}{key}" in _NOT_THE_EXPERIMENT:
+            continue
         old, new = stored.get(key), settings.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             out += _changed(old, new, f"{where}{key}.")

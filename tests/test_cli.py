@@ -269,11 +269,16 @@ def test_resume_takes_a_data_option_given_at_its_default_as_the_same_setting(tmp
     with pytest.raises(ConfigError, match=r"data\.options\.data_seed: 0 -> 1"):
         pending_runs(load_config("smoke", [*tiny, "data.options.data_seed=1"]), tmp_path, resume=True)
 
-    lines = path.read_text().splitlines()  # as written before the defaults were stored: the options as given
+    assert pending_runs(load_config("smoke", [*tiny, "train.checkpoint_every=3"]), tmp_path,
+                        resume=True) == []  # how a run is carried out, not what it is
+
+    lines = path.read_text().splitlines()  # as an older decorbench wrote it: options as given, no newer settings
     run = json.loads(lines[0])
     run["hyperparameters"]["data"]["options"] = {"train_size": 64, "test_size": 32}
+    del run["hyperparameters"]["train"]["batchnorm"], run["budget"]["stop_at_target"]
     path.write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
     assert pending_runs(config, tmp_path, resume=True) == []
+    assert json.loads(path.read_text().splitlines()[0]) == run  # compared, never changed
 
 
 def test_each_compiled_run_of_a_suite_compiles_its_own_step(tmp_path, monkeypatch):
