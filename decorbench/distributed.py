@@ -149,6 +149,11 @@ def gather(obj) -> list:
     return out
 
 
+def running_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm's running means and variances by buffer name: what each rank keeps for itself between evals."""
+    return {name: buffer for name, buffer in model.named_buffers() if name.endswith(("running_mean", "running_var"))}
+
+
 @torch.no_grad()
 def average_running_stats(model: nn.Module) -> None:
     """Average BatchNorm's running mean and variance over ranks, in place (as timm's distribute_bn does).
@@ -158,10 +163,9 @@ def average_running_stats(model: nn.Module) -> None:
     """
     if not active():
         return
-    for name, buffer in model.named_buffers():
-        if name.endswith(("running_mean", "running_var")):
-            dist.all_reduce(buffer)
-            buffer /= dist.get_world_size()
+    for buffer in running_stats(model).values():
+        dist.all_reduce(buffer)
+        buffer /= dist.get_world_size()
 
 
 def launch_prefix() -> list[str]:

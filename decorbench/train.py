@@ -170,9 +170,11 @@ def _rng(device: torch.device) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _running_stats(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: buffer.cpu() for name, buffer in model.named_buffers()
-            if name.endswith(("running_mean", "running_var"))}
+def _set_rng(rng: dict, device: torch.device) -> None:
+    """The random state `_rng` took (its CUDA part only on a GPU, and only if it has one: a run started on a CPU)."""
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _state(model: nn.Module, opt, scheduler, device: torch.device) -> dict:
@@ -184,7 +186,8 @@ def _state(model: nn.Module, opt, scheduler, device: torch.device) -> dict:
     """
     return {"model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler else None, "rng": distributed.gather(_rng(device)),
-            "running_stats": distributed.gather(_running_stats(model)), "world_size": distributed.world_size()}
+            "running_stats": distributed.gather({k: v.cpu() for k, v in distributed.running_stats(model).items()}),
+            "world_size": distributed.world_size()}
 
 
 def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device) -> None:
@@ -193,40 +196,33 @@ def _restore(saved: dict, model: nn.Module, opt, scheduler, device: torch.device
                          f"{distributed.world_size()}: resume with as many, so each continues its random state")
     model.load_state_dict(saved["model"])
     with torch.no_grad():
-        buffers = dict(model.named_buffers())
+        buffers = distributed.running_stats(model)
         for name, value in saved["running_stats"][distributed.rank()].items():
             buffers[name].copy_(value)
     opt.load_state_dict(saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
-    rng = saved["rng"][distributed.rank()]
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and rng["cuda"] is not None:  # None: the run started on a CPU
-        torch.cuda.set_rng_state(rng["cuda"], device)
+    _set_rng(saved["rng"][distributed.rank()], device)
 
 
-def _warm_up(net: nn.Module, spec: RunSpec, device: torch.device, input_shape, num_classes: int,
-             steps: int = 2) -> None:
+def _warm_up(net: nn.Module, spec: RunSpec, device: torch.device, data: Data, steps: int = 2) -> None:
     """Untimed steps on random data of the run's shapes, then the model and random state as they were. A process's
     first steps load the device's libraries and kernels (on a GPU up to seconds): without this only the first run of
     a suite (BP's) would pay for that in its train_time_s and energy. Eager and without collectives; a compiled
     step still compiles inside the run's time, as it is the run's own cost."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-    rng = _rng(device)
-    t, local_batch = spec.train, spec.train.batch_size // distributed.world_size()
+    rng, t = _rng(device), spec.train
     step = make_step(net, _optimizer(net.parameters(), t), amp=t.amp, channels_last=t.channels_last,
                      dbp_lr=spec.dbp.lr if spec.method == "dbp" else None)
-    x = torch.randn(local_batch, *input_shape, device=device)
-    y = torch.randint(num_classes, (local_batch,), device=device)
+    x = torch.randn(data.local_batch_size, *data.input_shape, device=device)
+    y = torch.randint(data.num_classes, (data.local_batch_size,), device=device)
     for _ in range(steps):
         step(x, y)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     net.load_state_dict(state)
     net.zero_grad(set_to_none=True)
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"] is not None:
-        torch.cuda.set_rng_state(rng["cuda"], device)
+    _set_rng(rng, device)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -304,7 +300,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         d = spec.dbp
         decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
     prepare_model(net.to(device).train(), channels_last=spec.train.channels_last)
-    _warm_up(net, spec, device, data.input_shape, data.num_classes)  # before DDP's hooks are on the parameters
+    _warm_up(net, spec, device, data)  # before DDP's hooks are on the parameters
     model = distributed.wrap(net, device)
     opt = _optimizer(net.parameters(), spec.train)
     t = spec.train
