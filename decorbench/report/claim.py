@@ -15,7 +15,7 @@ import pandas as pd
 
 from .runs import GROUP
 from .stats import median, ratio
-from .tables import fmt, problem_note, span
+from .tables import fmt, mismatches, problem_note, span
 
 PAPER = "arXiv 2405.02385"
 CLAIM = ("training ResNet-18 on ImageNet, DBP reaches BP's best test accuracy in less than half the wall-clock time "
@@ -98,6 +98,8 @@ def _speed_verdict(value: float, low: float, high: float, has_spread: bool) -> s
     else:
         verdict = "slower than BP (a slowdown), unlike the paper"
     crossed = [f"{line:g}×" for line in (1.0, PAPER_SPEEDUP) if has_spread and low < line < high]
+    if not has_spread:  # as the accuracy verdict, which is not judged from one run of a method
+        return verdict + " (from one BP and one DBP run that reached the target: no seed spread to weigh it against)"
     return verdict + (f" (its spread crosses {' and '.join(crossed)})" if crossed else "")
 
 
@@ -149,8 +151,10 @@ def _points(difference: float) -> str:
 
 
 def _caveats(dataset: str, model: str, group: pd.DataFrame, target: float | None, source: str) -> list[str]:
-    """What differs from the paper's setting, read from the results: data set, model, device, target."""
-    out = []
+    """What differs from the paper's setting, read from the results: data set, model, device, target; and BP and DBP
+    runs that differ in more than the method."""
+    differ = mismatches(group)
+    out = [f"BP and DBP not run alike, they differ in {'; '.join(differ)}"] if differ else []
     if dataset.lower() != PAPER_DATASET:
         out.append(f"{dataset}: not the paper's data set (ImageNet)")
     if model.lower() not in PAPER_MODELS:

@@ -54,12 +54,12 @@ def _parts(value: float, kind: str) -> tuple[str, str]:
             f"{value / 3600:.3g}", " h")
     if kind == "steps":  # a median over an even number of runs may end in .5
         return f"{value:,.1f}".removesuffix(".0"), ""
-    if kind == "ratio":
-        return f"{value:.2f}", "×"
+    if kind == "ratio":  # two significant figures below 0.01: a 2,500-fold slowdown is not "0.00×"
+        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2g}", "×"
     if kind == "fraction":
         return f"{100 * value:.3g}", " %"
-    if kind == "co2":  # kg in the records; tonnes, not Mg, from a tonne on
-        return (f"{value / 1000:.3g}", " t") if value >= 1000 else _si(value * 1000, "g")
+    if kind == "co2":  # kg in the records; tonnes, not Mg, from a tonne as printed on (999.97 kg is 1 t)
+        return (f"{value / 1000:.3g}", " t") if float(f"{value:.3g}") >= 1000 else _si(value * 1000, "g")
     return _si(value, {"joules": "J", "flops": "FLOP"}[kind])
 
 
@@ -193,7 +193,7 @@ def notes(runs: pd.DataFrame) -> list[str]:
         if n > 1:
             out.append(f"{dataset} · {model} mixes runs from {n} different machines/devices: compare its times "
                        "with care.")
-    return out + _pooled(runs)
+    return out + _unmatched(runs) + _pooled(runs)
 
 
 def _setting(value) -> str:
@@ -204,18 +204,56 @@ def _setting(value) -> str:
     return json.dumps(value, default=str)
 
 
+def _settings(runs: pd.DataFrame, methods_own: bool = True) -> list[str]:
+    """The columns that make a run's experiment; methods_own=False leaves out DBP's own (hyperparameters.dbp…),
+    which a BP run has none of."""
+    return [c for c in runs if c == "world_size" or c.startswith(("hyperparameters.", "budget."))
+            and (methods_own or not c.startswith("hyperparameters.dbp"))]
+
+
+def _listed(values: list[str], most: int = 3) -> str:
+    return "; ".join(values[:most]) + ("; …" if len(values) > most else "")
+
+
+def mismatches(group: pd.DataFrame) -> list[str]:
+    """How one (dataset, model)'s methods were not run alike: settings other than a method's own whose values differ
+    between methods, and seeds one method ran and another did not (a BP and a DBP run of a seed share data order
+    and eval schedule: DESIGN §5). Each ratio between the methods then compares different experiments."""
+    present = methods(group)
+    by_method = {m: group[group["method"] == m] for m in present}
+    out = []
+    for column in _settings(group, methods_own=False):
+        values = {m: sorted(part[column].map(_setting).unique()) for m, part in by_method.items()}
+        if len({tuple(v) for v in values.values()}) > 1:
+            out.append(f"{column} ({', '.join(f'{m.upper()} ' + ' / '.join(v) for m, v in values.items())})")
+    seeds = {m: sorted(part["seed"].dropna().unique()) for m, part in by_method.items()}
+    if len({tuple(v) for v in seeds.values()}) > 1:
+        out.append(f"seeds ({', '.join(f'{m.upper()} ' + ' / '.join(f'{s:g}' for s in v) for m, v in seeds.items())})")
+    return out
+
+
+def _unmatched(runs: pd.DataFrame) -> list[str]:
+    out = []
+    for (dataset, model), group in runs.groupby(GROUP, sort=True):
+        differ = mismatches(group)
+        if differ:
+            out.append(f"{dataset} · {model}: its methods were not run alike, they differ in {_listed(differ)}; the "
+                       "ratios between them and the paper-claim check compare different experiments.")
+    return out
+
+
 def _pooled(runs: pd.DataFrame) -> list[str]:
     """Runs of one method in a group that are not repeats over seeds of one experiment (results directories of
     different settings reported together, or the same seed twice): each median and spread mixes them."""
-    settings = [c for c in runs if c.startswith(("hyperparameters.", "budget."))]
+    settings = _settings(runs)
     out = []
     for (dataset, model, method), part in runs.groupby([*GROUP, "method"], sort=True):
         shown = part[settings].apply(lambda column: column.map(_setting))
         differ = [c for c in settings if shown[c].nunique() > 1]
         if differ:
-            values = "; ".join(f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in differ[:3])
-            out.append(f"{dataset} · {model} · {method.upper()} pools runs of different settings ({values}"
-                       f"{'; …' if len(differ) > 3 else ''}): its medians and spreads mix them.")
+            values = _listed([f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in differ])
+            out.append(f"{dataset} · {model} · {method.upper()} pools runs of different settings ({values}): its "
+                       "medians and spreads mix them.")
         seeds = part["seed"].value_counts()
         repeated = sorted(seeds[seeds > 1].index)
         if repeated:
