@@ -328,7 +328,10 @@ def _images(folder: Path) -> Iterator[str]:
     """The files of `folder` and its subfolders that ImageFolder reads as images."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    for parent, _, files in os.walk(folder, followlinks=True):
+    def unreadable(error: OSError):
+        raise error  # not "no images": missing_data says which folder cannot be read, and why
+
+    for parent, _, files in os.walk(folder, onerror=unreadable, followlinks=True):
         yield from (path for path in (os.path.join(parent, f) for f in files if f.lower().endswith(IMG_EXTENSIONS))
                     if os.path.isfile(path))  # not a link to nothing
 
@@ -363,7 +366,11 @@ def _read_cifar(name: str, path: Path, files: list[str]) -> tuple[Tensor, Tensor
     entries = []
     for f in files:
         try:
-            with open(path / f, "rb") as fh:
+            fh = open(path / f, "rb")
+        except OSError as e:
+            raise ValueError(f"{path / f}: cannot read it ({e.strerror or e})") from e
+        try:
+            with fh:
                 entry = pickle.load(fh, encoding="latin1")  # Python 2 pickles, as torchvision reads them
             images, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
             if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
@@ -374,7 +381,7 @@ def _read_cifar(name: str, path: Path, files: list[str]) -> tuple[Tensor, Tensor
             if labels.min() < 0 or labels.max() >= classes:
                 raise ValueError(f"labels in {labels.min()}..{labels.max()}, not 0..{classes - 1}")
             entries.append((images.reshape(-1, 3, 32, 32), labels))
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
+        except Exception as e:  # a damaged pickle can raise almost any kind (a renamed class: AttributeError)
             raise ValueError(f"{path / f}: not a {name} python-version batch file (damaged download?): "
                              f"{type(e).__name__}: {e}") from e
     return (torch.from_numpy(np.concatenate([x for x, _ in entries])),

@@ -49,6 +49,10 @@ class ConfigError(ValueError):
 class CarbonConfig:
     country_iso_code: str = "NLD"
 
+    def __post_init__(self):  # one spelling per country: "nld" and "NLD" are one grid when runs are compared
+        if isinstance(self.country_iso_code, str):
+            object.__setattr__(self, "country_iso_code", self.country_iso_code.upper())
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -105,7 +109,8 @@ def _build(cls, table: dict, section: str):
     unknown = sorted(set(table) - set(names))
     if unknown:
         prefix = f"{section}." if section else ""
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(names)}")
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown key {key if key.isprintable() else repr(key)}; valid keys: {', '.join(names)}")
     values = {}
     for key, value in table.items():
         where = f"{section}.{key}" if section else key
@@ -231,6 +236,9 @@ def _check_models(config: SuiteConfig) -> None:
                 decorrelate(net, skip=d.skip, only=d.only)
             except ValueError as e:
                 raise ConfigError(f"dbp.{e} {model}") from e
+            except RuntimeError as e:  # a d×d matrix whose size overflows: an MLP on huge images
+                raise ConfigError(f"model {model} with DBP on {config.dataset} inputs of {'×'.join(map(str, shape))}"
+                                  f" needs a decorrelation matrix too large to build ({str(e).splitlines()[0]})") from e
             state = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
             have = host_memory_bytes()
             if state > have:  # built on the host first; each R is d×d for a layer's input size d

@@ -89,6 +89,9 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     (["run", "smoke", "--bogus"], "unrecognized arguments: --bogus (see: decorbench --help)"),
     (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.image_size=224"],
      "model mlp with DBP on synthetic inputs of 3×224×224 holds 84.6 GiB of weights and decorrelation matrices"),
+    (["run", "smoke", "--set", "dataset=imagenette", "--set", "data.options.image_size=40000"],  # d² overflows
+     "model mlp with DBP on imagenette inputs of 3×40000×40000 needs a decorrelation matrix too large to build"),
+    (["run", "smoke", "--set", "train.l\nr=1"], "unknown key 'train.l\\nr'"),
     (["run", "smoke", "--set", f"name=\"{'a' * 240}\""], "characters too long: a run's file name would exceed 255"),
     (["run", "."], ". is a directory, not a config file"),
 ])
@@ -254,6 +257,7 @@ def test_resume_refuses_results_of_other_settings_and_keeps_them(tmp_path, capsy
     assert "choose another --out" in err[0]
     assert main([*args, "--set", "carbon.country_iso_code=DEU", "--resume"]) == 2  # co2_kg would mix two grids
     assert 'country_iso_code: "NLD" -> "DEU"' in capsys.readouterr().err
+    assert main([*args, "--set", "carbon.country_iso_code=nld", "--resume"]) == 0  # the same grid, spelt otherwise
     assert run_path(tmp_path, "smoke-digits-mlp-bp-s0").read_bytes() == before
 
 

@@ -274,6 +274,7 @@ def test_image_folders_imagefolder_cannot_read_are_named_before_any_run(folder_r
 
 @pytest.mark.parametrize("damage, why", [
     ("cut", "UnpicklingError|EOFError"),
+    ("module", "ModuleNotFoundError: No module named 'nompy'"),  # e.g. re-pickled under numpy 2, read by numpy 1
     ({b"labels": [1, 2, 3]}, "3 labels of kind int64 for 2 images"),  # would pair images with the wrong labels
     ({b"labels": [1, 10]}, "labels in 1..10, not 0..9"),
     ({b"labels": [1.0, 2.0]}, "labels of kind float64"),
@@ -284,6 +285,8 @@ def test_a_damaged_cifar_file_is_one_line_naming_it_and_what_is_wrong(cifar_root
     batch = cifar_root / "cifar-10-batches-py" / "data_batch_3"
     if damage == "cut":
         batch.write_bytes(batch.read_bytes()[:100])  # a download cut short
+    elif damage == "module":
+        batch.write_bytes(batch.read_bytes().replace(b"numpy", b"nompy"))
     else:
         with open(batch, "rb") as f:
             entry = {key.encode(): value for key, value in pickle.load(f, encoding="latin1").items()}
