@@ -1,11 +1,13 @@
 """asv: DBP's two extra pieces of work per ResNet depth, each alone — the decorrelation update of every R from
-one step's samples, and the fused A = W·R formation with its backward (grad_W = grad_A·Rᵀ)."""
+one step's samples, and the fused A = W·R formation with its backward (grad_W = grad_A·Rᵀ). On a GPU both run as
+the GPU suites' step runs them: bf16 autocast (a matmul of W and R in bf16; R itself stays fp32), channels_last."""
 
 import torch
 
-from benchmarks.common import DBP_LR, DEPTH_CASES, DEPTHS, DEVICES, device_or_skip, size, synchronize
+from benchmarks.common import DBP_LR, DEPTH_CASES, DEPTHS, DEVICES, as_trained, device_or_skip, size, synchronize
 from decorbench.dbp import decor_layers, decorrelate, update
 from decorbench.models import create_model
+from decorbench.step import prepare_model
 
 
 class DecorrelationParts:
@@ -21,8 +23,11 @@ class DecorrelationParts:
         side, batch = size(*DEPTH_CASES[case])
         torch.manual_seed(0)
         self.model = decorrelate(create_model(depth, 1000 if side == 224 else 10, input_shape=(3, side, side)))
-        self.model.to(self.device).train()
-        self.model(torch.randn(batch, 3, side, side, device=self.device))  # each layer samples its inputs
+        fast = self.device.type == "cuda"
+        prepare_model(self.model.to(self.device).train(), channels_last=fast)
+        x = torch.randn(batch, 3, side, side, device=self.device)
+        with as_trained(self.device):
+            self.model(x.contiguous(memory_format=torch.channels_last) if fast else x)  # each layer samples inputs
         self.layers = list(decor_layers(self.model).values())
         self.samples = [m.sample for m in self.layers]
         self.weight_grads = [torch.randn_like(m.weight) for m in self.layers]
@@ -35,5 +40,8 @@ class DecorrelationParts:
 
     def time_formation(self, depth, case, device):
         for layer, grad in zip(self.layers, self.weight_grads):
-            layer._fused_weight().backward(grad)
+            layer.weight.grad = None  # as after the optimizer's zero_grad: nothing to add to
+            with as_trained(self.device):
+                fused = layer._fused_weight()
+            fused.backward(grad.to(fused.dtype))
         synchronize(self.device)

@@ -48,6 +48,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def as_trained(device: torch.device) -> torch.autocast:
+    """The autocast the GPU suites train under (bf16 on a GPU; off on a CPU, as there)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 class Step:
     """One training step of `model` (decorrelated for DBP) on a fixed random batch: decorbench's own step (Adam, then
     the DBP update). On a GPU with its fast path, bf16 autocast and channels_last, as the GPU suites run it."""

@@ -21,6 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 STOP_POLL_STEPS = 10  # under DDP, ranks agree on a stop signal every this many steps (and at every eval point)
+# The group for the harness's own host values (stop flags, totals): gloo, on the CPU. An NCCL collective runs on the
+# GPU's queue, so reading its result back waits for every step queued before it: a stop poll would synchronise
+# host and GPU inside the timed window. None: the default group is gloo already (or there is none).
+_host_group: dist.ProcessGroup | None = None
 
 
 def launched() -> bool:
@@ -63,6 +67,7 @@ def is_main() -> bool:
 def init(device: torch.device) -> torch.device:
     """Under torchrun, join the process group and return this rank's device: cuda:LOCAL_RANK with NCCL, or the CPU
     with gloo. Without torchrun, `device` unchanged."""
+    global _host_group
     if not launched() or dist.is_initialized():
         return device
     if device.type == "cuda":
@@ -71,14 +76,17 @@ def init(device: torch.device) -> torch.device:
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
+        _host_group = dist.new_group(backend="gloo")
     else:
         dist.init_process_group("gloo")
     return device
 
 
 def shutdown() -> None:
+    global _host_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _host_group = None
 
 
 # torch 2.13 renamed the keyword (the old one warns there); torch 2.11 and 2.12 know only the old one.
@@ -104,9 +112,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def _reduce(values: list[float], op: dist.ReduceOp) -> list[float]:
     if not active():
         return list(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=op, group=_host_group)
     return t.tolist()
 
 

@@ -318,7 +318,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     def flops_after(steps: int) -> int:
         return steps * step_flops + -(-steps // every) * update_flops  # updates at steps 0, every, 2·every, ...
 
-    reset_peak_memory(device)
+    memory_unavailable_reason = reset_peak_memory(device)  # then peak_memory_bytes is null in every record
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
     updates = 0  # R updates in the current window
@@ -345,7 +345,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
 
     def stop_agreed(at_eval: bool) -> bool:
         """Whether to stop now. Ranks must stop at the same step, so under DDP they agree at every eval point and
-        every STOP_POLL_STEPS steps (a collective, not paid per step)."""
+        every STOP_POLL_STEPS steps (a collective over gloo, on the host: it never waits for the GPU)."""
         if not distributed.active():
             return should_stop()
         return (at_eval or step % distributed.STOP_POLL_STEPS == 0) and distributed.any_rank(should_stop())
@@ -377,6 +377,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             totals["energy_warnings"] = warned
         if carbon is not None and carbon.unavailable_reason:
             totals["carbon_unavailable_reason"] = carbon.unavailable_reason
+        if memory_unavailable_reason:
+            totals["memory_unavailable_reason"] = memory_unavailable_reason
         return totals, source
 
     def save(totals: dict, end: tuple[str, str] | None) -> None:

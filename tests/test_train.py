@@ -51,6 +51,17 @@ def test_eval_records_carry_every_field_and_grow_monotonically(method):
     assert (last["decor_loss"] is not None) == (method == "dbp")
 
 
+def test_a_peak_memory_that_cannot_be_measured_is_null_with_the_reason_in_the_totals(monkeypatch, tmp_path):
+    from decorbench.meters import memory
+
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no-proc" / "clear_refs")  # a kernel without it
+    _, _, totals, evals = run()
+    assert [r["peak_memory_bytes"] for r in evals] == [None, None]
+    assert "cannot reset the peak resident set" in totals["memory_unavailable_reason"]
+    monkeypatch.undo()
+    assert "memory_unavailable_reason" not in run()[2]
+
+
 @pytest.mark.parametrize("budget, status", [(Budget(max_steps=8, max_energy_j=100.0), "completed"),
                                             (Budget(max_energy_j=100.0), "failed")])
 def test_energy_of_training_windows_in_records_and_a_meter_failing_mid_run_leaves_null(fake_nvml_gpus, budget,
