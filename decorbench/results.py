@@ -334,7 +334,11 @@ def load(paths) -> pd.DataFrame:
                 **_flatten({"totals": end.get("totals") or {}}), "source": str(file)}
         rows += [{**run, **_flatten(e), **tail} for e in records["evals"] or [{}]]
     if not rows:
-        raise ValueError(f"no results found in {', '.join(map(str, paths)) or '(no paths given)'}")
+        deeper = sorted({str(f.parent.parent if f.parent.name == "runs" else f.parent)
+                         for p in paths if p.is_dir() for f in p.glob("**/*.jsonl")})  # results of several suites
+        hint = f"; results directories below it: {', '.join(deeper[:5])}{', …' if len(deeper) > 5 else ''}" \
+            if deeper else ""
+        raise ValueError(f"no results found in {', '.join(map(str, paths)) or '(no paths given)'}{hint}")
     df = pd.DataFrame(rows)
     last = ["status", "reason", *(c for c in df if c.startswith("totals.")), "source"]
     df = df.reindex(columns=[c for c in dict.fromkeys([*df, *EVAL_FIELDS]) if c not in last] + last).infer_objects()

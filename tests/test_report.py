@@ -135,8 +135,8 @@ def test_energy_the_meter_warned_about_is_flagged_with_its_warnings(tmp_path):
     write_run(tmp_path, "dbp", "dbp", "mlp", 0, energy_warnings=[shared, "MIG is on"])
     write_run(tmp_path, "dbp1", "dbp", "mlp", 1)
     page = render_report([tmp_path], tmp_path / "r.html").read_text()
-    assert f"Energy of 2 of 3 runs, read with care: {shared}." in page
-    assert "Energy of 1 of 3 runs, read with care: MIG is on." in page
+    assert f"Energy of 2 of 3 runs (bp, dbp), read with care: {shared}." in page
+    assert "Energy of 1 of 3 runs (dbp), read with care: MIG is on." in page
 
 
 def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suite):
@@ -628,3 +628,13 @@ def test_the_same_results_render_the_same_report(suite, tmp_path):
     pages = [render_report([out], tmp_path / f"{i}.html").read_text() for i in range(2)]
     same = [re.sub(r"report generated [^<]*", "", page) for page in pages]  # its time is the one difference
     assert same[0] == same[1]
+
+
+@pytest.mark.parametrize("step_s, unit", [(0.5, " s"), (30, " min"), (3000, " h")])
+def test_time_axes_use_the_tables_units_not_kiloseconds(step_s, unit, tmp_path):
+    for method in ("bp", "dbp"):
+        write_points(tmp_path, method, method, "mlp", 0, [0.5, 0.6, 0.7, 0.8], step_s)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    curve = page.split("Accuracy vs training time")[1].split("</svg>")[0]
+    ticks = re.findall(r"<text[^>]*>([^<]*)</text>", curve)
+    assert any(t.endswith(unit) for t in ticks) and not any(t.endswith(" ks") for t in ticks), ticks

@@ -144,6 +144,12 @@ def test_bad_input_raises_value_error(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="no results found"):
         load([])
+    for suite in ("k1", "k4"):  # several suites' results directories under one folder: each is named
+        with RunWriter(run_path(tmp_path / "all" / suite, "r0"), run_record()) as writer:
+            writer.end("completed", "ok")
+    with pytest.raises(ValueError, match=f"no results found in {tmp_path / 'all'}; results directories below it: "
+                                         f"{tmp_path / 'all' / 'k1'}, {tmp_path / 'all' / 'k4'}$"):
+        load(tmp_path / "all")
 
 
 def test_an_exception_inside_the_writer_records_a_failed_run(tmp_path):

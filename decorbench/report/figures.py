@@ -102,7 +102,12 @@ def _draw_bands(bands: pd.DataFrame, keys: list[tuple], colors: dict, fig: Figur
 
 @_styled
 def accuracy_curves(evals: pd.DataFrame, x: str, xlabel: str, unit: str, targets: pd.Series) -> Figure | None:
-    """Eval accuracy against cumulative `x`, one facet per (dataset, model), the target as a dashed line."""
+    """Eval accuracy against cumulative `x`, one facet per (dataset, model), the target as a dashed line. Times of
+    a minute or more in minutes, of two hours or more in hours, as the tables print them (not "7.2 ks")."""
+    longest = evals[x].max()
+    if unit == "s" and longest >= 60:
+        scale, unit = (60, "min") if longest < 7200 else (3600, "h")
+        evals = evals.assign(**{x: evals[x] / scale})
     bands = _bands(evals, x, "eval_accuracy")
     if bands.empty:
         return None
@@ -113,7 +118,8 @@ def accuracy_curves(evals: pd.DataFrame, x: str, xlabel: str, unit: str, targets
         ax.axhline(targets.get(key, math.nan), color="0.35", ls="--", lw=0.9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("eval accuracy")
-        ax.xaxis.set_major_formatter(EngFormatter(unit=unit, places=None, sep=" "))
+        ax.xaxis.set_major_formatter(EngFormatter(unit=unit, places=None, sep=" ") if unit not in ("min", "h") else
+                                     FuncFormatter(lambda value, _: f"{value:g} {unit}"))
         ax.xaxis.set_major_locator(MaxNLocator(4))
     return fig
 

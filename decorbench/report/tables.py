@@ -181,9 +181,10 @@ def notes(runs: pd.DataFrame) -> list[str]:
             why = _distinct(at_start.where(at_start != "", _field(missing, f"totals.{reason}", "no reason recorded")))
             out.append(f"{label} is unknown for {len(missing)} of {len(runs)} runs: {why}.")
     if "totals.energy_warnings" in runs:  # measured, but maybe not the run's alone, or missing a part
-        flagged = runs["totals.energy_warnings"].dropna().explode().dropna()
-        for warning, n in flagged.value_counts(sort=False).items():
-            out.append(f"Energy of {n} of {len(runs)} runs, read with care: {warning}.")
+        flagged = runs.set_index("run_id")["totals.energy_warnings"].dropna().explode().dropna()
+        for warning, which in flagged.groupby(flagged, sort=False):
+            named = _listed(sorted(map(str, which.index)), most=4, sep=", ")
+            out.append(f"Energy of {len(which)} of {len(runs)} runs ({named}), read with care: {warning}.")
     if "carbon_method" in runs:  # CO2e is never a measurement: say how each run's was estimated
         methods = runs.loc[runs["co2_kg"].notna(), "carbon_method"].dropna()
         for method, n in methods.value_counts(sort=False).items():
@@ -211,8 +212,8 @@ def _settings(runs: pd.DataFrame, methods_own: bool = True) -> list[str]:
             and (methods_own or not c.startswith("hyperparameters.dbp"))]
 
 
-def _listed(values: list[str], most: int = 3) -> str:
-    return "; ".join(values[:most]) + ("; …" if len(values) > most else "")
+def _listed(values: list[str], most: int = 3, sep: str = "; ") -> str:
+    return sep.join(values[:most]) + (f"{sep}…" if len(values) > most else "")
 
 
 def mismatches(group: pd.DataFrame) -> list[str]:
