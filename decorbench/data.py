@@ -138,6 +138,7 @@ class Data:
     batch_size: int
     seed: int
     device: torch.device
+    chance_accuracy: float  # always guessing the test set's most frequent class: what learning nothing scores
     rank: int = 0
     world_size: int = 1
 
@@ -175,7 +176,7 @@ class TensorData(Data):
                  mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), **meta):
         device = meta["device"]
         super().__init__(input_shape=tuple(x_train.shape[1:]), train_size=len(x_train), test_size=len(x_test),
-                         **meta)
+                         chance_accuracy=y_test.bincount().max().item() / len(y_test), **meta)
         self.x_train, self.y_train = x_train.to(device), y_train.to(device)
         self.x_test, self.y_test = x_test.to(device), y_test.to(device)
         self.crop_flip = crop_flip
@@ -248,7 +249,8 @@ class LoaderData(Data):
     """Image folders decoded by DataLoader workers (persistent, pinned memory and async copies on CUDA)."""
 
     def __init__(self, train_set, test_set, *, num_workers: int, **meta):
-        super().__init__(train_size=len(train_set), test_size=len(test_set), **meta)
+        super().__init__(train_size=len(train_set), test_size=len(test_set),
+                         chance_accuracy=float(np.bincount(test_set.targets).max() / len(test_set)), **meta)
         # DistributedSampler seeds its order with seed + epoch: a mixed seed keeps run seeds s and s+1 from sharing
         # epochs' orders. drop_last: every rank gets the same number of samples, floor(n / world_size).
         mixed = int(np.random.SeedSequence(self.seed).generate_state(1, np.uint32)[0])

@@ -366,7 +366,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
         totals = {"steps": step, "train_time_s": stopwatch.total_s, "flops": flops_after(step),
                   "flops_per_step": flops_after(step) / step, "final_accuracy": None, "energy_j": energy_j,
-                  "co2_kg": co2_kg}
+                  "co2_kg": co2_kg, "chance_accuracy": data.chance_accuracy}
         if energy is not None and energy.unavailable_reason:
             totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
         elif energy is not None and energy_j is None:

@@ -208,6 +208,10 @@ def test_image_folder_shapes_labels_and_classes(folder_root):
         torch.testing.assert_close(img[[0, 2]].mean((1, 2)), (torch.tensor(red_blue) - mean) / std, atol=1e-3, rtol=0)
     x, y = batches(data.train_batches(0))
     assert x.shape == (6, 3, 32, 32) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert data.chance_accuracy == 0.5  # either class: 2 of the 4 val images
+    (folder_root / "val" / "dog" / "1.png").unlink()
+    assert load_data("imagenette", batch_size=2, seed=0, root=folder_root,
+                     options={"image_size": 32, "num_workers": 0}).chance_accuracy == 2 / 3  # cats: 2 of 3
 
 
 def test_image_folder_augmentation_depends_on_seed_and_epoch_only(folder_root):

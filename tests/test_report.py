@@ -435,8 +435,9 @@ def test_peak_table_prefers_the_specific_name_and_never_guesses():
 
 
 def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", status="completed",
-                 **run_fields):
-    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds."""
+                 chance=None, **run_fields):
+    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds; `chance`: the
+    accuracy of guessing the test set's most frequent class, in its end record."""
     run = {**PROVENANCE, "run_id": run_id, "suite": "claim", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": len(accuracies)}, "hyperparameters": {}, "country_iso_code": "NLD",
            **run_fields}
@@ -445,7 +446,8 @@ def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="
             writer.eval({**dict.fromkeys(EVAL_FIELDS), "step": 10 * i, "epoch": i, "train_time_s": step_s * i,
                          "eval_accuracy": accuracy, "flops": 10**9 * i})
         if status:
-            writer.end(status, f"{status} done", {"steps": 10 * len(accuracies)})
+            writer.end(status, f"{status} done", {"steps": 10 * len(accuracies), **(
+                {"chance_accuracy": chance} if chance is not None else {})})
 
 
 def claim_text(html_text: str, group: str | None = None) -> str:
@@ -638,3 +640,18 @@ def test_time_axes_use_the_tables_units_not_kiloseconds(step_s, unit, tmp_path):
     curve = page.split("Accuracy vs training time")[1].split("</svg>")[0]
     ticks = re.findall(r"<text[^>]*>([^<]*)</text>", curve)
     assert any(t.endswith(unit) for t in ticks) and not any(t.endswith(" ks") for t in ticks), ticks
+
+
+def test_a_target_no_better_than_chance_is_flagged_and_its_speedup_not_judged(tmp_path):
+    for seed in range(2):  # BP learnt nothing (10 classes, balanced): its median final accuracy is chance
+        write_points(tmp_path, f"bp-{seed}", "bp", "resnet18", seed, [0.1, 0.1], 10, chance=0.1)
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "resnet18", seed, [0.5, 0.8], 10, chance=0.1)
+        write_points(tmp_path, f"mlp-bp-{seed}", "bp", "mlp", seed, [0.5, 0.8], 10, chance=0.1)
+        write_points(tmp_path, f"mlp-dbp-{seed}", "dbp", "mlp", seed, [0.6, 0.8], 10, chance=0.1)
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    flag = ("The target is no better than chance (10.00 %, always guessing the test set's most frequent class): "
+            "reaching it says nothing about learning.")
+    assert flag in card(page, "digits", "resnet18") and flag not in card(page, "digits", "mlp")
+    assert ("Time: not judged: BP's accuracy (10.00 %) is no better than chance (10.00 %), so reaching it says "
+            "nothing about learning.") in claim_text(page, "digits · resnet18")
+    assert "Time: not judged" not in claim_text(page, "digits · mlp")

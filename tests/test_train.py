@@ -49,6 +49,7 @@ def test_eval_records_carry_every_field_and_grow_monotonically(method):
     assert last["energy_j"] is None and last["co2_kg"] is None and last["energy_source"] is None
     assert last["peak_memory_bytes"] > 0
     assert (last["decor_loss"] is not None) == (method == "dbp")
+    assert totals["chance_accuracy"] == 46 / 450  # digits' test split: its most frequent class, 46 of 450 images
 
 
 def test_a_peak_memory_that_cannot_be_measured_is_null_with_the_reason_in_the_totals(monkeypatch, tmp_path):

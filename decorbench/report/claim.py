@@ -13,9 +13,9 @@ import math
 
 import pandas as pd
 
-from .runs import GROUP
+from .runs import GROUP, chance
 from .stats import median, ratio
-from .tables import fmt, mismatches, problem_note, span
+from .tables import at_chance, fmt, mismatches, problem_note, span
 
 PAPER = "arXiv 2405.02385"
 CLAIM = ("training ResNet-18 on ImageNet, DBP reaches BP's best test accuracy in less than half the wall-clock time "
@@ -30,11 +30,12 @@ def check(runs: pd.DataFrame, goals: pd.Series, target: float | None = None, sou
     """{paper, claim: what is checked; rows: one per (dataset, model) with BP and DBP runs; unchecked: the groups
     with one of them only; cannot: why nothing could be checked ("" when something was); target: the sentence on
     what "to target" means here}. target, source: a common target and where it came from (None: BP's own)."""
-    rows, unchecked = [], []
+    rows, unchecked, floor = [], [], chance(runs)
     for (dataset, model), group in runs.groupby(GROUP, sort=True):
         present = set(group["method"])
         if {"bp", "dbp"} <= present:
-            rows.append(_row(dataset, model, group, goals.get((dataset, model), math.nan), target, source))
+            rows.append(_row(dataset, model, group, goals.get((dataset, model), math.nan),
+                             floor.get((dataset, model), math.nan), target, source))
         else:
             only = " and ".join(sorted(m.upper() for m in present)) or "no"
             unchecked.append(f"{dataset} · {model} ({only} runs only)")
@@ -54,13 +55,15 @@ def _target_sentence(target: float | None, source: str) -> str:
             "median final accuracy, the target for runs given none.")
 
 
-def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, target: float | None, source: str) -> dict:
+def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, chance_accuracy: float, target: float | None,
+         source: str) -> dict:
     bp, dbp = (group[group["method"] == m] for m in ("bp", "dbp"))
-    return {"group": f"{dataset} · {model}", **_speedup(bp, dbp, goal, target), **_accuracy(bp, dbp),
-            "caveats": _caveats(dataset, model, group, target, source)}
+    return {"group": f"{dataset} · {model}", **_speedup(bp, dbp, goal, chance_accuracy, target),
+            **_accuracy(bp, dbp), "caveats": _caveats(dataset, model, group, target, source)}
 
 
-def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | None) -> dict:
+def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, chance_accuracy: float, target: float | None
+             ) -> dict:
     """Median BP / median DBP time to target over the runs that reached it, as in the summary's BP / DBP column.
     DBP runs that never got there are left out of its median, which flatters DBP, so the verdict says so (BP runs
     below the target are the rule, not news: by default it is BP's own median)."""
@@ -70,6 +73,10 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, target: float | N
     if target is None and not bp["scored"].any():
         return {**out, "speed_verdict": "no BP run finished with an eval accuracy, so there is no BP accuracy to "
                                         "reach"}
+    if at_chance(goal, chance_accuracy):
+        return {**out, "speed_verdict": f"not judged: {goal_text} is no better than chance "
+                                        f"({fmt(chance_accuracy, 'accuracy')}), so reaching it says nothing about "
+                                        "learning"}
     for name, part in (("DBP", dbp), ("BP", bp)):
         if not part["reached"].any():
             ended = f" ({problem_note(part)})" if part["problem"].any() else " within its budget"

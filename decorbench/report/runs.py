@@ -47,6 +47,15 @@ def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
     return bp.combine_first(scored.groupby(GROUP)["final_accuracy"].median()).reindex(groups).rename("target")
 
 
+def chance(runs: pd.DataFrame) -> pd.Series:
+    """Per (dataset, model): the accuracy of always guessing the test set's most frequent class, as the runs
+    recorded it (NaN where none did: results of an older decorbench, or no run ended). A target at or below it is
+    reached without learning anything."""
+    recorded = runs["totals.chance_accuracy"] if "totals.chance_accuracy" in runs else pd.Series(
+        float("nan"), index=runs.index)
+    return pd.to_numeric(recorded, errors="coerce").groupby([runs[c] for c in GROUP]).max()
+
+
 def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """(runs, targets): one row per run with its last eval point's fields, final_accuracy, step_time_s (training
     seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak),

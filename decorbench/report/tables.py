@@ -12,7 +12,7 @@ import os
 
 import pandas as pd
 
-from .runs import GROUP, PROBLEMS
+from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "dbp": 1}
@@ -117,7 +117,7 @@ def _ratio_cell(by_method: dict, column: str) -> dict:
 def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
     """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP).
     target_source: where a common target came from; None: each group's is BP's median final accuracy."""
-    groups = []
+    groups, floor = [], chance(runs)
     for (dataset, model), group in runs.groupby(GROUP, sort=True):
         present = methods(group)
         by_method = {m: group[group["method"] == m] for m in present}
@@ -134,8 +134,16 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
                                    "its runs that finished (no BP run finished with an eval accuracy)")
         groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
                        "target": fmt(target, "accuracy"), "target_source": source,
-                       "has_ratio": pair})
+                       "at_chance": at_chance(target, floor.get((dataset, model), math.nan)), "has_ratio": pair})
     return groups
+
+
+def at_chance(target: float, chance_accuracy: float) -> str:
+    """Why "to target" says nothing about learning when the target is no higher than guessing; else ""."""
+    if not target <= chance_accuracy:  # NaN either side: nothing to say
+        return ""
+    return (f"The target is no better than chance ({fmt(chance_accuracy, 'accuracy')}, always guessing the test set's "
+            "most frequent class): reaching it says nothing about learning.")
 
 
 def problem_note(part: pd.DataFrame) -> str:
