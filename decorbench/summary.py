@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from decorbench.report.runs import GROUP, per_run, tidy
+from decorbench.report.runs import GROUP, chance, per_run, tidy
 
 
 def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per (dataset, model, method): how many of its runs finished, target, median final accuracy, median
     time to target, how many seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's
-    is), and the speed-up = median BP time-to-target / median DBP time-to-target.
+    is), and the speed-up = median BP time-to-target / median DBP time-to-target (none where the target is no better
+    than chance_accuracy, always guessing the test set's most frequent class: reaching it says nothing).
 
     Final accuracies are of the runs that ended without a problem (not interrupted, failed, diverged or unfinished),
     as in the report; the target defaults to BP's median of them per dataset and model.
@@ -25,15 +26,19 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
         final_accuracy=("final_accuracy", "median"),
         time_to_target_s=("time_to_target", "median"), reached=("reached", lambda s: f"{int(s.sum())}/{len(s)}"),
         co2e_g=("co2_kg", lambda s: s.median() * 1000 if s.notna().all() else float("nan")))
-    table = table.join(goal, on=GROUP)
+    table = table.join(goal, on=GROUP).join(chance(runs).rename("chance_accuracy"), on=GROUP)
     tta = table["time_to_target_s"].unstack("method")
     if {"bp", "dbp"} <= set(tta.columns):
         table = table.join((tta["bp"] / tta["dbp"]).rename("speedup_bp_over_dbp"), on=GROUP)
+        table["speedup_bp_over_dbp"] = table["speedup_bp_over_dbp"].mask(table["target"] <= table["chance_accuracy"])
     return table.reset_index()
 
 
 def format_summary(table: pd.DataFrame) -> str:
-    shown = table.copy()
+    at_chance = table[table["target"] <= table["chance_accuracy"]].drop_duplicates(GROUP)
+    warnings = "".join(f"\n{r.dataset} · {r.model}: target {r.target:.3f} is no better than chance "
+                       f"({r.chance_accuracy:.3f}): no speed-up shown" for r in at_chance.itertuples())
+    shown = table.drop(columns="chance_accuracy")
     for col in ("target", "final_accuracy", "time_to_target_s", "speedup_bp_over_dbp", "co2e_g"):
         if col in shown:
             spec = ".3g" if col == "co2e_g" else ".3f"  # grams span orders of magnitude
@@ -42,4 +47,4 @@ def format_summary(table: pd.DataFrame) -> str:
             "end), of all; final_accuracy = their median; time = training seconds to the first eval at or above the "
             "target, median over the runs that reached it (reached: how many did); "
             "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
-            "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False))
+            "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False) + warnings)

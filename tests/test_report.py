@@ -17,7 +17,7 @@ from decorbench.report import render_report
 from decorbench.report.stats import CI, RANGE, median, ratio
 from decorbench.report.tables import fmt, span
 from decorbench.results import EVAL_FIELDS, RunWriter, load, provenance, run_path
-from decorbench.summary import summarize
+from decorbench.summary import format_summary, summarize
 
 EVIL = "<script>alert(1)</script>$x^2$"
 PROVENANCE = provenance("cpu")  # once: it runs git
@@ -655,3 +655,7 @@ def test_a_target_no_better_than_chance_is_flagged_and_its_speedup_not_judged(tm
     assert ("Time: not judged: BP's accuracy (10.00 %) is no better than chance (10.00 %), so reaching it says "
             "nothing about learning.") in claim_text(page, "digits · resnet18")
     assert "Time: not judged" not in claim_text(page, "digits · mlp")
+    table = summarize(load(tmp_path))
+    assert table["speedup_bp_over_dbp"].isna().tolist() == [False, False, True, True]  # mlp, then resnet18
+    assert format_summary(table).endswith("digits · resnet18: target 0.100 is no better than chance (0.100): no "
+                                          "speed-up shown")
