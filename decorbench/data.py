@@ -45,7 +45,7 @@ from decorbench.meters.memory import host_memory_bytes
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "imagenette", "synthetic")
 
-_FOLDER_OPTIONS = {"image_size": 224, "num_workers": None}  # None: min(8, cpu count)
+_FOLDER_OPTIONS = {"image_size": 224, "num_workers": None}  # None: _default_workers()
 OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their defaults
     "digits": {}, "cifar10": {}, "cifar100": {},
     "imagenet": _FOLDER_OPTIONS, "imagenette": _FOLDER_OPTIONS,
@@ -416,6 +416,13 @@ def _cifar(root: Path, augment: bool, **meta) -> Data:
                       crop_flip=augment, mean=mean, std=std, num_classes=10 if name == "cifar10" else 100, **meta)
 
 
+def _default_workers() -> int:
+    """The CPUs this process may use, shared with the other processes of its machine (torchrun), one kept for the
+    training loop: a GPU trains ResNet-18 on thousands of images a second, a core decodes a few hundred JPEGs."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
+
+
 def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -426,7 +433,7 @@ def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int |
     train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])
                 if augment else test_tf)
     train_set, test_set = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", test_tf)
-    return LoaderData(train_set, test_set, num_workers=min(8, os.cpu_count() or 1) if num_workers is None
+    return LoaderData(train_set, test_set, num_workers=_default_workers() if num_workers is None
                       else num_workers, num_classes=len(train_set.classes),
                       input_shape=(3, image_size, image_size), **meta)
 

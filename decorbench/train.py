@@ -321,6 +321,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     memory_unavailable_reason = reset_peak_memory(device)  # then peak_memory_bytes is null in every record
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
+    data_wait_s = 0.0  # of train_time_s, the part spent waiting for batches: a loader-bound run times its loader
     updates = 0  # R updates in the current window
     saved = distributed.broadcast(resume_from if distributed.is_main() else None)
     resumed = saved is not None
@@ -330,6 +331,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         _restore(saved, net, opt, scheduler, device)
         carried_totals = saved["totals"]
         step, stopwatch.total_s = saved["step"], carried_totals["train_time_s"]
+        data_wait_s = carried_totals.get("data_wait_s", 0.0)  # absent in a checkpoint of an older decorbench
         wall_start -= saved["wall_time_s"]
         window, updates = saved["window"]["steps"], saved["window"]["updates"]
         train_loss[()], decor_loss[()] = saved["window"]["losses"][distributed.rank()]
@@ -360,13 +362,13 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     def end_training_window() -> tuple[dict, str | None]:
         """The run's totals so far and where its energy came from, read at the window's end (the power sampler
         goes on during eval, and a failure there must not change what this window measured)."""
-        stopwatch.total_s = distributed.max_over_ranks([stopwatch.stop()])[0]  # stop() syncs with the GPU
+        stopwatch.total_s, waited = distributed.max_over_ranks([stopwatch.stop(), data_wait_s])  # stop() syncs
         energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
         source = energy.source if energy_j is not None else None
         co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
         totals = {"steps": step, "train_time_s": stopwatch.total_s, "flops": flops_after(step),
                   "flops_per_step": flops_after(step) / step, "final_accuracy": None, "energy_j": energy_j,
-                  "co2_kg": co2_kg, "chance_accuracy": data.chance_accuracy}
+                  "co2_kg": co2_kg, "chance_accuracy": data.chance_accuracy, "data_wait_s": waited}
         if energy is not None and energy.unavailable_reason:
             totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
         elif energy is not None and energy_j is None:
@@ -398,7 +400,13 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     while True:
         # Batch order is a function of (seed, epoch): starting at the next batch resumes mid-epoch exactly.
         epoch, first_batch = divmod(step, steps_per_epoch)
-        for x, y in data.train_batches(epoch, start=first_batch):
+        batches = data.train_batches(epoch, start=first_batch)
+        while True:
+            asked = time.perf_counter()
+            x, y = next(batches, (None, None))
+            data_wait_s += time.perf_counter() - asked  # the host waiting for its input, inside the timed window
+            if x is None:
+                break
             loss, decor = train_step(x, y, decorrelate=dbp and step % every == 0)
             if scheduler is not None:
                 scheduler.step()

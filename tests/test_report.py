@@ -435,9 +435,9 @@ def test_peak_table_prefers_the_specific_name_and_never_guesses():
 
 
 def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", status="completed",
-                 chance=None, **run_fields):
-    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds; `chance`: the
-    accuracy of guessing the test set's most frequent class, in its end record."""
+                 totals=None, **run_fields):
+    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds; `totals`: more of
+    its end record's totals."""
     run = {**PROVENANCE, "run_id": run_id, "suite": "claim", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": len(accuracies)}, "hyperparameters": {}, "country_iso_code": "NLD",
            **run_fields}
@@ -446,8 +446,7 @@ def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="
             writer.eval({**dict.fromkeys(EVAL_FIELDS), "step": 10 * i, "epoch": i, "train_time_s": step_s * i,
                          "eval_accuracy": accuracy, "flops": 10**9 * i})
         if status:
-            writer.end(status, f"{status} done", {"steps": 10 * len(accuracies), **(
-                {"chance_accuracy": chance} if chance is not None else {})})
+            writer.end(status, f"{status} done", {"steps": 10 * len(accuracies), **(totals or {})})
 
 
 def claim_text(html_text: str, group: str | None = None) -> str:
@@ -644,10 +643,10 @@ def test_time_axes_use_the_tables_units_not_kiloseconds(step_s, unit, tmp_path):
 
 def test_a_target_no_better_than_chance_is_flagged_and_its_speedup_not_judged(tmp_path):
     for seed in range(2):  # BP learnt nothing (10 classes, balanced): its median final accuracy is chance
-        write_points(tmp_path, f"bp-{seed}", "bp", "resnet18", seed, [0.1, 0.1], 10, chance=0.1)
-        write_points(tmp_path, f"dbp-{seed}", "dbp", "resnet18", seed, [0.5, 0.8], 10, chance=0.1)
-        write_points(tmp_path, f"mlp-bp-{seed}", "bp", "mlp", seed, [0.5, 0.8], 10, chance=0.1)
-        write_points(tmp_path, f"mlp-dbp-{seed}", "dbp", "mlp", seed, [0.6, 0.8], 10, chance=0.1)
+        write_points(tmp_path, f"bp-{seed}", "bp", "resnet18", seed, [0.1, 0.1], 10, totals={"chance_accuracy": 0.1})
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "resnet18", seed, [0.5, 0.8], 10, totals={"chance_accuracy": 0.1})
+        write_points(tmp_path, f"mlp-bp-{seed}", "bp", "mlp", seed, [0.5, 0.8], 10, totals={"chance_accuracy": 0.1})
+        write_points(tmp_path, f"mlp-dbp-{seed}", "dbp", "mlp", seed, [0.6, 0.8], 10, totals={"chance_accuracy": 0.1})
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
     flag = ("The target is no better than chance (10.00 %, always guessing the test set's most frequent class): "
             "reaching it says nothing about learning.")
@@ -659,3 +658,15 @@ def test_a_target_no_better_than_chance_is_flagged_and_its_speedup_not_judged(tm
     assert table["speedup_bp_over_dbp"].isna().tolist() == [False, False, True, True]  # mlp, then resnet18
     assert format_summary(table).endswith("digits · resnet18: target 0.100 is no better than chance (0.100): no "
                                           "speed-up shown")
+
+
+def test_runs_that_waited_for_their_input_are_flagged_as_timing_the_loader(tmp_path):
+    for method, wait in (("bp", 3.0), ("dbp", 0.5)):  # of 30 s training: 10 % is the line
+        write_points(tmp_path, method, method, "mlp", 0, [0.5, 0.6, 0.7], 10,
+                     totals={"train_time_s": 30.0, "data_wait_s": wait})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert "waited for their input" not in page  # 10 % exactly: not over the line
+    write_points(tmp_path, "bp", "bp", "mlp", 0, [0.5, 0.6, 0.7], 10, totals={"train_time_s": 30.0, "data_wait_s": 12.0})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert ("1 of 2 runs (bp) waited for their input batches for more than 10% of their training time (up to 40%): "
+            "their times and energy measure the data loader") in page

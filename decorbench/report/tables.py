@@ -16,6 +16,7 @@ from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "dbp": 1}
+LOADER_BOUND = 0.1  # a run that waited for its batches longer than this share of its training time is flagged
 UNFINISHED = "no end record"  # the status shown for a run whose file has no end record
 # (runs column, label, unit kind, whether BP/DBP is shown)
 METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
@@ -193,6 +194,16 @@ def notes(runs: pd.DataFrame) -> list[str]:
         for warning, which in flagged.groupby(flagged, sort=False):
             named = _listed(sorted(map(str, which.index)), most=4, sep=", ")
             out.append(f"Energy of {len(which)} of {len(runs)} runs ({named}), read with care: {warning}.")
+    if "totals.data_wait_s" in runs:
+        waited, trained = (pd.to_numeric(runs[f"totals.{c}"], errors="coerce") for c in ("data_wait_s", "train_time_s"))
+        share = waited / trained.where(trained > 0)
+        bound = share[share > LOADER_BOUND]
+        if len(bound):
+            named = _listed(sorted(map(str, runs.loc[bound.index, "run_id"])), most=4, sep=", ")
+            out.append(f"{len(bound)} of {len(runs)} runs ({named}) waited for their input batches for more than "
+                       f"{LOADER_BOUND:.0%} of their training time (up to {bound.max():.0%}): their times "
+                       "and energy measure the data loader as much as the training step, and hide the cost of a "
+                       "costlier step such as DBP's.")
     if "carbon_method" in runs:  # CO2e is never a measurement: say how each run's was estimated
         methods = runs.loc[runs["co2_kg"].notna(), "carbon_method"].dropna()
         for method, n in methods.value_counts(sort=False).items():
