@@ -31,6 +31,7 @@ import itertools
 import math
 import os
 import pickle
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,9 @@ class Data:
     chance_accuracy: float  # always guessing the test set's most frequent class: what learning nothing scores
     rank: int = 0
     world_size: int = 1
+    # seconds train_batches spent waiting for a loader to deliver (none for data on the device: its batches are made
+    # by the step's own device work); inside the timed window, so a loader-bound run times its loader
+    waited_s: float = 0.0
 
     @property
     def local_batch_size(self) -> int:
@@ -261,14 +265,22 @@ class LoaderData(Data):
                                  generator=torch.Generator(), **kw)
         self._test = DataLoader(Subset(test_set, self.test_shard()), generator=torch.Generator(), **kw)
 
-    def _to_device(self, loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in loader:
+    def _to_device(self, loader: DataLoader, timed: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = iter(loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)  # workers decode ahead; this waits only when they fall behind
+            if timed:
+                self.waited_s += time.perf_counter() - asked
+            if batch is None:
+                return
+            x, y = batch
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         self._sampler.set_epoch(epoch)
         self._sampler.skip = start * self.local_batch_size
-        yield from self._to_device(self._train)
+        yield from self._to_device(self._train, timed=True)
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         yield from self._to_device(self._test)

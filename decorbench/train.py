@@ -321,7 +321,6 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     memory_unavailable_reason = reset_peak_memory(device)  # then peak_memory_bytes is null in every record
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
-    data_wait_s = 0.0  # of train_time_s, the part spent waiting for batches: a loader-bound run times its loader
     updates = 0  # R updates in the current window
     saved = distributed.broadcast(resume_from if distributed.is_main() else None)
     resumed = saved is not None
@@ -331,7 +330,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         _restore(saved, net, opt, scheduler, device)
         carried_totals = saved["totals"]
         step, stopwatch.total_s = saved["step"], carried_totals["train_time_s"]
-        data_wait_s = carried_totals.get("data_wait_s", 0.0)  # absent in a checkpoint of an older decorbench
+        data.waited_s = carried_totals.get("data_wait_s", 0.0)  # absent in a checkpoint of an older decorbench
         wall_start -= saved["wall_time_s"]
         window, updates = saved["window"]["steps"], saved["window"]["updates"]
         train_loss[()], decor_loss[()] = saved["window"]["losses"][distributed.rank()]
@@ -362,7 +361,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     def end_training_window() -> tuple[dict, str | None]:
         """The run's totals so far and where its energy came from, read at the window's end (the power sampler
         goes on during eval, and a failure there must not change what this window measured)."""
-        stopwatch.total_s, waited = distributed.max_over_ranks([stopwatch.stop(), data_wait_s])  # stop() syncs
+        stopwatch.total_s, waited = distributed.max_over_ranks([stopwatch.stop(), data.waited_s])  # stop() syncs
         energy_j = distributed.sum_measured(energy.end_window() if energy else None, energy is not None)
         source = energy.source if energy_j is not None else None
         co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
@@ -400,13 +399,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     while True:
         # Batch order is a function of (seed, epoch): starting at the next batch resumes mid-epoch exactly.
         epoch, first_batch = divmod(step, steps_per_epoch)
-        batches = data.train_batches(epoch, start=first_batch)
-        while True:
-            asked = time.perf_counter()
-            x, y = next(batches, (None, None))
-            data_wait_s += time.perf_counter() - asked  # the host waiting for its input, inside the timed window
-            if x is None:
-                break
+        for x, y in data.train_batches(epoch, start=first_batch):
             loss, decor = train_step(x, y, decorrelate=dbp and step % every == 0)
             if scheduler is not None:
                 scheduler.step()

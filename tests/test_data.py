@@ -5,6 +5,7 @@ import pickle
 import re
 import shutil
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -212,6 +213,19 @@ def test_image_folder_shapes_labels_and_classes(folder_root):
     (folder_root / "val" / "dog" / "1.png").unlink()
     assert load_data("imagenette", batch_size=2, seed=0, root=folder_root,
                      options={"image_size": 32, "num_workers": 0}).chance_accuracy == 2 / 3  # cats: 2 of 3
+
+
+def test_an_image_folder_counts_the_time_its_training_batches_waited_for_the_loader(folder_root, monkeypatch):
+    from decorbench import data as data_module
+
+    decode = data_module._Seeded.__getitem__
+    monkeypatch.setattr(data_module._Seeded, "__getitem__", lambda self, item: (time.sleep(0.02), decode(self, item))[1])
+    data = load_data("imagenette", batch_size=2, seed=0, root=folder_root, options={"image_size": 32, "num_workers": 0})
+    list(data.test_batches())
+    assert data.waited_s == 0  # evaluation is not training time
+    list(data.train_batches(0))
+    assert 6 * 0.02 <= data.waited_s < 1  # the 6 training images, decoded in this process (num_workers = 0)
+    assert load_data("digits", batch_size=2, seed=0).waited_s == 0  # on the device: no loader to wait for
 
 
 def test_image_folder_augmentation_depends_on_seed_and_epoch_only(folder_root):
