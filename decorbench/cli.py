@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+_locks: list = []  # the results directory's lock file while this process writes there (see _lock)
 
 
 def _say(text: str, file=None) -> None:
@@ -129,7 +130,41 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
                 pass
         except OSError as e:
             return f"--out {out}: cannot write {folder} there ({e.strerror or e})"
-    return out, todo
+    held_by = _lock(out)
+    if held_by is not None:
+        return (f"--out {out} is in use by another decorbench run ({held_by}); let it end, or choose another "
+                "--out")
+    try:  # again, now that no other run can change them: one that held the lock may have just finished a run
+        return out, pending_runs(config, out, args.resume, world_size)
+    except (ConfigError, ValueError) as e:
+        return str(e)
+
+
+def _lock(out: Path) -> str | None:
+    """Lock `out` for this process until `_unlock`; else who holds it. Two runs writing one results directory would
+    interleave their records and replace each other's checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: unlocked
+        return None
+    f = open(out / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        return f"process {holder}" if holder else "a process"
+    f.truncate(0)
+    f.write(f"{os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    _locks.append(f)
+    return None
+
+
+def _unlock() -> None:
+    while _locks:
+        _locks.pop().close()  # closing releases the lock
 
 
 def _stopped_before_start() -> int:
@@ -162,6 +197,7 @@ def _run(args) -> int:
         plan = distributed.broadcast(_plan(args, config, distributed.world_size()) if distributed.is_main() else None)
         return _fail(plan) if isinstance(plan, str) else _run_suite(args, config, device, signals, *plan)
     finally:
+        _unlock()
         distributed.shutdown()
 
 

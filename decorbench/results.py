@@ -146,6 +146,10 @@ class RunWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self._prepare_resume(run["run_id"], resume_after_step):
             self._file = open(self.path, "a", encoding="utf-8")
+        elif resume and resume_after_step is not None and self.path.exists():  # starting afresh loses its records
+            raise ValueError(f"{self.path} does not start with a run record, so it cannot be continued from its "
+                             f"checkpoint (step {resume_after_step}); restore it, or delete it and the checkpoint "
+                             "to run it again")
         else:
             self._file = open(self.path, "w", encoding="utf-8")
             self._write({"type": "run", **run})
@@ -164,18 +168,20 @@ class RunWriter:
         except FileNotFoundError:
             return False
         keep = data[: data.rfind(b"\n") + 1]
-        try:
-            first = json.loads(keep.split(b"\n", 1)[0])
-        except ValueError:
-            return False  # empty, or the crash cut the run record itself
+        if _record(data[len(keep):]) is not None:  # a whole last record whose newline an editor dropped
+            keep = data + b"\n"
+        first = next((_record(line) for line in keep.splitlines() if line.strip()), None)
         if not (isinstance(first, dict) and first.get("type") == "run"):
-            return False
+            return False  # empty, or the crash cut the run record itself
         if first.get("run_id") != run_id:
             raise ValueError(f"{self.path} holds run {first.get('run_id')!r}, not {run_id!r}; not resuming into it")
         if len(keep) < len(data):
             warnings.warn(f"{self.path}: cut off a truncated last line before resuming", stacklevel=3)
             with open(self.path, "r+b") as f:
                 f.truncate(len(keep))
+        elif len(keep) > len(data):
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
         if after_step is not None:
             lines = keep.splitlines(keepends=True)
             kept = [line for line in lines if not _eval_past(line, after_step)]
@@ -226,12 +232,18 @@ def begins_as_written(data: bytes) -> bool:
     return data.startswith(_RUN_RECORD_START[:len(data)])
 
 
-def _eval_past(line: bytes, step: int) -> bool:
+def _record(line: bytes) -> dict | None:
+    """The record on one line, or None for a line that is not one (blank, cut short, not a JSON object)."""
     try:
         record = json.loads(line)
     except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("type") == "eval" and (record.get("step") or 0) > step
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _eval_past(line: bytes, step: int) -> bool:
+    record = _record(line)
+    return record is not None and record.get("type") == "eval" and (record.get("step") or 0) > step
 
 
 def read_run(path: Path | str) -> dict:

@@ -451,7 +451,19 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         if main and not resuming:
             checkpoint.unlink(missing_ok=True)
         after_step = saved["step"] if saved is not None else None
-        with RunWriter(path, record, resume=resuming, resume_after_step=after_step) if main else _Discard() as writer:
+        try:
+            writer = RunWriter(path, record, resume=resuming, resume_after_step=after_step) if main else _Discard()
+        except (OSError, ValueError) as e:  # a full disk, a hand-edited file: nothing of it is lost, the suite goes on
+            if distributed.active():
+                raise
+            energy.close()
+            if carbon is not None:
+                carbon.stop()
+            reason = f"cannot write its results: {e}".splitlines()[0]
+            print(f"decorbench: {spec.run_id}: {reason}", file=sys.stderr)
+            ends.append({"run_id": spec.run_id, "status": "failed", "reason": reason})
+            continue
+        with writer:
             on_step = progress(spec) if progress else (lambda *_: None)
             try:
                 with _compiled_afresh(spec.train.compile):

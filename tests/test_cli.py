@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from decorbench.checkpoint import save_checkpoint
 from decorbench.cli import main
 from decorbench.configs import builtin_names
 from decorbench.data import load_data
@@ -235,6 +236,43 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
     ends = [read_run(run_path(tmp_path / "out", f"smoke-imagenette-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
     assert [e["status"] for e in ends] == ["failed", "failed"]
     assert all(e["reason"].startswith("UnidentifiedImageError: cannot identify image file") for e in ends)
+
+
+def test_a_run_whose_results_file_cannot_be_written_is_failed_and_the_suite_goes_on(tmp_path, capsys):
+    config = load_config("smoke", [*ONE_PAIR[1::2], "budget.max_steps=2"])
+    run_path(tmp_path, "smoke-digits-mlp-bp-s0").mkdir(parents=True)  # e.g. a full disk: open() fails
+    ends = run_suite(config, tmp_path, torch.device("cpu"), config.runs())
+    assert [e["status"] for e in ends] == ["failed", "completed"]
+    assert ends[0]["reason"].startswith("cannot write its results: [Errno 21] Is a directory")
+    assert "smoke-digits-mlp-bp-s0: cannot write its results" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_fails_to_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    def disk_full(state, f):
+        f.write(b"part of a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path / "run.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_results_directory_another_run_is_writing_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out, argv = tmp_path / "out", ["run", "smoke", *ONE_PAIR, "--set", "budget.max_steps=2"]
+    out.mkdir()
+    with open(out / ".lock", "w") as held:
+        held.write("4242 on elsewhere\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*argv, "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (f"decorbench: error: --out {out} is in use by another decorbench "
+                                                   "run (process 4242 on elsewhere); let it end, or choose another "
+                                                   "--out")
+        assert not list(out.glob("runs/*"))
+    assert main([*argv, "--out", str(out)]) == 0  # released
 
 
 def test_an_image_folder_smaller_than_a_batch_exits_2_before_any_run(tmp_path, capsys):

@@ -241,6 +241,27 @@ def test_resuming_drops_the_eval_records_past_the_checkpoint_and_keeps_the_rest(
         [10, 20, 30]
 
 
+@pytest.mark.parametrize("edit", ["blank first line", "no final newline"])  # as editors leave files
+def test_resuming_a_hand_edited_file_keeps_every_record_up_to_the_checkpoint(edit, tmp_path):
+    path = write_run(tmp_path, steps=(10, 20), status=None)
+    text = path.read_text()
+    path.write_text("\n" + text if edit == "blank first line" else text.rstrip("\n"))
+    with RunWriter(path, run_record(), resume=True, resume_after_step=20) as writer:
+        writer.eval(eval_record(30))
+        writer.end("completed", "ok")
+    assert [e["step"] for e in read_run(path)["evals"]] == [10, 20, 30]
+
+
+def test_a_file_that_cannot_be_continued_from_its_checkpoint_is_refused_and_left_as_it_is(tmp_path):
+    path = write_run(tmp_path, steps=(10, 20), status=None)
+    edited = "garbage\n" + path.read_text()  # not starting with its run record: starting it afresh would lose it
+    path.write_text(edited)
+    with pytest.raises(ValueError, match=r"does not start with a run record, so it cannot be continued from its "
+                                         r"checkpoint \(step 20\)"):
+        RunWriter(path, run_record(), resume=True, resume_after_step=20)
+    assert path.read_text() == edited
+
+
 def test_a_separate_reader_sees_each_record_as_soon_as_the_call_returns(tmp_path):
     path = run_path(tmp_path, "r0")
     writer = RunWriter(path, run_record())
