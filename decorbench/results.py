@@ -7,6 +7,7 @@ skip it with a warning. Data flows one way: train loop → `RunWriter` → files
 File layout (DESIGN.md §4.3): a `run` record, then one `eval` record per eval point, then an `end` record.
 """
 
+import codecs
 import json
 import math
 import os
@@ -170,7 +171,7 @@ class RunWriter:
         keep = data[: data.rfind(b"\n") + 1]
         if _record(data[len(keep):]) is not None:  # a whole last record whose newline an editor dropped
             keep = data + b"\n"
-        first = next((_record(line) for line in keep.splitlines() if line.strip()), None)
+        first = next((_record(line) for line in keep.removeprefix(codecs.BOM_UTF8).splitlines() if line.strip()), None)
         if not (isinstance(first, dict) and first.get("type") == "run"):
             return False  # empty, or the crash cut the run record itself
         if first.get("run_id") != run_id:
@@ -250,7 +251,7 @@ def read_run(path: Path | str) -> dict:
     """{"run": {...} | None, "evals": [...], "end": {...} | None}; unreadable lines are skipped with one warning."""
     path = Path(path)
     out, bad = {"run": None, "evals": [], "end": None}, []
-    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    lines = path.read_bytes().decode("utf-8-sig", errors="replace").split("\n")  # -sig: a BOM an editor added
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -219,7 +219,12 @@ def test_an_image_folder_counts_the_time_its_training_batches_waited_for_the_loa
     from decorbench import data as data_module
 
     decode = data_module._Seeded.__getitem__
-    monkeypatch.setattr(data_module._Seeded, "__getitem__", lambda self, item: (time.sleep(0.02), decode(self, item))[1])
+
+    def slowly(self, item):
+        time.sleep(0.02)
+        return decode(self, item)
+
+    monkeypatch.setattr(data_module._Seeded, "__getitem__", slowly)
     data = load_data("imagenette", batch_size=2, seed=0, root=folder_root, options={"image_size": 32, "num_workers": 0})
     list(data.test_batches())
     assert data.waited_s == 0  # evaluation is not training time

@@ -666,7 +666,8 @@ def test_runs_that_waited_for_their_input_are_flagged_as_timing_the_loader(tmp_p
                      totals={"train_time_s": 30.0, "data_wait_s": wait})
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
     assert "waited for their input" not in page  # 10 % exactly: not over the line
-    write_points(tmp_path, "bp", "bp", "mlp", 0, [0.5, 0.6, 0.7], 10, totals={"train_time_s": 30.0, "data_wait_s": 12.0})
+    write_points(tmp_path, "bp", "bp", "mlp", 0, [0.5, 0.6, 0.7], 10,
+                 totals={"train_time_s": 30.0, "data_wait_s": 12.0})
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
     assert ("1 of 2 runs (bp) waited for their input batches for more than 10% of their training time (up to 40%): "
             "their times and energy measure the data loader") in page

@@ -241,11 +241,12 @@ def test_resuming_drops_the_eval_records_past_the_checkpoint_and_keeps_the_rest(
         [10, 20, 30]
 
 
-@pytest.mark.parametrize("edit", ["blank first line", "no final newline"])  # as editors leave files
+@pytest.mark.parametrize("edit", ["blank first line", "no final newline", "byte order mark"])  # as editors leave files
 def test_resuming_a_hand_edited_file_keeps_every_record_up_to_the_checkpoint(edit, tmp_path):
     path = write_run(tmp_path, steps=(10, 20), status=None)
     text = path.read_text()
-    path.write_text("\n" + text if edit == "blank first line" else text.rstrip("\n"))
+    path.write_text({"blank first line": "\n" + text, "no final newline": text.rstrip("\n"),
+                     "byte order mark": "\ufeff" + text}[edit])
     with RunWriter(path, run_record(), resume=True, resume_after_step=20) as writer:
         writer.eval(eval_record(30))
         writer.end("completed", "ok")
