@@ -150,11 +150,15 @@ def _lock(out: Path) -> str | None:
     f = open(out / ".lock", "a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.seek(0)
         holder = f.read().strip()
         f.close()
         return f"process {holder}" if holder else "a process"
+    except OSError as e:  # a file system without locks (some NFS, Lustre, FUSE mounts)
+        f.close()
+        warnings.warn(f"{out} cannot be locked ({e.strerror or e}): run one decorbench at a time on it")
+        return None
     f.truncate(0)
     f.write(f"{os.getpid()} on {os.uname().nodename}\n")
     f.flush()
@@ -226,9 +230,12 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
         for end in ends:
             _say(f"  {end['run_id']}: {end['status']} ({end['reason']})")
         run_ids = {spec.run_id for spec in config.runs()}
-        evals = load(out)
-        evals = evals[evals["run_id"].isin(run_ids)]
-        if evals["eval_accuracy"].notna().any():
+        try:
+            evals = load(out)
+        except ValueError:  # no results file could be written (a full disk): each run's failure is said above
+            evals = None
+        if evals is not None and evals.loc[evals["run_id"].isin(run_ids), "eval_accuracy"].notna().any():
+            evals = evals[evals["run_id"].isin(run_ids)]
             _say(format_summary(summarize(evals, config.budget.target_accuracy)), sys.stdout)
     if interrupted:
         return EXIT_INTERRUPTED

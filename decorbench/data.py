@@ -430,9 +430,10 @@ def _cifar(root: Path, augment: bool, **meta) -> Data:
 
 def _default_workers() -> int:
     """The CPUs this process may use, shared with the other processes of its machine (torchrun), one kept for the
-    training loop: a GPU trains ResNet-18 on thousands of images a second, a core decodes a few hundred JPEGs."""
+    training loop, at most 32 (each worker holds its own copy of the file list: ImageNet's is 1.28 M entries): a
+    GPU trains ResNet-18 on thousands of images a second, a core decodes a few hundred JPEGs."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
+    return max(1, min(32, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
 
 
 def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:

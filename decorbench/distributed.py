@@ -112,7 +112,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def _reduce(values: list[float], op: dist.ReduceOp) -> list[float]:
     if not active():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    nccl_only = _host_group is None and dist.get_backend() == "nccl"  # a group joined other than by init()
+    t = torch.tensor(values, dtype=torch.float64, device=torch.cuda.current_device() if nccl_only else "cpu")
     dist.all_reduce(t, op=op, group=_host_group)
     return t.tolist()
 

@@ -130,6 +130,11 @@ def _require(record: dict, fields: tuple, kind: str) -> None:
         raise ValueError(f"{kind} record lacks required field(s): {', '.join(missing)}")
 
 
+# settings that change how a run is carried out, not what it is: --resume may change them, and runs that differ in
+# them are still one experiment
+NOT_THE_EXPERIMENT = ("hyperparameters.train.checkpoint_every", "hyperparameters.data.options.num_workers")
+
+
 class RunWriter:
     """Appends one run's records to `path`, each flushed and fsynced before the call returns.
 
@@ -153,7 +158,11 @@ class RunWriter:
                              "to run it again")
         else:
             self._file = open(self.path, "w", encoding="utf-8")
-            self._write({"type": "run", **run})
+            try:
+                self._write({"type": "run", **run})
+            except BaseException:
+                self._file.close()
+                raise
             if os.name == "posix":  # make the new directory entry itself durable
                 fd = os.open(self.path.parent, os.O_RDONLY)
                 try:
@@ -347,8 +356,10 @@ def load(paths) -> pd.DataFrame:
                 **_flatten({"totals": end.get("totals") or {}}), "source": str(file)}
         rows += [{**run, **_flatten(e), **tail} for e in records["evals"] or [{}]]
     if not rows:
-        deeper = sorted({str(f.parent.parent if f.parent.name == "runs" else f.parent)
-                         for p in paths if p.is_dir() for f in p.glob("**/*.jsonl")})  # results of several suites
+        searched = {p.resolve() for p in paths}
+        deeper = sorted({str(d) for p in paths if p.is_dir() for f in p.glob("**/*.jsonl")  # several suites' results
+                         for d in [f.parent.parent if f.parent.name == "runs" else f.parent]
+                         if d.resolve() not in searched})
         hint = f"; results directories below it: {', '.join(deeper[:5])}{', …' if len(deeper) > 5 else ''}" \
             if deeper else ""
         raise ValueError(f"no results found in {', '.join(map(str, paths)) or '(no paths given)'}{hint}")

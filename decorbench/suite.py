@@ -34,7 +34,7 @@ from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
 from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
-from decorbench.results import RunWriter, begins_as_written, provenance, read_run, run_path
+from decorbench.results import NOT_THE_EXPERIMENT, RunWriter, begins_as_written, provenance, read_run, run_path
 from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
@@ -273,21 +273,21 @@ def _stored_settings(run: dict, dataset: str) -> dict:
         if isinstance(parent, dict) and isinstance(parent.get(key), dict):
             defaults = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
             parent[key] = {**defaults, **parent[key]}
+    if isinstance(settings["country_iso_code"], str):  # as the config has it now: upper case
+        settings["country_iso_code"] = settings["country_iso_code"].upper()
     data = settings["hyperparameters"].get("data") if isinstance(settings["hyperparameters"], dict) else None
     if isinstance(data, dict) and isinstance(data.get("options"), dict):
         data["options"] = resolved_options(dataset, data["options"])
     return json.loads(json.dumps(settings))
 
 
-# how a run is carried out, not what it is: --resume may change them
-_NOT_THE_EXPERIMENT = {"hyperparameters.train.checkpoint_every", "hyperparameters.data.options.num_workers"}
 
 
 def _changed(stored: dict, settings: dict, where: str = "") -> list[str]:
     """'key: old -> new' for every setting whose stored value differs."""
     out = []
     for key in sorted(set(stored) | set(settings)):
-        if f"{where}{key}" in _NOT_THE_EXPERIMENT:
+        if f"{where}{key}" in NOT_THE_EXPERIMENT:
             continue
         old, new = stored.get(key), settings.get(key)
         if isinstance(old, dict) and isinstance(new, dict):

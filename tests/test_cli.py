@@ -247,6 +247,30 @@ def test_a_run_whose_results_file_cannot_be_written_is_failed_and_the_suite_goes
     assert "smoke-digits-mlp-bp-s0: cannot write its results" in capsys.readouterr().err
 
 
+def test_a_suite_whose_results_files_cannot_be_written_fails_each_run_in_one_line(tmp_path, capsys, monkeypatch):
+    from decorbench import suite
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(suite, "RunWriter", disk_full)
+    assert main(["run", "smoke", *ONE_PAIR, "--set", "budget.max_steps=2", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count(": cannot write its results: [Errno 28] No space left on device") == 2 and "Traceback" not in err
+
+
+def test_a_results_directory_that_cannot_be_locked_is_used_unlocked_with_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(f, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert main(["run", "smoke", *ONE_PAIR, "--set", "budget.max_steps=2", "--out", str(tmp_path / "out")]) == 0
+    assert "cannot be locked (No locks available): run one decorbench at a time on it" in capsys.readouterr().err
+
+
 def test_a_checkpoint_that_fails_to_save_leaves_no_partial_file(tmp_path, monkeypatch):
     def disk_full(state, f):
         f.write(b"part of a checkpoint")
@@ -318,6 +342,7 @@ def test_resume_takes_a_data_option_given_at_its_default_as_the_same_setting(tmp
     run = json.loads(lines[0])
     run["hyperparameters"]["data"]["options"] = {"train_size": 64, "test_size": 32}
     del run["hyperparameters"]["train"]["batchnorm"], run["budget"]["stop_at_target"]
+    run["country_iso_code"] = "nld"  # before country codes were upper-cased
     path.write_text("\n".join([json.dumps(run), *lines[1:]]) + "\n")
     assert pending_runs(config, tmp_path, resume=True) == []
     assert json.loads(path.read_text().splitlines()[0]) == run  # compared, never changed

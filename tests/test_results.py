@@ -150,6 +150,10 @@ def test_bad_input_raises_value_error(tmp_path):
     with pytest.raises(ValueError, match=f"no results found in {tmp_path / 'all'}; results directories below it: "
                                          f"{tmp_path / 'all' / 'k1'}, {tmp_path / 'all' / 'k4'}$"):
         load(tmp_path / "all")
+    run_path(tmp_path / "empty", "r0").parent.mkdir(parents=True)
+    run_path(tmp_path / "empty", "r0").touch()  # e.g. left by a full disk: not a results file
+    with pytest.raises(ValueError, match=f"no results found in {tmp_path / 'empty'}$"), pytest.warns(UserWarning):
+        load(tmp_path / "empty")
 
 
 def test_an_exception_inside_the_writer_records_a_failed_run(tmp_path):

@@ -12,6 +12,7 @@ import os
 
 import pandas as pd
 
+from ..results import NOT_THE_EXPERIMENT
 from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
 
@@ -228,7 +229,7 @@ def _settings(runs: pd.DataFrame, methods_own: bool = True) -> list[str]:
     """The columns that make a run's experiment; methods_own=False leaves out DBP's own (hyperparameters.dbp…),
     which a BP run has none of."""
     return [c for c in runs if c == "world_size" or c.startswith(("hyperparameters.", "budget."))
-            and (methods_own or not c.startswith("hyperparameters.dbp"))]
+            and c not in NOT_THE_EXPERIMENT and (methods_own or not c.startswith("hyperparameters.dbp"))]
 
 
 def _listed(values: list[str], most: int = 3, sep: str = "; ") -> str:
