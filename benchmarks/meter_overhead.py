@@ -2,7 +2,7 @@
 edge, records, budget checks) against a bare hand-written loop of the same model, optimizer and batches that
 evaluates at the same steps. Both are wall-clock from the first step to the last evaluation, so everything the
 meters do at window edges counts; once-per-run setup (building the model, the FLOP count) and the meters' own
-start (codecarbon's ≈ 1.6 s, once per suite) do not. Goal (DESIGN §5): under 1 % more, a ratio below 1.01.
+start (codecarbon's ≈ 1.6 s, once per suite) do not. Goal: under 1 % more, a ratio below 1.01.
 
     python -m benchmarks.meter_overhead [--steps 200] [--repeats 3] [--device cpu]
 

@@ -238,8 +238,8 @@ def _listed(values: list[str], most: int = 3, sep: str = "; ") -> str:
 
 def mismatches(group: pd.DataFrame) -> list[str]:
     """How one (dataset, model)'s methods were not run alike: settings other than a method's own whose values differ
-    between methods, and seeds one method ran and another did not (a BP and a DBP run of a seed share data order
-    and eval schedule: DESIGN §5). Each ratio between the methods then compares different experiments."""
+    between methods, and seeds one method ran and another did not (a BP and a DBP run of a seed share initial
+    weights, data order and eval schedule). Each ratio between the methods then compares different experiments."""
     present = methods(group)
     by_method = {m: group[group["method"] == m] for m in present}
     out = []
