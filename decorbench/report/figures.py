@@ -90,11 +90,14 @@ def _bands(evals: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
         x=(x, "median"), y=(y, "median"), low=(y, "min"), high=(y, "max"))
 
 
-def _draw_bands(bands: pd.DataFrame, keys: list[tuple], colors: dict, fig: Figure, axes: list) -> None:
+def _draw_bands(bands: pd.DataFrame, keys: list[tuple], colors: dict, fig: Figure, axes: list,
+                scales: dict | None = None) -> None:
+    """scales: per facet, what its x values are divided by (seconds shown in minutes or hours)."""
     for ax, key in zip(axes, keys):
         for method, curve in bands.loc[key].groupby(level="method", sort=False):
-            ax.plot(curve["x"], curve["y"], color=colors[method], lw=1.6, label=method.upper())
-            ax.fill_between(curve["x"], curve["low"], curve["high"], color=colors[method], alpha=0.2, lw=0)
+            x = curve["x"] / (scales or {}).get(key, 1)
+            ax.plot(x, curve["y"], color=colors[method], lw=1.6, label=method.upper())
+            ax.fill_between(x, curve["low"], curve["high"], color=colors[method], alpha=0.2, lw=0)
     handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
     fig.legend(handles.values(), handles.keys(), loc="upper center", ncols=len(handles), frameon=False,
                bbox_to_anchor=(0.5, 1), borderaxespad=0.2)
@@ -102,24 +105,24 @@ def _draw_bands(bands: pd.DataFrame, keys: list[tuple], colors: dict, fig: Figur
 
 @_styled
 def accuracy_curves(evals: pd.DataFrame, x: str, xlabel: str, unit: str, targets: pd.Series) -> Figure | None:
-    """Eval accuracy against cumulative `x`, one facet per (dataset, model), the target as a dashed line. Times of
-    a minute or more in minutes, of two hours or more in hours, as the tables print them (not "7.2 ks")."""
-    longest = evals[x].max()
-    if unit == "s" and longest >= 60:
-        scale, unit = (60, "min") if longest < 7200 else (3600, "h")
-        evals = evals.assign(**{x: evals[x] / scale})
+    """Eval accuracy against cumulative `x`, one facet per (dataset, model), the target as a dashed line. A facet's
+    times of a minute or more in minutes, of two hours or more in hours, as the tables print them (not "7.2 ks")."""
     bands = _bands(evals, x, "eval_accuracy")
     if bands.empty:
         return None
     keys = list(bands.index.droplevel(["method", "step"]).unique())
+    longest = bands.groupby(level=GROUP)["x"].max()
+    units = {key: (1, unit) if unit != "s" or longest[key] < 60 else (60, "min") if longest[key] < 7200 else
+             (3600, "h") for key in keys}
     fig, axes = _facets(keys)
-    _draw_bands(bands, keys, _colors(methods(evals)), fig, axes)
+    _draw_bands(bands, keys, _colors(methods(evals)), fig, axes, {key: scale for key, (scale, _) in units.items()})
     for ax, key in zip(axes, keys):
         ax.axhline(targets.get(key, math.nan), color="0.35", ls="--", lw=0.9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("eval accuracy")
-        ax.xaxis.set_major_formatter(EngFormatter(unit=unit, places=None, sep=" ") if unit not in ("min", "h") else
-                                     FuncFormatter(lambda value, _: f"{value:g} {unit}"))
+        shown = units[key][1]
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _, shown=shown: f"{value:g} {shown}")
+                                     if shown in ("min", "h") else EngFormatter(unit=shown, places=None, sep=" "))
         ax.xaxis.set_major_locator(MaxNLocator(4))
     return fig
 
