@@ -43,26 +43,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from decorbench.meters.memory import host_memory_bytes
+from decorbench.settings import OPTIONS, resolved_options
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "imagenette", "synthetic")
 
-_FOLDER_OPTIONS = {"image_size": 224, "num_workers": None}  # None: _default_workers()
-OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their defaults
-    "digits": {}, "cifar10": {}, "cifar100": {},
-    "imagenet": _FOLDER_OPTIONS, "imagenette": _FOLDER_OPTIONS,
-    "synthetic": {"data_seed": 0, "num_classes": 10, "image_size": 32, "channels": 3, "train_size": 2048,
-                  "test_size": 512, "noise": None},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32
-}
 # training images per data set where the name (and options) alone say it: digits is sklearn's 1,797 images less the
 # 25 % held out for testing; image folders are only known once read
 _TRAIN_SIZE = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}
 _OPTION_MINIMUM = {"image_size": 1, "num_workers": 0, "data_seed": 0, "num_classes": 2, "channels": 1,
                    "train_size": 1, "test_size": 1, "noise": 0}
-
-
-def resolved_options(name: str, options: dict) -> dict:
-    """`options` with data set `name`'s defaults for the keys it leaves out."""
-    return {**OPTIONS[name], **options}
 
 
 def check_options(name: str, options: dict) -> None:

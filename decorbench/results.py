@@ -130,11 +130,6 @@ def _require(record: dict, fields: tuple, kind: str) -> None:
         raise ValueError(f"{kind} record lacks required field(s): {', '.join(missing)}")
 
 
-# settings that change how a run is carried out, not what it is: --resume may change them, and runs that differ in
-# them are still one experiment
-NOT_THE_EXPERIMENT = ("hyperparameters.train.checkpoint_every", "hyperparameters.data.options.num_workers")
-
-
 class RunWriter:
     """Appends one run's records to `path`, each flushed and fsynced before the call returns.
 

@@ -28,14 +28,15 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint
 from decorbench.configs import builtin_names
-from decorbench.data import DATASETS, check_options, input_shape, known_train_size, resolved_options
+from decorbench.data import DATASETS, check_options, input_shape, known_train_size
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
 from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
-from decorbench.results import NOT_THE_EXPERIMENT, RunWriter, begins_as_written, provenance, read_run, run_path
-from decorbench.train import METHODS, DBPConfig, RunSpec, TrainConfig, train_run
+from decorbench.results import RunWriter, begins_as_written, provenance, read_run, run_path
+from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings
+from decorbench.train import METHODS, RunSpec, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
 SUITE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # it starts every run_id, so every file name
@@ -262,27 +263,6 @@ def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
         "country_iso_code": config.carbon.country_iso_code}))  # whose grid intensity co2_kg is of
 
 
-def _stored_settings(run: dict, dataset: str) -> dict:
-    """A stored run record's settings as _settings gives them. Records written by an older decorbench lack the
-    settings added since (each added with the old behaviour as its default) and have data options as the config
-    gave them."""
-    settings = json.loads(json.dumps({k: run.get(k) for k in ("budget", "hyperparameters", "country_iso_code")}))
-    with_defaults = ((settings, "budget", Budget), (settings["hyperparameters"], "train", TrainConfig),
-                     (settings["hyperparameters"], "dbp", DBPConfig))
-    for parent, key, kind in with_defaults:
-        if isinstance(parent, dict) and isinstance(parent.get(key), dict):
-            defaults = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
-            parent[key] = {**defaults, **parent[key]}
-    if isinstance(settings["country_iso_code"], str):  # as the config has it now: upper case
-        settings["country_iso_code"] = settings["country_iso_code"].upper()
-    data = settings["hyperparameters"].get("data") if isinstance(settings["hyperparameters"], dict) else None
-    if isinstance(data, dict) and isinstance(data.get("options"), dict):
-        data["options"] = resolved_options(dataset, data["options"])
-    return json.loads(json.dumps(settings))
-
-
-
-
 def _changed(stored: dict, settings: dict, where: str = "") -> list[str]:
     """'key: old -> new' for every setting whose stored value differs."""
     out = []
@@ -365,7 +345,7 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
             raise ConfigError(f"{path} already exists; pass --resume to continue this suite or choose another --out")
         else:
             stored = _read_stored(path, spec.run_id)
-            changed = _changed(_stored_settings(stored["run"], spec.dataset),
+            changed = _changed(stored_settings(stored["run"], spec.dataset),
                                _settings(spec, config)) if stored["run"] else []
             if changed:
                 raise ConfigError(f"{path} was run with other settings ({'; '.join(changed[:3])}"

@@ -26,63 +26,10 @@ from decorbench.data import Data, load_data
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
+from decorbench.settings import DBPConfig, TrainConfig
 from decorbench.step import make_step, prepare_model
 
 METHODS = ("bp", "dbp")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 128
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine (to the planned length) | step | constant
-    step_epochs: int = 30  # step schedule: multiply the lr by gamma every step_epochs epochs
-    gamma: float = 0.1
-    eval_every: int = 0  # steps between eval points; 0 = once per epoch
-    amp: bool = False  # bf16 autocast, for BP and DBP alike; R stays fp32
-    channels_last: bool = False  # NHWC activations and conv weights (tensor-core friendly on GPUs)
-    compile: bool = False  # torch.compile forward + backward (BP and DBP alike; the first steps pay compilation)
-    batchnorm: bool = True  # false: no BatchNorm layers (identities), as in the DBP authors' paper-era code
-    checkpoint_every: int = 1  # eval points per checkpoint (a stop and the run's end always checkpoint)
-
-    def __post_init__(self) -> None:
-        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("train.schedule", self.schedule, SCHEDULES)
-        for name in ("batch_size", "lr", "step_epochs", "gamma"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"train.{name} must be positive and finite, got {getattr(self, name)}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
-        if self.eval_every < 0 or self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError("train.eval_every, train.weight_decay and train.momentum must not be negative")
-
-
-@dataclass(frozen=True)
-class DBPConfig:
-    lr: float = 1e-4
-    kappa: float = 0.01
-    sample_fraction: float = 0.1
-    rule: str = "standard"  # standard | normalized
-    skip: tuple[str, ...] = ()
-    only: tuple[str, ...] | None = None
-    update_every: int = 1  # steps per R update (the steps between sample nothing and leave R alone)
-
-    def __post_init__(self) -> None:
-        _check_choice("dbp.rule", self.rule, ("standard", "normalized"))
-        if self.update_every < 1:
-            raise ValueError(f"dbp.update_every must be at least 1, got {self.update_every}")
-        if not 0 <= self.lr < math.inf or not 0 <= self.kappa <= 1 or not 0 < self.sample_fraction <= 1:
-            raise ValueError("dbp.lr must be ≥ 0, dbp.kappa in [0, 1] and dbp.sample_fraction in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,17 @@ def test_bp_and_dbp_runs_that_differ_in_more_than_the_method_are_named_in_the_no
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
     assert "not run alike" not in page
 
+    for seed in range(2):  # as a newer decorbench records them: batchnorm at its default, which BP's records predate
+        write_run(tmp_path, f"dbp-s{seed}", "dbp", "resnet18", seed, hyperparameters={
+            "train": {"batch_size": 64, "batchnorm": True}, "dbp": {"lr": 1e-4}})
+    assert "not run alike" not in render_report([tmp_path], tmp_path / "r.html").read_text()
+    write_run(tmp_path, "dbp-s1", "dbp", "resnet18", 1,
+              hyperparameters={"train": {"batch_size": 64, "batchnorm": False}, "dbp": {"lr": 1e-4}})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert "differ in hyperparameters.train.batchnorm (BP true, DBP false / true)" in page
+    assert ("digits · resnet18 · DBP pools runs of different settings (hyperparameters.train.batchnorm: false, true)"
+            in page)
+
 
 def test_given_target_applies_to_every_group_and_energy_is_reported_when_measured(tmp_path):
     for seed in range(2):

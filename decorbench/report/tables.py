@@ -12,7 +12,7 @@ import os
 
 import pandas as pd
 
-from ..results import NOT_THE_EXPERIMENT
+from ..settings import NOT_THE_EXPERIMENT, setting_defaults
 from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
 
@@ -217,8 +217,12 @@ def notes(runs: pd.DataFrame) -> list[str]:
     return out + _unmatched(runs) + _pooled(runs)
 
 
+def _absent(value) -> bool:
+    return not isinstance(value, (list, tuple, dict)) and pd.isna(value)
+
+
 def _setting(value) -> str:
-    if not isinstance(value, (list, dict)) and pd.isna(value):
+    if _absent(value):
         return "null"
     if isinstance(value, float) and value.is_integer():  # an integer setting in a column pandas made float
         value = int(value)
@@ -232,6 +236,17 @@ def _settings(runs: pd.DataFrame, methods_own: bool = True) -> list[str]:
             and c not in NOT_THE_EXPERIMENT and (methods_own or not c.startswith("hyperparameters.dbp"))]
 
 
+def _shown_settings(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One data set's runs' settings as display strings; a setting a record of an older decorbench lacks (it did not
+    exist yet) at its default, the behaviour it was added with, as --resume reads such a record."""
+    defaults = setting_defaults(str(part["dataset"].iloc[0]))
+
+    def shown(column: str) -> pd.Series:
+        return part[column].map(lambda v: _setting(defaults[column] if _absent(v) and column in defaults else v))
+
+    return pd.DataFrame({c: shown(c) for c in columns}, index=part.index)
+
+
 def _listed(values: list[str], most: int = 3, sep: str = "; ") -> str:
     return sep.join(values[:most]) + (f"{sep}…" if len(values) > most else "")
 
@@ -242,9 +257,10 @@ def mismatches(group: pd.DataFrame) -> list[str]:
     weights, data order and eval schedule). Each ratio between the methods then compares different experiments."""
     present = methods(group)
     by_method = {m: group[group["method"] == m] for m in present}
-    out = []
-    for column in _settings(group, methods_own=False):
-        values = {m: sorted(part[column].map(_setting).unique()) for m, part in by_method.items()}
+    out, columns = [], _settings(group, methods_own=False)
+    shown = _shown_settings(group, columns)
+    for column in columns:
+        values = {m: sorted(shown.loc[part.index, column].unique()) for m, part in by_method.items()}
         if len({tuple(v) for v in values.values()}) > 1:
             out.append(f"{column} ({', '.join(f'{m.upper()} ' + ' / '.join(v) for m, v in values.items())})")
     seeds = {m: sorted(part["seed"].dropna().unique()) for m, part in by_method.items()}
@@ -269,7 +285,7 @@ def _pooled(runs: pd.DataFrame) -> list[str]:
     settings = _settings(runs)
     out = []
     for (dataset, model, method), part in runs.groupby([*GROUP, "method"], sort=True):
-        shown = part[settings].apply(lambda column: column.map(_setting))
+        shown = _shown_settings(part, settings)
         differ = [c for c in settings if shown[c].nunique() > 1]
         if differ:
             values = _listed([f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in differ])
