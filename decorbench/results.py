@@ -351,10 +351,10 @@ def load(paths) -> pd.DataFrame:
                 **_flatten({"totals": end.get("totals") or {}}), "source": str(file)}
         rows += [{**run, **_flatten(e), **tail} for e in records["evals"] or [{}]]
     if not rows:
+        found = {f.parent.parent if f.parent.name == "runs" else f.parent  # results directories of several suites
+                 for p in paths if p.is_dir() for f in p.glob("**/*.jsonl")}
         searched = {p.resolve() for p in paths}
-        deeper = sorted({str(d) for p in paths if p.is_dir() for f in p.glob("**/*.jsonl")  # several suites' results
-                         for d in [f.parent.parent if f.parent.name == "runs" else f.parent]
-                         if d.resolve() not in searched})
+        deeper = sorted(str(d) for d in found if d.resolve() not in searched)
         hint = f"; results directories below it: {', '.join(deeper[:5])}{', …' if len(deeper) > 5 else ''}" \
             if deeper else ""
         raise ValueError(f"no results found in {', '.join(map(str, paths)) or '(no paths given)'}{hint}")

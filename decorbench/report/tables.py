@@ -193,18 +193,17 @@ def notes(runs: pd.DataFrame) -> list[str]:
     if "totals.energy_warnings" in runs:  # measured, but maybe not the run's alone, or missing a part
         flagged = runs.set_index("run_id")["totals.energy_warnings"].dropna().explode().dropna()
         for warning, which in flagged.groupby(flagged, sort=False):
-            named = _listed(sorted(map(str, which.index)), most=4, sep=", ")
-            out.append(f"Energy of {len(which)} of {len(runs)} runs ({named}), read with care: {warning}.")
+            out.append(f"Energy of {len(which)} of {len(runs)} runs ({_named(which.index)}), read with care: "
+                       f"{warning}.")
     if "totals.data_wait_s" in runs:
         waited, trained = (pd.to_numeric(runs[f"totals.{c}"], errors="coerce") for c in ("data_wait_s", "train_time_s"))
         share = waited / trained.where(trained > 0)
         bound = share[share > LOADER_BOUND]
         if len(bound):
-            named = _listed(sorted(map(str, runs.loc[bound.index, "run_id"])), most=4, sep=", ")
-            out.append(f"{len(bound)} of {len(runs)} runs ({named}) waited for their input batches for more than "
-                       f"{LOADER_BOUND:.0%} of their training time (up to {bound.max():.0%}): their times "
-                       "and energy measure the data loader as much as the training step, and hide the cost of a "
-                       "costlier step such as DBP's.")
+            out.append(f"{len(bound)} of {len(runs)} runs ({_named(runs.loc[bound.index, 'run_id'])}) waited for "
+                       f"their input batches for more than {LOADER_BOUND:.0%} of their training time (up to "
+                       f"{bound.max():.0%}): their times and energy measure the data loader as much as the training "
+                       "step, and hide the cost of a costlier step such as DBP's.")
     if "carbon_method" in runs:  # CO2e is never a measurement: say how each run's was estimated
         methods = runs.loc[runs["co2_kg"].notna(), "carbon_method"].dropna()
         for method, n in methods.value_counts(sort=False).items():
@@ -249,6 +248,11 @@ def _shown_settings(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def _listed(values: list[str], most: int = 3, sep: str = "; ") -> str:
     return sep.join(values[:most]) + (f"{sep}…" if len(values) > most else "")
+
+
+def _named(run_ids) -> str:
+    """"a, b, c, d, …": the runs a note is about, the first four by name."""
+    return _listed(sorted(map(str, run_ids)), most=4, sep=", ")
 
 
 def mismatches(group: pd.DataFrame) -> list[str]:
