@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
 
 from decorbench.meters.memory import host_memory_bytes
 from decorbench.settings import OPTIONS, resolved_options
@@ -317,7 +318,7 @@ def _why_missing(name: str, root: str | Path | None, batch_size: int) -> str | N
                 f"data root")
     if name in ("imagenet", "imagenette"):
         base = _files_root(name, root)
-        if all((base / split).is_dir() and any(p.is_dir() for p in (base / split).iterdir())
+        if all((base / split).is_dir() and _class_folders(base / split)
                for split in ("train", "val")):
             return _folder_problem(name, base, batch_size)
         how = ("https://github.com/fastai/imagenette (imagenette2.tgz)" if name == "imagenette" else
@@ -329,14 +330,42 @@ def _why_missing(name: str, root: str | Path | None, batch_size: int) -> str | N
 
 def _images(folder: Path) -> Iterator[str]:
     """The files of `folder` and its subfolders that ImageFolder reads as images."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     def unreadable(error: OSError):
         raise error  # not "no images": missing_data says which folder cannot be read, and why
 
-    for parent, _, files in os.walk(folder, onerror=unreadable, followlinks=True):
-        yield from (path for path in (os.path.join(parent, f) for f in files if f.lower().endswith(IMG_EXTENSIONS))
+    for parent, folders, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        yield from (path for path in (os.path.join(parent, f) for f in files if _is_image_name(f))
                     if os.path.isfile(path))  # not a link to nothing
+
+
+def _is_image_name(name: str) -> bool:
+    """A file name ImageFolder should read: an image's extension, and not hidden, which a data set's images never
+    are (macOS's `._x.JPEG` resource forks would fail the run that decodes them)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _class_folders(split: Path) -> list[Path]:
+    """The class folders of a train/ or val/ folder; hidden ones (.ipynb_checkpoints, .Trash) are not classes."""
+    return sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class _VisibleImageFolder(ImageFolder):
+    """ImageFolder over what is not hidden: class folders of `_class_folders`, files whose path below their class
+    folder has no hidden part."""
+
+    def __init__(self, root: Path, transform):
+        def visible_image(path: str) -> bool:
+            below = Path(path).relative_to(root).parts
+            return _is_image_name(below[-1]) and not any(part.startswith(".") for part in below)
+
+        super().__init__(root, transform, is_valid_file=visible_image)
+
+    def find_classes(self, directory):
+        classes = [p.name for p in _class_folders(Path(directory))]
+        return classes, {name: i for i, name in enumerate(classes)}
 
 
 def _folder_problem(name: str, base: Path, batch_size: int) -> str | None:
@@ -344,7 +373,7 @@ def _folder_problem(name: str, base: Path, batch_size: int) -> str | None:
     at least one full training batch."""
     classes = {}
     for split in ("train", "val"):
-        folders = sorted(p for p in (base / split).iterdir() if p.is_dir())  # ImageFolder counts hidden ones too
+        folders = _class_folders(base / split)
         empty = next((f for f in folders if next(_images(f), None) is None), None)
         if empty is not None:
             return f"{name}: class folder {empty} holds no images (every class folder needs some; remove it)"
@@ -426,7 +455,6 @@ def _default_workers() -> int:
 
 
 def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:
-    from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
     name = meta["name"]
@@ -434,7 +462,7 @@ def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int |
     test_tf = v2.Compose([v2.ToImage(), v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size), *finish])
     train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])
                 if augment else test_tf)
-    train_set, test_set = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", test_tf)
+    train_set, test_set = _VisibleImageFolder(root / "train", train_tf), _VisibleImageFolder(root / "val", test_tf)
     return LoaderData(train_set, test_set, num_workers=_default_workers() if num_workers is None
                       else num_workers, num_classes=len(train_set.classes),
                       input_shape=(3, image_size, image_size), **meta)

@@ -290,9 +290,25 @@ def test_image_folders_imagefolder_cannot_read_are_named_before_any_run(folder_r
         missing_data("imagenette", folder_root)
     shutil.rmtree(folder_root / "train" / "cat")
     assert missing_data("imagenette", folder_root).endswith("has 1 class folder; classification needs at least 2")
-    (folder_root / "train" / ".ipynb_checkpoints").mkdir()  # hidden, empty: ImageFolder would still take it
-    with pytest.raises(FileNotFoundError, match=r"\.ipynb_checkpoints holds no images"):
-        load_data("imagenette", batch_size=2, seed=0, root=folder_root)
+
+
+def test_hidden_files_and_folders_are_not_part_of_an_image_folder(folder_root):
+    for split in ("train", "val"):
+        (folder_root / split / ".ipynb_checkpoints").mkdir()  # plain ImageFolder: a class with no images, an error
+        (folder_root / split / ".DS_Store").write_bytes(b"\0")
+        (folder_root / split / "cat" / "._0.png").write_bytes(b"\0\5\22\7")  # macOS resource fork: not a PNG
+        (folder_root / split / "dog" / ".thumbs").mkdir()
+        shutil.copy(folder_root / split / "dog" / "0.png", folder_root / split / "dog" / ".thumbs" / "0.png")
+    assert missing_data("imagenette", folder_root) is None
+    data = load_data("imagenette", batch_size=2, seed=0, root=folder_root, options={"image_size": 16,
+                                                                                     "num_workers": 0})
+    assert (data.num_classes, data.train_size, data.test_size) == (2, 6, 4)
+    x, y = batches(data.train_batches(0))  # every image decodes: no resource fork among them
+    assert len(x) == 6 and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    (folder_root / "val" / "dog" / "0.png").rename(folder_root / "val" / "dog" / ".0.png")
+    (folder_root / "val" / "dog" / "1.png").unlink()
+    assert missing_data("imagenette", folder_root) == (f"imagenette: class folder {folder_root / 'val' / 'dog'} "
+                                                        "holds no images (every class folder needs some; remove it)")
 
 
 @pytest.mark.parametrize("damage, why", [
