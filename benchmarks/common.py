@@ -19,7 +19,7 @@ TINY = os.environ.get("DECORBENCH_BENCH_TINY") == "1"
 METHODS = ["bp", "dbp"]
 DEVICES = ["cpu", "cuda"]
 DEPTHS = ["resnet10"] if TINY else ["resnet10", "resnet18", "resnet34", "resnet50"]
-DBP_LR = 1e-4  # the authors' CIFAR recipe (DESIGN.md §2.2); the update's cost does not depend on it
+DBP_LR = 1e-4  # the authors' CIFAR recipe (artcogsys/decorbp); the update's cost does not depend on it
 
 # name → (model, image side, batch): the issue's three training-step cases
 STEP_CASES = {

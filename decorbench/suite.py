@@ -1,6 +1,6 @@
 """MANY runs from one config: methods × models × seeds on one dataset, each isolated from the others' failures.
 
-A config is TOML (DESIGN.md §4.4); unknown keys and wrong types are errors, caught before anything runs.
+A config is TOML (README, "Suite configs"); unknown keys and wrong types are errors, caught before anything runs.
 Under torchrun every rank runs the same suite in step; rank 0 alone reads and writes the results directory.
 """
 

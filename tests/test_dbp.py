@@ -151,7 +151,7 @@ def test_samples_are_kept_in_training_mode_only():
 
 
 def reference_update(R, x, lr, kappa, rule):
-    """The rule of DESIGN.md §2, written out densely."""
+    """The update rule of the README (Using DBP in your own code), written out densely."""
     z = x @ R.T
     c = z.T @ z / z.shape[0]
     d = c.shape[0]

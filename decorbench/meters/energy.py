@@ -6,7 +6,7 @@
     joules = energy.end_window()     # cumulative over the closed windows since the last reset(), or None
     energy.close()
 
-Sources, best first (DESIGN.md §5):
+Sources, best first (README, "Measuring"):
 - "nvml-counter": `nvmlDeviceGetTotalEnergyConsumption`, the driver's millijoule counter (Volta and newer), read
   once at `begin_window` and once at `end_window`. Nothing runs in between.
 - "nvml-power": where the counter is not supported, a daemon thread reads the board's power every

@@ -39,7 +39,7 @@ from decorbench.train import resolve_device
 
 METHODS = ("bp", "dbp")
 PATHS = ("eager", "compiled")
-DBP = {"kappa": 0.01, "sample_fraction": 0.1, "lr": 1e-4}  # the authors' CIFAR recipe (DESIGN.md §2.2)
+DBP = {"kappa": 0.01, "sample_fraction": 0.1, "lr": 1e-4}  # the authors' CIFAR recipe (artcogsys/decorbp)
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator; torch.compile compiles in the first
 
 
