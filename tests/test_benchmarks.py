@@ -89,3 +89,11 @@ def test_peak_memory_benchmark_counts_at_least_the_resident_weights(modules):
         pytest.skip("this kernel cannot reset the peak resident set")
     weights = sum(p.nbytes for p in bench.step.model.parameters())
     assert bench.track_peak_memory(*params) > 3 * weights  # weights, their gradients, Adam's two moments
+
+
+def test_time_to_accuracy_benchmark_reports_the_eval_that_reached_the_target(modules):
+    tta = modules["benchmarks.bench_smoke"].TimeToAccuracy()
+    for params in _combinations(type(tta)):
+        tta.setup(*params)
+        assert tta.track_steps_to_target(*params) == modules["benchmarks.bench_smoke"].EVAL_EVERY  # the tiny target
+        assert 0 < tta.track_seconds_to_target(*params) < math.inf
