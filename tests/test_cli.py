@@ -1,6 +1,9 @@
 """`decorbench run` as a user meets it: the smoke suite, bad input, interruption and resume, failing runs."""
 
+import contextlib
+import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +18,7 @@ from decorbench.checkpoint import save_checkpoint
 from decorbench.cli import main
 from decorbench.configs import builtin_names
 from decorbench.data import load_data
-from decorbench.results import load, read_run, run_path
+from decorbench.results import END_FIELDS, EVAL_FIELDS, RUN_FIELDS, load, read_run, run_path
 from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
 from decorbench.train import train_run
 from test_data import cifar_root  # noqa: F401 (a fixture)
@@ -23,13 +26,22 @@ from test_data import cifar_root  # noqa: F401 (a fixture)
 ONE_PAIR = ["--set", "seeds=[0]", "--set", 'models=["mlp"]']
 
 
-def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tmp_path, capsys):
-    assert main(["run", "smoke", "--out", str(tmp_path)]) == 0
-    finals = load(tmp_path).sort_values("step").groupby("run_id").last()
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The built-in smoke suite's results directory and what `decorbench run` printed, run once for this module."""
+    out, printed = tmp_path_factory.mktemp("smoke"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", "smoke", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(smoke):
+    results, printed = smoke
+    finals = load(results).sort_values("step").groupby("run_id").last()
     assert len(finals) == 8 and set(finals["status"]) == {"completed"}
     assert set(finals["method"]) == {"bp", "dbp"} and set(finals["model"]) == {"small-cnn", "mlp"}
     assert (finals["eval_accuracy"] >= 0.9).all(), finals["eval_accuracy"]
-    out = capsys.readouterr().out.splitlines()
+    out = printed.splitlines()
     assert out[1].split() == ["dataset", "model", "method", "finished", "final_accuracy", "time_to_target_s",
                               "reached", "co2e_g", "target", "speedup_bp_over_dbp"]
     rows = [line.split() for line in out[2:]]
@@ -37,6 +49,39 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(tm
     assert {r[8] for r in rows} == {"0.900"} and all(r[3] == r[6] == "2/2" for r in rows)
     co2e_g = finals.groupby(["model", "method"])["co2_kg"].median() * 1000
     assert {(r[1], r[2]): r[7] for r in rows} == {k: f"{v:.3g}" for k, v in co2e_g.items()}
+
+
+def test_a_run_writes_every_field_the_readme_documents(smoke):
+    run = read_run(run_path(smoke[0], "smoke-digits-small-cnn-dbp-s0"))
+    assert set(RUN_FIELDS) | {"git_dirty", "cpu_count", "platform", "world_size", "carbon_intensity_g_per_kwh",
+                              "energy_unavailable_reason", "carbon_unavailable_reason", "carbon_method",
+                              "energy_gpu"} <= set(run["run"])
+    assert set(run["run"]["hyperparameters"]) == {"train", "dbp", "data"}
+    assert set(run["run"]["hyperparameters"]["data"]) == {"root", "options"}
+    assert run["run"]["energy_unavailable_reason"] and run["run"]["world_size"] == 1  # a CPU: no energy meter
+    assert all(set(EVAL_FIELDS) <= set(e) for e in run["evals"])
+    assert set(END_FIELDS) <= set(run["end"]) and {
+        "steps", "train_time_s", "flops", "flops_per_step", "final_accuracy", "chance_accuracy", "data_wait_s",
+        "energy_j", "co2_kg", "energy_unavailable_reason"} <= set(run["end"]["totals"])
+
+
+def test_report_takes_the_target_it_is_given(smoke, tmp_path):
+    page = tmp_path / "report.html"
+    assert main(["report", str(smoke[0]), "--target", "0.5", "-o", str(page)]) == 0
+    html = page.read_text()
+    assert "Target accuracy: <b>50.00 %</b> for every group (given with --target)." in html, re.findall("Target accuracy.*", html)
+    assert main(["report", str(smoke[0]), "-o", str(page)]) == 0
+    assert "Target accuracy: <b>90.00 %</b> for every group (the runs&#39; budget.target_accuracy)" in \
+        page.read_text()
+
+
+def test_a_run_without_out_writes_a_new_timestamped_directory_under_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "smoke", *ONE_PAIR, "--set", "budget.max_steps=2"]) == 0
+    (out,) = (tmp_path / "results").iterdir()
+    assert re.fullmatch(r"smoke-\d{8}T\d{6}Z", out.name), out.name
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["smoke-digits-mlp-bp-s0.jsonl",
+                                                                "smoke-digits-mlp-dbp-s0.jsonl"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -448,9 +493,9 @@ def test_resume_redoes_a_run_whose_file_a_crash_cut_in_its_run_record_or_whose_e
     assert read_run(cut)["end"]["status"] == read_run(odd)["end"]["status"] == "completed"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_after_the_current_record_and_resume_continues_from_the_checkpoint(signum, tmp_path):
-    out = tmp_path / "out"
+def _signalled_run(out, signum) -> tuple[list[str], int]:
+    """`decorbench run` stopped by `signum` once its first run wrote two evals: its command, the step it stopped
+    at."""
     cmd = [sys.executable, "-m", "decorbench", "run", "smoke", "--out", str(out), *ONE_PAIR,
            "--set", "budget.max_epochs=40", "--set", "train.eval_every=5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -466,7 +511,17 @@ def test_a_signal_stops_after_the_current_record_and_resume_continues_from_the_c
     assert interrupted["end"]["status"] == "interrupted"
     stopped_at = interrupted["evals"][-1]["step"]
     assert stopped_at < 840 and not run_path(out, "smoke-digits-mlp-dbp-s0").exists()
+    return cmd, stopped_at
 
+
+def test_sigterm_stops_a_suite_as_ctrl_c_does_and_leaves_a_checkpoint(tmp_path):
+    _signalled_run(tmp_path, signal.SIGTERM)
+    assert (tmp_path / "checkpoints" / "smoke-digits-mlp-bp-s0.pt").exists()
+
+
+def test_resume_continues_a_suite_stopped_by_ctrl_c_from_the_checkpoint(tmp_path):
+    out, first = tmp_path, run_path(tmp_path, "smoke-digits-mlp-bp-s0")
+    cmd, stopped_at = _signalled_run(out, signal.SIGINT)
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     resumed = read_run(first)
@@ -548,6 +603,11 @@ def test_env_reports_every_meter_and_exits_0(capsys):
     out = capsys.readouterr().out
     for meter in ("time", "flops", "memory", "energy: NVML counter", "energy: NVML power", "carbon: codecarbon"):
         assert f"  {meter}" in out
+
+
+def test_env_gives_the_grid_intensity_of_the_country_it_is_given(capsys):
+    assert main(["env", "--country", "deu"]) == 0
+    assert "× Germany (DEU) " in capsys.readouterr().out  # on the codecarbon meter's line
 
 
 def test_env_refuses_a_country_codecarbon_does_not_know(capsys):

@@ -273,3 +273,43 @@ def test_a_window_without_an_update_has_no_decorrelation_loss_and_is_not_diverge
 def test_update_every_must_be_positive():
     with pytest.raises(ValueError, match="update_every"):
         DBPConfig(update_every=0)
+
+
+def _lrs_and_groups(monkeypatch, optimizer_class, **train) -> tuple[list[float], dict]:
+    """The lr of each of the run's optimizer steps (the untimed warm-up's optimizer left out), its param group."""
+    steps = {}
+    original = optimizer_class.step
+
+    def spy(self, *args, **kwargs):
+        steps.setdefault(id(self), (self, []))[1].append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(optimizer_class, "step", spy)
+    run(**train)
+    opt, lrs = max(steps.values(), key=lambda seen: len(seen[1]))
+    return lrs, opt.param_groups[0]
+
+
+def test_the_step_schedule_multiplies_the_lr_by_gamma_every_step_epochs(monkeypatch):
+    lrs, _ = _lrs_and_groups(monkeypatch, torch.optim.Adam, budget=Budget(max_steps=44), lr=0.01,
+                             schedule="step", step_epochs=1, gamma=0.5)  # digits in batches of 64: 21 per epoch
+    assert lrs == pytest.approx([0.01] * 21 + [0.005] * 21 + [0.0025] * 2)
+
+
+def test_the_cosine_schedule_anneals_the_lr_to_zero_over_the_planned_steps(monkeypatch):
+    lrs, _ = _lrs_and_groups(monkeypatch, torch.optim.Adam, budget=Budget(max_steps=10), lr=0.01, schedule="cosine")
+    assert lrs == pytest.approx([0.005 * (1 + math.cos(math.pi * t / 10)) for t in range(10)])
+
+
+def test_sgd_takes_its_momentum_and_weight_decay(monkeypatch):
+    lrs, group = _lrs_and_groups(monkeypatch, torch.optim.SGD, optimizer="sgd", lr=0.05, momentum=0.8,
+                                 weight_decay=1e-4)
+    assert lrs == [0.05] * 4 and (group["momentum"], group["weight_decay"]) == (0.8, 1e-4)
+
+
+def test_device_auto_is_the_gpu_when_torch_sees_one(monkeypatch):
+    assert train.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.resolve_device("auto") == torch.device("cuda")
