@@ -8,23 +8,22 @@ STATE = {"step": 10, "epoch": 1, "train_time_s": 5.0, "energy_j": None, "accurac
 
 
 @pytest.mark.parametrize("budget, state, expected", [
-    (Budget(max_steps=10), {}, "completed"),
+    (Budget(max_steps=10), {}, ("completed", "max_steps 10 done")),
     (Budget(max_steps=11), {}, None),
-    (Budget(max_epochs=1), {}, "completed"),
+    (Budget(max_epochs=1), {}, ("completed", "max_epochs 1 done")),
     (Budget(max_epochs=2), {}, None),
-    (Budget(max_train_seconds=5.0), {}, "budget"),
+    (Budget(max_train_seconds=5.0), {}, ("budget", "max_train_seconds 5.0 reached (5.000 s)")),
     (Budget(max_train_seconds=6.0), {}, None),
-    (Budget(max_energy_j=100.0), {"energy_j": 100.0}, "budget"),
+    (Budget(max_energy_j=100.0), {"energy_j": 100.04}, ("budget", "max_energy_j 100.0 reached (100.0 J)")),
     (Budget(max_energy_j=100.0, max_steps=99), {}, None),  # no energy reading: the joule limit cannot fire
-    (Budget(target_accuracy=0.5, stop_at_target=True), {}, "target"),
+    (Budget(target_accuracy=0.5, stop_at_target=True), {}, ("target", "eval accuracy 0.5000 reached target 0.5")),
     (Budget(target_accuracy=0.5, max_steps=99), {}, None),  # a target without stop_at_target only marks TTA
-    (Budget(target_accuracy=0.5, stop_at_target=True, max_steps=10), {}, "target"),  # target wins a tie
+    (Budget(target_accuracy=0.5, stop_at_target=True, max_steps=10), {},  # the target wins a tie
+     ("target", "eval accuracy 0.5000 reached target 0.5")),
+    (Budget(max_steps=10, max_train_seconds=1.0), {}, ("completed", "max_steps 10 done")),  # the plan before a cut
 ])
-def test_first_limit_hit_ends_the_run(budget, state, expected):
-    result = budget.exhausted(**{**STATE, **state})
-    assert (result and result[0]) == expected
-    if result:
-        assert result[1]  # a reason for the end record
+def test_first_limit_hit_ends_the_run_and_its_reason_names_the_limit(budget, state, expected):
+    assert budget.exhausted(**{**STATE, **state}) == expected
 
 
 @pytest.mark.parametrize("kwargs, message", [
