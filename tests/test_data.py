@@ -1,6 +1,7 @@
 """The datasets: sizes and shapes, deterministic order and augmentation per (seed, epoch), real on-disk formats
 (tiny hand-made CIFAR pickles and image folders), clear errors. Offline and fast."""
 
+import math
 import pickle
 import re
 import shutil
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decorbench.data import DATASETS, OPTIONS, _crop_flip, input_shape, load_data, missing_data
+from decorbench.data import DATASETS, OPTIONS, input_shape, load_data, missing_data
 
 
 def batches(it) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,15 +160,24 @@ def test_cifar_augmentation_is_seeded_and_keeps_shape(cifar_root):
     assert torch.equal(batches(one)[1], plain[1]) and not torch.equal(batches(one)[0], plain[0])
 
 
-def test_crop_flip_is_a_padded_crop_and_a_mirror():
-    x = torch.arange(2 * 3 * 32 * 32).view(2, 3, 32, 32).to(torch.uint8)
-    no_flip = torch.tensor([False, False])
-    assert torch.equal(_crop_flip(x, torch.tensor([[4, 4], [4, 4]]), no_flip), x)
-    assert torch.equal(_crop_flip(x, torch.tensor([[4, 4], [4, 4]]), torch.tensor([True, False])),
-                       torch.stack([x[0].flip(-1), x[1]]))
-    out = _crop_flip(x, torch.tensor([[0, 8], [4, 4]]), no_flip)  # sample 0: 4 px down, 4 px left
-    assert torch.equal(out[0, :, 4:, :28], x[0, :, :28, 4:]) and out[0, :, :4].eq(0).all()
-    assert out[0, :, :, 28:].eq(0).all() and torch.equal(out[1], x[1])
+def _crops(image: torch.Tensor) -> dict[tuple[int, int, bool], torch.Tensor]:
+    """Every 4-pixel padded crop of `image`, mirrored or not, by (rows down, columns right, mirrored); the padding
+    NaN."""
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4), value=math.nan)
+    return {(dy, dx, flip): (lambda crop: crop.flip(-1) if flip else crop)(padded[:, dy:dy + 32, dx:dx + 32])
+            for dy in range(9) for dx in range(9) for flip in (False, True)}
+
+
+def test_cifar_augmentation_is_a_random_padded_crop_and_mirror_of_each_image(cifar_root):
+    augmented = batches(load_data("cifar10", batch_size=4, seed=5, root=cifar_root).train_batches(1))[0]
+    plain = batches(load_data("cifar10", batch_size=4, seed=5, root=cifar_root, augment=False).train_batches(1))[0]
+    drawn = []
+    for aug, image in zip(augmented, plain):
+        (found,) = [how for how, crop in _crops(image).items()
+                    if torch.equal(aug[~crop.isnan()], crop[~crop.isnan()])
+                    and all(len(aug[c][crop[c].isnan()].unique()) <= 1 for c in range(3))]  # padding: one colour
+        drawn.append(found)
+    assert len({(dy, dx) for dy, dx, _ in drawn}) > 4 and {flip for *_, flip in drawn} == {False, True}, drawn
 
 
 def test_missing_cifar_names_the_expected_path(tmp_path, monkeypatch):
@@ -228,8 +238,11 @@ def test_an_image_folder_counts_the_time_its_training_batches_waited_for_the_loa
     data = load_data("imagenette", batch_size=2, seed=0, root=folder_root, options={"image_size": 32, "num_workers": 0})
     list(data.test_batches())
     assert data.waited_s == 0  # evaluation is not training time
-    list(data.train_batches(0))
-    assert 6 * 0.02 <= data.waited_s < 1  # the 6 training images, decoded in this process (num_workers = 0)
+    start = time.perf_counter()
+    for _ in data.train_batches(0):  # 3 batches
+        time.sleep(0.1)  # the training step: not waiting for the loader
+    loop_s = time.perf_counter() - start
+    assert 6 * 0.02 <= data.waited_s <= loop_s - 3 * 0.1  # the 6 images decoded in this process (num_workers = 0)
     assert load_data("digits", batch_size=2, seed=0).waited_s == 0  # on the device: no loader to wait for
 
 

@@ -509,9 +509,10 @@ class FakeTracker:
 
 
 def test_carbon_meter_keeps_codecarbon_offline_and_file_less():
-    meter = CarbonMeter("NLD", gpu_ids=[2], tracker_factory=FakeTracker)
+    made = []
+    meter = CarbonMeter("NLD", gpu_ids=[2], tracker_factory=lambda **kw: made.append(kw) or FakeTracker(**kw))
     assert meter.start()
-    kwargs = meter._tracker.kwargs
+    (kwargs,) = made
     assert kwargs["output_methods"] == [] and kwargs["emissions_endpoint"] is None
     assert kwargs["electricitymaps_api_token"] == "" and kwargs["gpu_ids"] == [2]
     assert kwargs["country_iso_code"] == "NLD" and "save_to_file" not in kwargs  # deprecated in codecarbon 3
