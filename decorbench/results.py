@@ -69,9 +69,15 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+# What provenance() records; a resumed run records it again, for the evals of its new part
+PROVENANCE_FIELDS = ("decorbench_version", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn",
+                     "device", "gpu_name", "gpu_driver", "cpu", "cpu_count", "host", "platform", "started_at")
+
+
 def provenance(device) -> dict:
     """Where and with what a number was measured: versions, source commit, hardware, start time."""
     import torch  # here, not at module level: reading results (reports) should not pay for importing torch
+    import torchvision
 
     device = torch.device(device)
     commit, dirty = source_state(Path(__file__).parent)
@@ -95,7 +101,9 @@ def provenance(device) -> dict:
         "git_dirty": dirty,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torchvision": torchvision.__version__,  # builds every model
         "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,  # picks the GPU's conv kernels
         "device": str(device),
         "gpu_name": gpu_name,
         "gpu_driver": gpu_driver.decode() if isinstance(gpu_driver, bytes) else gpu_driver,
@@ -147,6 +155,12 @@ class RunWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self._prepare_resume(run["run_id"], resume_after_step):
             self._file = open(self.path, "a", encoding="utf-8")
+            try:  # the code and machine of the part to come, which may not be those of the run record
+                self._write({"type": "resume", "step": resume_after_step,
+                             **{k: run[k] for k in PROVENANCE_FIELDS if k in run}})
+            except BaseException:
+                self._file.close()
+                raise
         elif resume and resume_after_step is not None and self.path.exists():  # starting afresh loses its records
             raise ValueError(f"{self.path} does not start with a run record, so it cannot be continued from its "
                              f"checkpoint (step {resume_after_step}); restore it, or delete it and the checkpoint "
@@ -252,9 +266,10 @@ def _eval_past(line: bytes, step: int) -> bool:
 
 
 def read_run(path: Path | str) -> dict:
-    """{"run": {...} | None, "evals": [...], "end": {...} | None}; unreadable lines are skipped with one warning."""
+    """{"run": {...} | None, "evals": [...], "end": {...} | None, "resumes": [...]}; unreadable lines are skipped with
+    one warning."""
     path = Path(path)
-    out, bad = {"run": None, "evals": [], "end": None}, []
+    out, bad = {"run": None, "evals": [], "end": None, "resumes": []}, []
     lines = path.read_bytes().decode("utf-8-sig", errors="replace").split("\n")  # -sig: a BOM an editor added
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -275,6 +290,8 @@ def read_run(path: Path | str) -> dict:
             out["end"] = None  # a resumed run went on after an earlier end: that one is no longer how it ended
         elif kind == "end":  # a resumed run may have ended before; the last end counts
             out["end"] = record
+        elif kind == "resume":
+            out["resumes"].append(record)
         else:
             bad.append(number)
     if bad:
@@ -310,8 +327,16 @@ def _progress(records: dict) -> tuple[int, bool]:
     return len(records["evals"]), records["end"] is not None
 
 
+def _part(resumes: list[dict], step: int | None) -> dict:
+    """The provenance of the resumed part that measured the eval at `step` ({} for the run's first part); its start
+    is the run's."""
+    after = [r for r in resumes if step is not None and (r.get("step") or 0) < step]
+    return {k: v for k, v in after[-1].items() if k in PROVENANCE_FIELDS and k != "started_at"} if after else {}
+
+
 def load(paths) -> pd.DataFrame:
-    """One row per eval point of every run found (a run without evals: one row), run fields and end status joined."""
+    """One row per eval point of every run found (a run without evals: one row), run fields and end status joined;
+    the evals of a resumed part carry that part's provenance (commit, GPU, versions, host)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     files = []
     for p in paths:
@@ -349,7 +374,8 @@ def load(paths) -> pd.DataFrame:
         run, end = _flatten(records["run"]), records["end"] or {}
         tail = {"status": end.get("status"), "reason": end.get("reason"),
                 **_flatten({"totals": end.get("totals") or {}}), "source": str(file)}
-        rows += [{**run, **_flatten(e), **tail} for e in records["evals"] or [{}]]
+        rows += [{**run, **_part(records["resumes"], e.get("step")), **_flatten(e), **tail}
+                 for e in records["evals"] or [{}]]
     if not rows:
         found = {f.parent.parent if f.parent.name == "runs" else f.parent  # results directories of several suites
                  for p in paths if p.is_dir() for f in p.glob("**/*.jsonl")}

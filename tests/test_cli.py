@@ -18,7 +18,7 @@ from decorbench.checkpoint import save_checkpoint
 from decorbench.cli import main
 from decorbench.configs import builtin_names
 from decorbench.data import load_data
-from decorbench.results import END_FIELDS, EVAL_FIELDS, RUN_FIELDS, load, read_run, run_path
+from decorbench.results import END_FIELDS, EVAL_FIELDS, PROVENANCE_FIELDS, RUN_FIELDS, load, read_run, run_path
 from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
 from decorbench.train import train_run
 from test_data import cifar_root  # noqa: F401 (a fixture)
@@ -53,9 +53,8 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(sm
 
 def test_a_run_writes_every_field_the_readme_documents(smoke):
     run = read_run(run_path(smoke[0], "smoke-digits-small-cnn-dbp-s0"))
-    assert set(RUN_FIELDS) | {"git_dirty", "cpu_count", "platform", "world_size", "carbon_intensity_g_per_kwh",
-                              "energy_unavailable_reason", "carbon_unavailable_reason", "carbon_method",
-                              "energy_gpu"} <= set(run["run"])
+    assert {*RUN_FIELDS, *PROVENANCE_FIELDS, "world_size", "carbon_intensity_g_per_kwh", "energy_unavailable_reason",
+            "carbon_unavailable_reason", "carbon_method", "energy_gpu"} <= set(run["run"])
     assert set(run["run"]["hyperparameters"]) == {"train", "dbp", "data"}
     assert set(run["run"]["hyperparameters"]["data"]) == {"root", "options"}
     assert run["run"]["energy_unavailable_reason"] and run["run"]["world_size"] == 1  # a CPU: no energy meter

@@ -16,7 +16,7 @@ import pytest
 from decorbench.report import render_report
 from decorbench.report.stats import CI, RANGE, median, ratio
 from decorbench.report.tables import fmt, span
-from decorbench.results import EVAL_FIELDS, RunWriter, load, provenance, run_path
+from decorbench.results import EVAL_FIELDS, RunWriter, load, provenance, read_run, run_path
 from decorbench.summary import format_summary, summarize
 
 EVIL = "<script>alert(1)</script>$x^2$"
@@ -127,6 +127,22 @@ def test_how_co2e_was_estimated_is_stated(tmp_path):
     write_run(tmp_path, "dbp1", "dbp", "mlp", 1, energy=False, carbon_method=how)  # its CO2e unknown: not counted
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
     assert f"CO2e of 2 of 3 runs is an {how}." in page
+
+
+def test_a_run_resumed_on_other_code_or_gpu_is_named_and_has_no_mfu(tmp_path):
+    h100 = {"device": "cuda:0", "gpu_name": "NVIDIA H100 80GB HBM3"}
+    write_run(tmp_path, "bp", "bp", "mlp", 0, **h100)
+    path = write_run(tmp_path, "dbp", "dbp", "mlp", 0, evals=2, status="interrupted", **h100)
+    run = read_run(path)["run"]
+    with RunWriter(path, {**run, "gpu_name": "NVIDIA H200", "git_commit": "f" * 40}, resume=True,
+                   resume_after_step=20) as writer:
+        writer.eval({**read_run(path)["evals"][-1], "step": 30})
+        writer.end("completed", "max_epochs 5 done", {"steps": 30})
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    mfu = dict(re.findall(r'<tr(?: class="problem")?><td>(\w+)</td>.*?<td class="num">([^<]*)</td></tr>', page, re.S))
+    assert mfu["bp"].endswith("%") and mfu["dbp"] == "—", mfu
+    assert "1 of 2 runs (dbp) were resumed on other code or hardware than they began on (git_commit, gpu_name)" in \
+        page
 
 
 def test_energy_the_meter_warned_about_is_flagged_with_its_warnings(tmp_path):

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from decorbench.results import (END_FIELDS, EVAL_FIELDS, RUN_FIELDS, RunWriter, load, provenance, read_run,
-                                run_path, source_state)
+from decorbench.results import (END_FIELDS, EVAL_FIELDS, PROVENANCE_FIELDS, RUN_FIELDS, RunWriter, load, provenance,
+                                read_run, run_path, source_state)
 
 
 def run_record(run_id: str = "r0", method: str = "bp", seed: int = 0) -> dict:
@@ -174,7 +174,7 @@ def test_resume_appends_and_repairs_a_truncated_last_line(tmp_path):
         writer.eval(eval_record(30))
         writer.end("completed", "max_epochs reached")
     lines = [json.loads(line) for line in path.read_text().splitlines()]  # valid JSONL throughout
-    assert [line["type"] for line in lines] == ["run", "eval", "eval", "eval", "end"]
+    assert [line["type"] for line in lines] == ["run", "eval", "eval", "resume", "eval", "end"]
     assert load(path)["step"].tolist() == [10, 20, 30]
 
     with pytest.raises(ValueError, match="not resuming"):
@@ -186,6 +186,28 @@ def test_resume_appends_and_repairs_a_truncated_last_line(tmp_path):
     with RunWriter(path, run_record(), resume=False) as writer:  # not resuming: starts afresh
         writer.end("failed", "restart")
     assert read_run(path)["evals"] == []
+
+
+def test_the_evals_of_a_resumed_part_carry_the_code_and_machine_that_measured_them(tmp_path):
+    path = write_run(tmp_path, steps=(10, 20), status="interrupted")
+    elsewhere = {**run_record(), "git_commit": "f" * 40, "gpu_name": "NVIDIA H200", "host": "other",
+                 "started_at": "2099-01-01T00:00:00Z"}
+    with RunWriter(path, elsewhere, resume=True, resume_after_step=20) as writer:
+        writer.eval(eval_record(30))
+        writer.end("completed", "max_epochs reached")
+    (resume,) = read_run(path)["resumes"]
+    assert resume["step"] == 20 and resume["gpu_name"] == "NVIDIA H200"
+    assert set(resume) == {"step", *PROVENANCE_FIELDS}
+    df = load(path).set_index("step")
+    first = run_record()
+    assert df.loc[20, ["git_commit", "host"]].tolist() == [first["git_commit"], first["host"]]
+    assert pd.isna(df.loc[20, "gpu_name"])  # a CPU
+    assert df.loc[30, ["git_commit", "gpu_name", "host"]].tolist() == ["f" * 40, "NVIDIA H200", "other"]
+    assert set(df["started_at"]) == {first["started_at"]}  # the run's start, not its part's
+
+
+def test_provenance_records_every_provenance_field():
+    assert tuple(provenance("cpu")) == PROVENANCE_FIELDS
 
 
 def test_a_resumed_run_killed_after_new_evals_has_no_end_not_its_earlier_one(tmp_path):

@@ -56,9 +56,23 @@ def chance(runs: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(recorded, errors="coerce").groupby([runs[c] for c in GROUP]).max()
 
 
+# What makes the parts of a resumed run measurements of different things when they differ
+RESUME_CHANGES = ("git_commit", "git_dirty", "decorbench_version", "torch", "torchvision", "cuda", "cudnn", "gpu_name",
+                  "gpu_driver", "host")
+
+
+def resumed_elsewhere(evals: pd.DataFrame) -> pd.Series:
+    """Per run whose resumed parts ran on other code or hardware than its first: the fields that changed."""
+    fields = [c for c in RESUME_CHANGES if c in evals]
+    varies = evals.groupby("run")[fields].nunique(dropna=False) > 1
+    changed = varies.apply(lambda row: ", ".join(row.index[row]), axis=1) if fields else pd.Series(dtype=object)
+    return changed[changed != ""].astype(object)
+
+
 def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """(runs, targets): one row per run with its last eval point's fields, final_accuracy, step_time_s (training
-    seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak),
+    seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak, or
+    for a run resumed on another GPU), resumed_elsewhere (what changed between its parts, or NaN),
     problem, scored (ended without a problem, with an accuracy), reached, and <name>_to_target for every TO_TARGET
     column; and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
@@ -73,6 +87,9 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     # `flops` is the whole job's (torchrun: all its processes'), so the peak is that of all its GPUs
     gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1) if "world_size" in runs else 1
     runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / (peak * gpus)
+    changed = resumed_elsewhere(evals)
+    runs["resumed_elsewhere"] = changed.reindex(runs.index)
+    runs.loc[changed.str.contains("gpu_name").reindex(runs.index, fill_value=False), "mfu"] = float("nan")
     runs["problem"] = runs["status"].isin(PROBLEMS) | runs["status"].isna()
     runs["scored"] = runs["final_accuracy"].notna() & ~runs["problem"]  # what a default target is taken from
     goal = targets(runs, target)

@@ -29,7 +29,8 @@ METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
 PROVENANCE = [("suite", "suite"), ("git commit", "commit"), ("decorbench", "decorbench_version"),
               ("device", "device"), ("GPU", "gpu_name"), ("GPU driver", "gpu_driver"), ("CPU", "cpu"),
               ("host", "host"), ("platform", "platform"), ("Python", "python"), ("PyTorch", "torch"),
-              ("CUDA", "cuda"), ("carbon region (country)", "country_iso_code")]
+              ("torchvision", "torchvision"), ("CUDA", "cuda"), ("cuDNN", "cudnn"),
+              ("carbon region (country)", "country_iso_code")]
 _PREFIXES = [(1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
              (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]
 
@@ -204,6 +205,11 @@ def notes(runs: pd.DataFrame) -> list[str]:
                        f"their input batches for more than {LOADER_BOUND:.0%} of their training time (up to "
                        f"{bound.max():.0%}): their times and energy measure the data loader as much as the training "
                        "step, and hide the cost of a costlier step such as DBP's.")
+    moved = runs.set_index("run_id")["resumed_elsewhere"].dropna() if "resumed_elsewhere" in runs else ()
+    if len(moved):
+        out.append(f"{len(moved)} of {len(runs)} runs ({_named(moved.index)}) were resumed on other code or "
+                   f"hardware than they began on ({_distinct(moved)}): their times, energy and accuracy join parts "
+                   "measured differently; a run resumed on another GPU has no MFU.")
     if "carbon_method" in runs:  # CO2e is never a measurement: say how each run's was estimated
         methods = runs.loc[runs["co2_kg"].notna(), "carbon_method"].dropna()
         for method, n in methods.value_counts(sort=False).items():
