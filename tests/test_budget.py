@@ -16,7 +16,8 @@ STATE = {"step": 10, "epoch": 1, "train_time_s": 5.0, "energy_j": None, "accurac
     (Budget(max_train_seconds=6.0), {}, None),
     (Budget(max_energy_j=100.0), {"energy_j": 100.04}, ("budget", "max_energy_j 100.0 reached (100.0 J)")),
     (Budget(max_energy_j=100.0, max_steps=99), {}, None),  # no energy reading: the joule limit cannot fire
-    (Budget(target_accuracy=0.5, stop_at_target=True), {}, ("target", "eval accuracy 0.5000 reached target 0.5")),
+    (Budget(target_accuracy=0.5, stop_at_target=True), {"accuracy": 0.625},
+     ("target", "eval accuracy 0.6250 reached target 0.5")),
     (Budget(target_accuracy=0.5, max_steps=99), {}, None),  # a target without stop_at_target only marks TTA
     (Budget(target_accuracy=0.5, stop_at_target=True, max_steps=10), {},  # the target wins a tie
      ("target", "eval accuracy 0.5000 reached target 0.5")),

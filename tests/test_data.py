@@ -1,7 +1,6 @@
 """The datasets: sizes and shapes, deterministic order and augmentation per (seed, epoch), real on-disk formats
 (tiny hand-made CIFAR pickles and image folders), clear errors. Offline and fast."""
 
-import math
 import pickle
 import re
 import shutil
@@ -105,6 +104,9 @@ def expected_images(offset: int, mean, std, n: int = 2) -> torch.Tensor:
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+CIFAR10_MEAN_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
 @pytest.fixture
 def cifar_root(tmp_path):
     ten, hundred = tmp_path / "cifar-10-batches-py", tmp_path / "cifar-100-python"
@@ -131,7 +133,7 @@ def test_cifar10_pixels_and_labels_round_trip(cifar_root):
     data = load_data("cifar10", batch_size=4, seed=0, root=cifar_root)
     assert (data.num_classes, data.input_shape, data.train_size, data.test_size) == (10, (3, 32, 32), 10, 2)
     x, y = batches(data.test_batches())
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    mean, std = CIFAR10_MEAN_STD
     torch.testing.assert_close(x, expected_images(100, mean, std))
     assert y.tolist() == [3, 7]
     x, y = batches(load_data("cifar10", batch_size=5, seed=0, root=cifar_root, augment=False).train_batches(0))
@@ -160,24 +162,38 @@ def test_cifar_augmentation_is_seeded_and_keeps_shape(cifar_root):
     assert torch.equal(batches(one)[1], plain[1]) and not torch.equal(batches(one)[0], plain[0])
 
 
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """CIFAR-10 images as load_data gives them, back in 0..255."""
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in CIFAR10_MEAN_STD)
+    return ((x * std + mean) * 255).round()
+
+
 def _crops(image: torch.Tensor) -> dict[tuple[int, int, bool], torch.Tensor]:
-    """Every 4-pixel padded crop of `image`, mirrored or not, by (rows down, columns right, mirrored); the padding
-    NaN."""
-    padded = torch.nn.functional.pad(image, (4, 4, 4, 4), value=math.nan)
+    """Every crop of `image` zero-padded by 4 pixels, mirrored or not, by (rows down, columns right, mirrored)."""
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
     return {(dy, dx, flip): (lambda crop: crop.flip(-1) if flip else crop)(padded[:, dy:dy + 32, dx:dx + 32])
             for dy in range(9) for dx in range(9) for flip in (False, True)}
 
 
+def _crop_of(augmented: torch.Tensor, image: torch.Tensor) -> tuple[int, int, bool]:
+    """Which of `image`'s padded crops `augmented` is; fails unless exactly one."""
+    found = [how for how, crop in _crops(image).items() if torch.equal(augmented, crop)]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_cifar_augmentation_is_a_random_padded_crop_and_mirror_of_each_image(cifar_root):
-    augmented = batches(load_data("cifar10", batch_size=4, seed=5, root=cifar_root).train_batches(1))[0]
-    plain = batches(load_data("cifar10", batch_size=4, seed=5, root=cifar_root, augment=False).train_batches(1))[0]
+    augmented, plain = (load_data("cifar10", batch_size=4, seed=5, root=cifar_root, augment=augment)
+                        for augment in (True, False))
     drawn = []
-    for aug, image in zip(augmented, plain):
-        (found,) = [how for how, crop in _crops(image).items()
-                    if torch.equal(aug[~crop.isnan()], crop[~crop.isnan()])
-                    and all(len(aug[c][crop[c].isnan()].unique()) <= 1 for c in range(3))]  # padding: one colour
-        drawn.append(found)
-    assert len({(dy, dx) for dy, dx, _ in drawn}) > 4 and {flip for *_, flip in drawn} == {False, True}, drawn
+    for epoch in range(8):  # 64 images
+        for (x, y), (x_plain, y_plain) in zip(augmented.train_batches(epoch), plain.train_batches(epoch), strict=True):
+            assert torch.equal(y, y_plain)
+            batch = [_crop_of(aug, image) for aug, image in zip(_pixels(x), _pixels(x_plain))]
+            assert len({(dy, dx) for dy, dx, _ in batch}) > 1, batch  # a shift per image, not one per batch
+            drawn += batch
+    assert {dy for dy, _, _ in drawn} == {dx for _, dx, _ in drawn} == set(range(9)), drawn  # shifts 0..8 px
+    assert {flip for *_, flip in drawn} == {False, True}, drawn
 
 
 def test_missing_cifar_names_the_expected_path(tmp_path, monkeypatch):
