@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from decorbench import __version__
-from decorbench.gpus import peak_bf16_flops
+from decorbench.gpus import peak_bf16_flops, why_no_peak
 
 
 def _version(dist: str) -> str:
@@ -61,7 +61,7 @@ def _gpus() -> list[str]:
         p = torch.cuda.get_device_properties(i)
         peak = peak_bf16_flops(p.name)
         mfu = f"MFU against {peak / 1e12:g} TFLOP/s dense bf16 (datasheet)" if peak else \
-            "no datasheet bf16 peak known for it: MFU not reported"
+            f"MFU not reported: {why_no_peak(p.name)}"
         lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}; "
                      f"{mfu}")
     return lines

@@ -31,6 +31,15 @@ def peak_bf16_flops(gpu_name: str | None) -> float | None:
     return None
 
 
+def why_no_peak(gpu_name: str | None) -> str:
+    """Why `peak_bf16_flops(gpu_name)` is None."""
+    if not gpu_name:
+        return "no GPU"
+    if re.search(r"\bMIG\b", gpu_name):
+        return "a MIG slice, whose share of the GPU's compute its name does not state"
+    return "no datasheet peak for it in decorbench/gpus.py"
+
+
 def mfu(flops: float | None, seconds: float | None, gpu_name: str | None) -> float | None:
     """flops / seconds / peak, or None when any part is unknown."""
     peak = peak_bf16_flops(gpu_name)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import warnings
 from datetime import datetime, timezone
@@ -74,6 +75,16 @@ PROVENANCE_FIELDS = ("decorbench_version", "git_commit", "git_dirty", "python", 
                      "device", "gpu_name", "gpu_driver", "cpu", "cpu_count", "host", "platform", "started_at")
 
 
+def _given_commit() -> str | None:
+    """$DECORBENCH_GIT_COMMIT when it is a commit hash; anything else is ignored with a warning, never recorded."""
+    given = os.environ.get("DECORBENCH_GIT_COMMIT", "").strip()
+    if given and not re.fullmatch(r"[0-9a-fA-F]{7,40}", given):
+        warnings.warn(f"DECORBENCH_GIT_COMMIT={given!r} is not a commit hash; the commit is recorded as unknown",
+                      stacklevel=3)
+        return None
+    return given.lower() or None
+
+
 def provenance(device) -> dict:
     """Where and with what a number was measured: versions, source commit, hardware, start time."""
     import torch  # here, not at module level: reading results (reports) should not pay for importing torch
@@ -82,7 +93,7 @@ def provenance(device) -> dict:
     device = torch.device(device)
     commit, dirty = source_state(Path(__file__).parent)
     if commit is None:  # a copy of a checkout without its .git (a container, a remote machine): the sender says
-        commit = os.environ.get("DECORBENCH_GIT_COMMIT") or None
+        commit = _given_commit()
     gpu_name = gpu_driver = None
     if device.type == "cuda":
         try:

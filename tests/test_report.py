@@ -143,6 +143,30 @@ def test_a_run_resumed_on_other_code_or_gpu_is_named_and_has_no_mfu(tmp_path):
     assert mfu["bp"].endswith("%") and mfu["dbp"] == "—", mfu
     assert "1 of 2 runs (dbp) were resumed on other code or hardware than they began on (git_commit, gpu_name)" in \
         page
+    assert "MFU of the 1 run on NVIDIA H100 80GB HBM3 is against its datasheet peak, 989.4 TFLOP/s dense bf16." in page
+    assert "on NVIDIA H200" not in page  # its one run has no MFU
+
+
+def test_why_a_gpu_run_has_no_mfu_and_an_fp32_run_s_mfu_are_stated(tmp_path):
+    mig = "NVIDIA A100-SXM4-40GB MIG 3g.20gb"
+    write_run(tmp_path, "bp", "bp", "mlp", 0, device="cuda:0", gpu_name=mig)
+    write_run(tmp_path, "dbp", "dbp", "mlp", 0, device="cuda:0", gpu_name="NVIDIA GeForce RTX 4090")
+    write_run(tmp_path, "bp1", "bp", "mlp", 1, device="cuda:0", gpu_name="NVIDIA H100 PCIe",
+              hyperparameters={"lr": 1e-3, "train": {"amp": False}})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert f"No MFU for the 1 run on {mig}: a MIG slice, whose share of the GPU's compute its name does not state." \
+        in page
+    assert "No MFU for the 1 run on NVIDIA GeForce RTX 4090: no datasheet peak for it in decorbench/gpus.py." in page
+    assert "1 of 3 runs on GPUs trained without bf16 autocast (train.amp = false)" in page
+
+
+def test_a_commit_whose_working_tree_state_is_unknown_says_so(tmp_path):
+    write_run(tmp_path, "bp", "bp", "mlp", 0, git_commit="a" * 40, git_dirty=None)
+    write_run(tmp_path, "dbp", "dbp", "mlp", 0, git_commit="a" * 40, git_dirty=True)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    assert "aaaaaaaaaaaa (uncommitted changes: unknown) (1 runs); aaaaaaaaaaaa + uncommitted code changes (1 runs)" \
+        in page or "aaaaaaaaaaaa + uncommitted code changes (1 runs); aaaaaaaaaaaa (uncommitted changes: unknown) " \
+        "(1 runs)" in page
 
 
 def test_energy_the_meter_warned_about_is_flagged_with_its_warnings(tmp_path):

@@ -326,6 +326,15 @@ def test_provenance_takes_the_commit_from_the_environment_where_git_cannot_tell(
     monkeypatch.setenv("DECORBENCH_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
     prov = provenance("cpu")
     assert prov["git_commit"] == "0123456789abcdef0123456789abcdef01234567" and prov["git_dirty"] is None
+    monkeypatch.setenv("DECORBENCH_GIT_COMMIT", " F30EC7E4\n")  # as `git rev-parse --short` wrote it, upper-cased
+    assert provenance("cpu")["git_commit"] == "f30ec7e4"
+    for not_a_commit in ("  ", "main", "abc"):
+        monkeypatch.setenv("DECORBENCH_GIT_COMMIT", not_a_commit)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert provenance("cpu")["git_commit"] is None
+        assert [str(w.message) for w in caught] == ([] if not not_a_commit.strip() else [
+            f"DECORBENCH_GIT_COMMIT={not_a_commit!r} is not a commit hash; the commit is recorded as unknown"])
 
 
 def test_source_state_calls_a_checkout_dirty_for_code_changes_only(tmp_path):

@@ -13,6 +13,7 @@ import os
 import pandas as pd
 
 from ..settings import NOT_THE_EXPERIMENT, setting_defaults
+from ..gpus import peak_bf16_flops, why_no_peak
 from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
 
@@ -170,9 +171,9 @@ def _distinct(values: pd.Series) -> str:
 
 def provenance(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(label, value) pairs; a field with several values across runs lists each with its run count."""
-    commit = _field(runs, "git_commit").str[:12]
-    dirty = _field(runs, "git_dirty").eq("True")
-    runs = runs.assign(commit=commit.where(~dirty, commit + " + uncommitted code changes"))
+    commit, dirty = _field(runs, "git_commit").str[:12], _field(runs, "git_dirty")
+    state = dirty.map({"True": " + uncommitted code changes", "False": ""}).fillna(" (uncommitted changes: unknown)")
+    runs = runs.assign(commit=commit.where(commit == "not recorded", commit + state))
     rows = [(label, _distinct(_field(runs, column))) for label, column in PROVENANCE]
     rows.append(("results files", f"{runs['source'].nunique()} in {results_dir(runs) or 'several places'}"))
     started = pd.to_datetime(_field(runs, "started_at"), errors="coerce", utc=True).dropna()
@@ -205,6 +206,18 @@ def notes(runs: pd.DataFrame) -> list[str]:
                        f"their input batches for more than {LOADER_BOUND:.0%} of their training time (up to "
                        f"{bound.max():.0%}): their times and energy measure the data loader as much as the training "
                        "step, and hide the cost of a costlier step such as DBP's.")
+    on_gpus = runs[runs["gpu_name"].notna()] if "gpu_name" in runs else runs.iloc[:0]
+    for gpu, group in on_gpus.groupby("gpu_name", sort=False):
+        peak, measured = peak_bf16_flops(gpu), int(group["mfu"].notna().sum())  # none if resumed on another GPU
+        if peak and measured:
+            out.append(f"MFU of the {measured} run{'s' * (measured > 1)} on {gpu} is against its datasheet peak, "
+                       f"{peak / 1e12:g} TFLOP/s dense bf16.")
+        elif not peak:
+            out.append(f"No MFU for the {len(group)} run{'s' * (len(group) > 1)} on {gpu}: {why_no_peak(gpu)}.")
+    fp32 = on_gpus.get("hyperparameters.train.amp", pd.Series(dtype=object)).eq(False)
+    if fp32.any():
+        out.append(f"{fp32.sum()} of {len(runs)} runs on GPUs trained without bf16 autocast (train.amp = false): "
+                   "their MFU is against the bf16 peak, which fp32 matrix products do not reach.")
     moved = runs.set_index("run_id")["resumed_elsewhere"].dropna() if "resumed_elsewhere" in runs else ()
     if len(moved):
         out.append(f"{len(moved)} of {len(runs)} runs ({_named(moved.index)}) were resumed on other code or "

@@ -16,7 +16,6 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from decorbench.dbp import DecorLinear, decor_layers, decorrelate, update
 from decorbench.models import create_model
+from decorbench.results import provenance as run_provenance
 from decorbench.step import make_step
 
 DECOR_LR = 1e-4
@@ -158,13 +158,12 @@ def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
 
 
 def provenance(args: argparse.Namespace) -> dict:
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "git_commit": commit,
+    run = run_provenance("cpu")
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "git_commit": run["git_commit"],
+            "git_dirty": run["git_dirty"],
             "torch": torch.__version__,
             "torchvision": torchvision.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "cpu": cpu, "command": " ".join(sys.argv),
+            "threads": torch.get_num_threads(), "cpu": run["cpu"], "command": " ".join(sys.argv),
             "warmup": args.warmup, "steps": args.steps, "seed": args.seed,
             "decor_lr": DECOR_LR, "optimizer": "Adam (default lr)", "dbp_settings": "decorrelate() defaults"}
 

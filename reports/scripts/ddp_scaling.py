@@ -112,12 +112,12 @@ def worker(case: str, steps: int, repeats: int, threads: int) -> None:
 def provenance() -> dict:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    from decorbench.results import provenance as run_provenance
+
+    run = run_provenance("cpu")
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "git_commit": commit, "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "host": platform.node(),
+            "git_commit": run["git_commit"], "git_dirty": run["git_dirty"], "torch": torch.__version__,
+            "python": platform.python_version(), "cpu": run["cpu"], "cpu_count": os.cpu_count(), "host": platform.node(),
             "load_average_before": os.getloadavg(), "command": " ".join(sys.argv)}
 
 

@@ -153,9 +153,14 @@ def _f(value, spec: str, scale: float = 1.0) -> str:
     return "—" if value is None else format(value * scale, spec)
 
 
+def _dirty(prov: dict) -> str:
+    return {True: " + uncommitted code changes", False: ""}.get(prov.get("git_dirty"), " (uncommitted changes: unknown)")
+
+
 def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
     lines = [f"GPU {prov['gpu_name'] or '(none: ' + prov['device'] + ')'}, driver {prov['gpu_driver'] or '—'}, "
-             f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, commit {prov['git_commit'] or 'unknown'}, "
+             f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, "
+             f"commit {prov['git_commit'] or 'unknown'}{_dirty(prov)}, "
              f"{prov['started_at']}", "", f"Command: `{prov['command']}`", "",
              "Step: Adam + (DBP) decorrelation update (in fp32, TF32 off: R's precision), bf16 autocast, "
              "channels_last; ResNet CIFAR stem, 3×32×32, "
