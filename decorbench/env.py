@@ -67,6 +67,19 @@ def _gpus() -> list[str]:
     return lines
 
 
+def _source() -> str:
+    """The commit every run records, as its results will show it."""
+    from decorbench.results import provenance
+
+    recorded = provenance("cpu")
+    commit, dirty = recorded["git_commit"], recorded["git_dirty"]
+    if commit is None:
+        return ("commit unknown: git cannot tell (not a checkout, git missing, or git refuses the repository's owner) "
+                "and $DECORBENCH_GIT_COMMIT is not set")
+    return f"commit {commit[:12]}" + {True: " + uncommitted code changes", False: " (clean)"}.get(
+        dirty, " (uncommitted changes: unknown)")
+
+
 def _nvml_driver() -> tuple[str, int | None]:
     """(driver text or why there is none, NVML's GPU count)."""
     from decorbench.meters.energy import describe_nvml_error
@@ -217,7 +230,7 @@ def describe_environment(*, country_iso_code: str = "NLD", probe_carbon: bool = 
         ("python", platform.python_version()),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("torchvision", _version("torchvision")),
-        ("decorbench", __version__),
+        ("decorbench", f"{__version__}, {_source()}"),
         ("codecarbon", _version("codecarbon")),
         ("nvidia-ml-py", _version("nvidia-ml-py")),
         ("nvidia driver", driver),

@@ -74,3 +74,11 @@ def test_an_nvml_counter_that_fails_when_read_is_reported_as_failing(monkeypatch
              if line.startswith("  ")}
     for meter in ("energy: NVML counter", "energy: NVML power"):
         assert "FAILS on cuda:0 (Fake GPU, NVML index 0" in lines[meter] and "NVMLError_GpuIsLost" in lines[meter]
+
+
+def test_names_the_commit_runs_will_record_or_why_it_is_unknown(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no git: as in a copy of the checkout on another machine
+    monkeypatch.delenv("DECORBENCH_GIT_COMMIT", raising=False)
+    assert "0.1.0, commit unknown: git cannot tell" in describe_environment(probe_carbon=False)
+    monkeypatch.setenv("DECORBENCH_GIT_COMMIT", "0123456789abcdef")
+    assert "0.1.0, commit 0123456789ab (uncommitted changes: unknown)\n" in describe_environment(probe_carbon=False)
