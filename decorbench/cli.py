@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -80,25 +82,39 @@ class _Signals:
         self.stop.set()
 
 
-class _ProgressBars:
-    """One tqdm bar per run (hidden when stderr is not a terminal); a run's bar closes when the next one opens."""
+class _Progress:
+    """One tqdm bar per run on a terminal; elsewhere (a log file, a pipe) a plain line at a run's first eval point and
+    then at most once a minute. Each run's end is said as it ends."""
+
+    PLAIN_EVERY_S = 60.0
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar, self.said_at = None, -math.inf
 
     def __call__(self, spec):
         from tqdm import tqdm
 
         self.close()
+        self.said_at = -math.inf
 
         def on_step(step: int, planned: int | None, record: dict | None) -> None:
-            if self.bar is None:
-                self.bar = tqdm(total=planned, desc=spec.run_id, unit="step", disable=None, leave=False,
-                                file=sys.stderr)
+            if self.bar is None:  # from the step a resumed run continues at: its rate counts only steps it takes
+                self.bar = tqdm(total=planned, initial=max(step - 1, 0), desc=spec.run_id, unit="step",
+                                disable=None, leave=False, file=sys.stderr)
             self.bar.update(step - self.bar.n)
-            if record is not None:
-                self.bar.set_postfix(acc=f"{record['eval_accuracy']:.3f}", train_s=f"{record['train_time_s']:.1f}")
+            if record is None:
+                return
+            accuracy, seconds = f"{record['eval_accuracy']:.3f}", f"{record['train_time_s']:.1f}"
+            self.bar.set_postfix(acc=accuracy, train_s=seconds)
+            if self.bar.disable and time.monotonic() - self.said_at >= self.PLAIN_EVERY_S:
+                self.said_at = time.monotonic()
+                _say(f"  {spec.run_id}: step {step}{f'/{planned}' if planned else ''}, accuracy {accuracy}, "
+                     f"{seconds} s of training")
         return on_step
+
+    def ended(self, end: dict) -> None:
+        self.close()
+        _say(f"  {end['run_id']}: {end['status']} ({end['reason']})")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -220,15 +236,14 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
     if main:
         where = f"{world} processes ({device.type})" if world > 1 else device
         _say(f"decorbench: suite {config.name!r}: {len(todo)} run(s) to do on {where}, results in {out}/runs")
-    bars = _ProgressBars() if main else None
-    ends = run_suite(config, out, device, todo, should_stop=signals.stop.is_set, progress=bars)
+    progress = _Progress() if main else None
+    ends = run_suite(config, out, device, todo, should_stop=signals.stop.is_set, progress=progress,
+                     on_end=progress.ended if main else lambda end: None)
     interrupted = distributed.any_rank(signals.stop.is_set())
     if not ends and interrupted:
         return _stopped_before_start() if main else EXIT_INTERRUPTED
     if main:
-        bars.close()
-        for end in ends:
-            _say(f"  {end['run_id']}: {end['status']} ({end['reason']})")
+        progress.close()
         run_ids = {spec.run_id for spec in config.runs()}
         try:
             evals = load(out)
@@ -328,7 +343,9 @@ def _main(argv: list[str] | None) -> int:
                                                       "one, else BP's median final accuracy per dataset and model)")
     env = sub.add_parser("env", help="hardware, versions, and which meters work here (and why not)")
     env.add_argument("--country", default="NLD", help="ISO 3166-1 alpha-3 code the carbon probe uses (default NLD)")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own help lists what it takes
+        {"run": run, "report": report, "env": env}[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # a user sees every warning, as one line, not Python's source excerpt
         warnings.showwarning = _show_warning

@@ -407,14 +407,14 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
 
 def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[RunSpec], *,
               should_stop: Callable[[], bool] = lambda: False,
-              progress: Callable[[RunSpec], Callable[[int, int | None, dict | None], None]] | None = None
-              ) -> list[dict]:
+              progress: Callable[[RunSpec], Callable[[int, int | None, dict | None], None]] | None = None,
+              on_end: Callable[[dict], None] = lambda end: None) -> list[dict]:
     """Run `todo` in order, one results file each. A run that raises is recorded as failed; the suite goes on —
     except under torchrun, where the other ranks cannot go on in step with a failed one: there it ends the job.
 
     An unfinished run continues from its last checkpoint (pending_runs made sure its settings are the same), else
     starts again, its old file replaced (no checkpoint, or one that cannot be read or is of another spec).
-    Checkpoints of finished runs are deleted. Returns the end records.
+    Checkpoints of finished runs are deleted. Returns the end records, each also given to `on_end` as its run ends.
     """
     ends, main = [], distributed.is_main()
     for spec in todo:
@@ -442,6 +442,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
             reason = f"cannot write its results: {e}".splitlines()[0]
             print(f"decorbench: {spec.run_id}: {reason}", file=sys.stderr)
             ends.append({"run_id": spec.run_id, "status": "failed", "reason": reason})
+            on_end(ends[-1])
             continue
         with writer:
             on_step = progress(spec) if progress else (lambda *_: None)
@@ -463,6 +464,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         if main and status in FINISHED:
             checkpoint.unlink(missing_ok=True)
         ends.append({"run_id": spec.run_id, "status": status, "reason": reason})
+        on_end(ends[-1])
     if main:
         with contextlib.suppress(OSError):  # only removed when empty: every run finished
             (out / "checkpoints").rmdir()

@@ -131,7 +131,7 @@ def test_a_run_without_out_writes_a_new_timestamped_directory_under_results(tmp_
      "cifar10 not found: expected no-data/cifar-10-batches-py/"),
     (["run", "smoke", "--set", "dataset=imagenette", "--set", 'models=["small-cnn"]'],
      "imagenette not found: expected"),
-    (["run", "smoke", "--bogus"], "unrecognized arguments: --bogus (see: decorbench --help)"),
+    (["run", "smoke", "--bogus"], "unrecognized arguments: --bogus (see: decorbench run --help)"),
     (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.image_size=224"],
      "model mlp with DBP on synthetic inputs of 3×224×224 holds 84.6 GiB of weights and decorrelation matrices"),
     (["run", "smoke", "--set", "dataset=imagenette", "--set", "data.options.image_size=40000"],  # d² overflows
@@ -645,3 +645,14 @@ def test_gpu_reference_runs_the_fast_path_on_learnable_cifar_shaped_data():
     assert {"resnet18", "resnet34"} <= set(config.models)
     data = load_data(config.dataset, batch_size=config.train.batch_size, seed=0, options=config.data.options)
     assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+
+
+def test_off_a_terminal_progress_is_plain_lines_and_each_run_s_end_is_said_as_it_ends(tmp_path, capsys):
+    assert main(["run", "smoke", "--out", str(tmp_path), *ONE_PAIR, "--set", "budget.max_steps=30",
+                 "--set", "train.eval_every=10"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  smoke-")]
+    assert err == ["  smoke-digits-mlp-bp-s0: step 10/30, accuracy " + err[0].split("accuracy ")[1],
+                   "  smoke-digits-mlp-bp-s0: completed (max_steps 30 done)",
+                   "  smoke-digits-mlp-dbp-s0: step 10/30, accuracy " + err[2].split("accuracy ")[1],
+                   "  smoke-digits-mlp-dbp-s0: completed (max_steps 30 done)"]  # at most a line a minute
+    assert err[0].endswith(" s of training")
