@@ -57,14 +57,15 @@ def chance(runs: pd.DataFrame) -> pd.Series:
 
 
 # What makes the parts of a resumed run measurements of different things when they differ
-RESUME_CHANGES = ("git_commit", "git_dirty", "decorbench_version", "torch", "torchvision", "cuda", "cudnn", "gpu_name",
-                  "gpu_driver", "host")
+RESUME_CHANGES = ("git_commit", "git_dirty", "decorbench_version", "torch", "torchvision", "cuda", "cudnn", "device",
+                  "gpu_name", "gpu_driver", "host")
 
 
 def resumed_elsewhere(evals: pd.DataFrame) -> pd.Series:
-    """Per run whose resumed parts ran on other code or hardware than its first: the fields that changed."""
+    """Per run whose resumed parts ran on other code or hardware than its first: the fields that changed (a field
+    one part did not record is no change: an older decorbench's part lacks the newer fields)."""
     fields = [c for c in RESUME_CHANGES if c in evals]
-    varies = evals.groupby("run")[fields].nunique(dropna=False) > 1
+    varies = evals.groupby("run")[fields].nunique() > 1
     changed = varies.apply(lambda row: ", ".join(row.index[row]), axis=1) if fields else pd.Series(dtype=object)
     return changed[changed != ""].astype(object)
 
@@ -89,7 +90,8 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / (peak * gpus)
     changed = resumed_elsewhere(evals)
     runs["resumed_elsewhere"] = changed.reindex(runs.index)
-    runs.loc[changed.str.contains("gpu_name").reindex(runs.index, fill_value=False), "mfu"] = float("nan")
+    other_gpu = changed.str.contains("gpu_name|device").reindex(runs.index, fill_value=False)
+    runs.loc[other_gpu, "mfu"] = float("nan")
     runs["problem"] = runs["status"].isin(PROBLEMS) | runs["status"].isna()
     runs["scored"] = runs["final_accuracy"].notna() & ~runs["problem"]  # what a default target is taken from
     goal = targets(runs, target)
