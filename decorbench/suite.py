@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import tomllib
@@ -19,6 +20,7 @@ import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
@@ -405,6 +407,18 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
     return saved
 
 
+def _keep_aside(path: Path) -> None:
+    """A results file with eval records, of a run that starts again, renamed beside it (`load` reads `*.jsonl` only),
+    so that what it measured is not lost."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its damage, if any, was said when it was planned
+        if not (path.exists() and read_run(path)["evals"]):
+            return
+    aside = path.with_name(f"{path.name}.replaced-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    os.replace(path, aside)
+    warnings.warn(f"{path}: the run starts again; its earlier records are kept in {aside.name}")
+
+
 def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[RunSpec], *,
               should_stop: Callable[[], bool] = lambda: False,
               progress: Callable[[RunSpec], Callable[[int, int | None, dict | None], None]] | None = None,
@@ -430,6 +444,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         resuming = distributed.broadcast(saved is not None)
         if main and not resuming:
             checkpoint.unlink(missing_ok=True)
+            _keep_aside(path)
         after_step = saved["step"] if saved is not None else None
         try:
             writer = RunWriter(path, record, resume=resuming, resume_after_step=after_step) if main else _Discard()

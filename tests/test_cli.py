@@ -464,11 +464,15 @@ def test_resume_deletes_a_checkpoint_a_kill_left_beside_a_finished_run(tmp_path)
 def test_an_unreadable_checkpoint_starts_the_run_again_in_a_fresh_file(tmp_path, capsys):
     path, resume = _interrupted_bp_run(tmp_path)
     (tmp_path / "checkpoints" / "smoke-digits-mlp-bp-s0.pt").write_bytes(b"half a checkpoint")
+    before = path.read_bytes()
     assert main(resume) == 0
-    assert "cannot be read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "the run starts again; its earlier records are kept in " in err
     records = read_run(path)
     steps = [r["step"] for r in records["evals"]]
     assert steps[0] == 5 and steps == sorted(set(steps)) and records["end"]["status"] == "completed"
+    (aside,) = path.parent.glob(f"{path.name}.replaced-*")  # what the first attempt measured, not lost
+    assert aside.read_bytes() == before and not load(tmp_path)["source"].str.contains("replaced").any()  # not results
 
 
 @pytest.mark.parametrize("content", ["not results\n", "my precious notes", "dir"])
