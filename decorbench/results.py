@@ -4,7 +4,8 @@ Why JSON Lines, flushed and fsynced per record: training runs are long and get k
 Ctrl-C, a dead node). Every record is written as one line and pushed to disk before `RunWriter` returns, so a killed
 run leaves its run record and every completed eval point readable; at worst the last line is cut short, and readers
 skip it with a warning. Data flows one way: train loop → `RunWriter` → files → `load()` → report.
-File layout (README, "Results"): a `run` record, then one `eval` record per eval point, then an `end` record.
+File layout (README, "Results"): a `run` record, then one `eval` record per eval point, then an `end` record; a
+resumed run goes on with a `resume` record (the provenance of its new part), its evals and its own end.
 """
 
 import codecs

@@ -12,8 +12,8 @@ import os
 
 import pandas as pd
 
-from ..settings import NOT_THE_EXPERIMENT, setting_defaults
 from ..gpus import peak_bf16_flops, why_no_peak
+from ..settings import NOT_THE_EXPERIMENT, setting_defaults
 from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
 
