@@ -412,7 +412,10 @@ def _keep_aside(path: Path) -> None:
     so that what it measured is not lost."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its damage, if any, was said when it was planned
-        if not (path.exists() and read_run(path)["evals"]):
+        try:
+            if not (path.is_file() and read_run(path)["evals"]):
+                return
+        except OSError:  # unreadable: RunWriter, opening it, fails the run and says why
             return
     aside = path.with_name(f"{path.name}.replaced-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     os.replace(path, aside)
