@@ -69,15 +69,14 @@ def _gpus() -> list[str]:
 
 def _source() -> str:
     """The commit every run records, as its results will show it."""
-    from decorbench.results import provenance
+    from decorbench.results import provenance, uncommitted
 
     recorded = provenance("cpu")
     commit, dirty = recorded["git_commit"], recorded["git_dirty"]
     if commit is None:
         return ("commit unknown: git cannot tell (not a checkout, git missing, or git refuses the repository's owner) "
                 "and $DECORBENCH_GIT_COMMIT is not set")
-    return f"commit {commit[:12]}" + {True: " + uncommitted code changes", False: " (clean)"}.get(
-        dirty, " (uncommitted changes: unknown)")
+    return f"commit {commit[:12]}{uncommitted(dirty) or ' (clean)'}"
 
 
 def _nvml_driver() -> tuple[str, int | None]:

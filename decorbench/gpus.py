@@ -20,10 +20,14 @@ PEAK_BF16_TFLOPS = [
 ]
 
 
+def _mig(gpu_name: str) -> bool:
+    return re.search(r"\bMIG\b", gpu_name) is not None
+
+
 def peak_bf16_flops(gpu_name: str | None) -> float | None:
     """The datasheet peak in FLOP/s for this device name, or None if unknown (or no GPU, or a MIG slice: it has a
     share of the GPU's compute that its name does not state exactly, so any peak would be a guess)."""
-    if not gpu_name or re.search(r"\bMIG\b", gpu_name):
+    if not gpu_name or _mig(gpu_name):
         return None
     for key, tflops in PEAK_BF16_TFLOPS:
         if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", gpu_name):
@@ -35,7 +39,7 @@ def why_no_peak(gpu_name: str | None) -> str:
     """Why `peak_bf16_flops(gpu_name)` is None."""
     if not gpu_name:
         return "no GPU"
-    if re.search(r"\bMIG\b", gpu_name):
+    if _mig(gpu_name):
         return "a MIG slice, whose share of the GPU's compute its name does not state"
     return "no datasheet peak for it in decorbench/gpus.py"
 

@@ -76,6 +76,11 @@ PROVENANCE_FIELDS = ("decorbench_version", "git_commit", "git_dirty", "python", 
                      "device", "gpu_name", "gpu_driver", "cpu", "cpu_count", "host", "platform", "started_at")
 
 
+def uncommitted(dirty: bool | None) -> str:
+    """What a commit's label adds for its working tree's state (`git_dirty`): nothing when clean."""
+    return {True: " + uncommitted code changes", False: ""}.get(dirty, " (uncommitted changes: unknown)")
+
+
 def _given_commit() -> str | None:
     """$DECORBENCH_GIT_COMMIT when it is a commit hash; anything else is ignored with a warning, never recorded."""
     given = os.environ.get("DECORBENCH_GIT_COMMIT", "").strip()
@@ -165,31 +170,26 @@ class RunWriter:
         _require(run, RUN_FIELDS, "run")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self._prepare_resume(run["run_id"], resume_after_step):
-            self._file = open(self.path, "a", encoding="utf-8")
-            try:  # the code and machine of the part to come, which may not be those of the run record
-                self._write({"type": "resume", "step": resume_after_step,
-                             **{k: run[k] for k in PROVENANCE_FIELDS if k in run}})
-            except BaseException:
-                self._file.close()
-                raise
-        elif resume and resume_after_step is not None and self.path.exists():  # starting afresh loses its records
+        continuing = resume and self._prepare_resume(run["run_id"], resume_after_step)
+        if resume and not continuing and resume_after_step is not None and self.path.exists():
             raise ValueError(f"{self.path} does not start with a run record, so it cannot be continued from its "
                              f"checkpoint (step {resume_after_step}); restore it, or delete it and the checkpoint "
-                             "to run it again")
-        else:
-            self._file = open(self.path, "w", encoding="utf-8")
+                             "to run it again")  # starting afresh would lose its records
+        # a continued run: the code and machine of the part to come, which may not be the run record's
+        first = ({"type": "resume", "step": resume_after_step, **{k: run[k] for k in PROVENANCE_FIELDS if k in run}}
+                 if continuing else {"type": "run", **run})
+        self._file = open(self.path, "a" if continuing else "w", encoding="utf-8")
+        try:
+            self._write(first)
+        except BaseException:
+            self._file.close()
+            raise
+        if not continuing and os.name == "posix":  # make the new directory entry itself durable
+            fd = os.open(self.path.parent, os.O_RDONLY)
             try:
-                self._write({"type": "run", **run})
-            except BaseException:
-                self._file.close()
-                raise
-            if os.name == "posix":  # make the new directory entry itself durable
-                fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _prepare_resume(self, run_id: str, after_step: int | None) -> bool:
         """True if the file holds this run's records, trimmed to complete lines and to eval records up to

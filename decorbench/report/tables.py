@@ -13,6 +13,7 @@ import os
 import pandas as pd
 
 from ..gpus import peak_bf16_flops, why_no_peak
+from ..results import uncommitted
 from ..settings import NOT_THE_EXPERIMENT, setting_defaults
 from .runs import GROUP, PROBLEMS, chance
 from .stats import Estimate, median, ratio
@@ -171,8 +172,8 @@ def _distinct(values: pd.Series) -> str:
 
 def provenance(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(label, value) pairs; a field with several values across runs lists each with its run count."""
-    commit, dirty = _field(runs, "git_commit").str[:12], _field(runs, "git_dirty")
-    state = dirty.map({"True": " + uncommitted code changes", "False": ""}).fillna(" (uncommitted changes: unknown)")
+    state = _field(runs, "git_dirty").map(lambda dirty: uncommitted({"True": True, "False": False}.get(dirty)))
+    commit = _field(runs, "git_commit").str[:12]
     runs = runs.assign(commit=commit.where(commit == "not recorded", commit + state))
     rows = [(label, _distinct(_field(runs, column))) for label, column in PROVENANCE]
     rows.append(("results files", f"{runs['source'].nunique()} in {results_dir(runs) or 'several places'}"))

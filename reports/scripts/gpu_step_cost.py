@@ -33,7 +33,7 @@ from decorbench.dbp import decorrelate
 from decorbench.gpus import mfu
 from decorbench.meters import EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
-from decorbench.results import provenance
+from decorbench.results import provenance, uncommitted
 from decorbench.step import make_step, prepare_model
 from decorbench.train import resolve_device
 
@@ -153,14 +153,10 @@ def _f(value, spec: str, scale: float = 1.0) -> str:
     return "—" if value is None else format(value * scale, spec)
 
 
-def _dirty(prov: dict) -> str:
-    return {True: " + uncommitted code changes", False: ""}.get(prov.get("git_dirty"), " (uncommitted changes: unknown)")
-
-
 def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
     lines = [f"GPU {prov['gpu_name'] or '(none: ' + prov['device'] + ')'}, driver {prov['gpu_driver'] or '—'}, "
              f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, "
-             f"commit {prov['git_commit'] or 'unknown'}{_dirty(prov)}, "
+             f"commit {prov['git_commit'] or 'unknown'}{uncommitted(prov['git_dirty'])}, "
              f"{prov['started_at']}", "", f"Command: `{prov['command']}`", "",
              "Step: Adam + (DBP) decorrelation update (in fp32, TF32 off: R's precision), bf16 autocast, "
              "channels_last; ResNet CIFAR stem, 3×32×32, "
