@@ -725,3 +725,18 @@ def test_runs_that_waited_for_their_input_are_flagged_as_timing_the_loader(tmp_p
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
     assert ("1 of 2 runs (bp) waited for their input batches for more than 10% of their training time (up to 40%): "
             "their times and energy measure the data loader") in page
+
+
+@pytest.mark.parametrize("slow_bp_seed, log_axis", [(0.012, False), (0.6, True)])
+def test_the_overhead_panel_takes_a_log_axis_when_noisy_runs_span_over_ten_times(slow_bp_seed, log_axis, tmp_path):
+    """One BP seed 60× slower (a loaded machine) would squeeze ×0.86 and ×0.9 into one pixel on a linear axis."""
+    for model, bp, dbp in (("a-mlp", [0.010, 0.011, slow_bp_seed], [0.009, 0.0095, 0.012]),
+                           ("b-mlp", [0.020, 0.021, 0.022], [0.018, 0.019, 0.020])):
+        for method, times in (("bp", bp), ("dbp", dbp)):
+            for seed, step_s in enumerate(times):
+                write_points(tmp_path, f"{model}-{method}-s{seed}", method, model, seed, [0.5, 0.6], 10 * step_s)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    figure = page.split("<h3>Time per step")[1].split("</svg>")[0]
+    assert ">×0.86<" in figure and ">×0.90<" in figure
+    assert ("DBP / BP time per step (1 = no overhead, log scale)" in figure) == log_axis
+    assert "DBP / BP time per step (1 = no overhead" in figure
