@@ -14,6 +14,7 @@ from torch import nn
 
 from decorbench import __version__
 from decorbench.gpus import peak_bf16_flops, why_no_peak
+from decorbench.results import cpu_model, provenance, uncommitted
 
 
 def _version(dist: str) -> str:
@@ -21,17 +22,6 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _memory_gib() -> str:
@@ -69,7 +59,6 @@ def _gpus() -> list[str]:
 
 def _source() -> str:
     """The commit every run records, as its results will show it."""
-    from decorbench.results import provenance, uncommitted
 
     recorded = provenance("cpu")
     commit, dirty = recorded["git_commit"], recorded["git_dirty"]
@@ -221,7 +210,7 @@ def describe_environment(*, country_iso_code: str = "NLD", probe_carbon: bool = 
     carbon_line = carbon[0] if carbon else ("not probed" if not probe_carbon else "no answer within 30 s")
     rows = [
         ("hardware", None),
-        ("cpu", f"{_cpu_model()} ({_cores()} cores)"),
+        ("cpu", f"{cpu_model() or 'unknown'} ({_cores()} cores)"),
         ("memory", _memory_gib()),
         *[("gpu", g) for g in gpus],
         ("host", f"{platform.node()} ({platform.platform()})"),

@@ -60,7 +60,9 @@ def source_state(package_dir: Path) -> tuple[str | None, bool | None]:
     return commit, None if status is None else status != ""
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name: /proc/cpuinfo's on x86; Arm's /proc/cpuinfo only has part numbers, which lscpu names
+    (a Grace host's "Neoverse-V2")."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -68,6 +70,13 @@ def _cpu_model() -> str | None:
                     return line.split(":", 1)[1].strip()
     except OSError:  # not Linux
         pass
+    try:
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5, env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    for line in done.stdout.splitlines() if done is not None and done.returncode == 0 else ():
+        if line.startswith("Model name:") and line.split(":", 1)[1].strip() not in ("", "-"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or None
 
 
@@ -124,7 +133,7 @@ def provenance(device) -> dict:
         "device": str(device),
         "gpu_name": gpu_name,
         "gpu_driver": gpu_driver.decode() if isinstance(gpu_driver, bytes) else gpu_driver,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "host": platform.node(),
         "platform": platform.platform(),

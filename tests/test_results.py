@@ -1,7 +1,9 @@
 """The results store: what a run writes survives a crash, and load() turns many runs into one clean table."""
 
+import io
 import json
 import math
+import platform
 import re
 import subprocess
 import warnings
@@ -313,6 +315,22 @@ def test_provenance_describes_this_machine():
     assert prov["device"] == "cpu" and prov["gpu_name"] is None and prov["gpu_driver"] is None
     assert prov["torch"] == torch.__version__ and prov["cpu_count"] >= 1
     json.dumps(prov, allow_nan=False)
+
+
+ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 2000.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd4f\n\n"
+
+
+def test_an_arm_cpu_is_named_by_lscpu_as_its_cpuinfo_has_no_model_name(monkeypatch, tmp_path):
+    """A Grace host (GH200) lists part numbers only; lscpu decodes them."""
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda file, *a, **k: io.StringIO(ARM_CPUINFO) if file == "/proc/cpuinfo"
+                        else real_open(file, *a, **k))
+    (tmp_path / "lscpu").write_text("#!/bin/sh\necho 'Architecture: aarch64'\necho 'Model name:   Neoverse-V2'\n")
+    (tmp_path / "lscpu").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert provenance("cpu")["cpu"] == "Neoverse-V2"
+    (tmp_path / "lscpu").write_text("#!/bin/sh\nexit 1\n")  # no lscpu that works: no name rather than a wrong one
+    assert provenance("cpu")["cpu"] == (platform.processor() or None)
 
 
 def test_provenance_never_fails_without_git(monkeypatch):
