@@ -200,9 +200,12 @@ def describe_environment(*, country_iso_code: str = "NLD", probe_carbon: bool = 
         thread.start()
     driver, nvml_count = _nvml_driver()
     gpus = _gpus()
-    if not torch.cuda.is_available() and nvml_count:
-        gpus.append(f"NVML sees {nvml_count} NVIDIA GPU(s) that torch does not use "
-                    f"(a CPU-only torch build, or CUDA_VISIBLE_DEVICES?)")
+    used = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nvml_count and nvml_count > used:  # a shared node: the reader sees which GPUs the runs do not meter
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        why = (f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else
+               "a CPU-only torch build?" if not used else "a MIG slice, or a GPU this torch build cannot use?")
+        gpus.append(f"NVML sees {nvml_count} NVIDIA GPU(s), torch uses {used} ({why})")
     counter, power = _probe_energy()
     time_line, flops_line, memory_line = _probe_time(), _probe_flops(), _probe_memory()
     if probe_carbon:

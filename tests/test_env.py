@@ -2,6 +2,7 @@
 
 import functools
 import sys
+import types
 
 import pytest
 import torch
@@ -82,3 +83,24 @@ def test_names_the_commit_runs_will_record_or_why_it_is_unknown(monkeypatch):
     assert "0.1.0, commit unknown: git cannot tell" in describe_environment(probe_carbon=False)
     monkeypatch.setenv("DECORBENCH_GIT_COMMIT", "0123456789abcdef")
     assert "0.1.0, commit 0123456789ab (uncommitted changes: unknown)\n" in describe_environment(probe_carbon=False)
+
+
+@pytest.mark.parametrize("visible, used, why", [("0", 1, "CUDA_VISIBLE_DEVICES='0'"), (None, 0, "a CPU-only torch build?")])
+def test_gpus_nvml_sees_that_torch_does_not_use_are_named(visible, used, why, monkeypatch, fake_nvml_gpus):
+    """On a shared 8-GPU node a run meters only its own GPU: `env` says how many the others are, and why."""
+    nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 8,
+                                 nvmlSystemGetDriverVersion=lambda: "580.65.06")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: used > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: used)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(
+        name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0))
+    monkeypatch.setattr(energy_module, "EnergyMeter", functools.partial(energy_module.EnergyMeter, nvml=FakeNVML()))
+    report = describe_environment(probe_carbon=False)
+    gpu_lines = [line for line in report.splitlines() if line.startswith("  gpu ")]
+    assert f"NVML sees 8 NVIDIA GPU(s), torch uses {used} ({why}" in gpu_lines[-1]
+    assert len(gpu_lines) == 2 and "580.65.06" in report
+    if used:
+        assert "cuda:0 NVIDIA H200, 141.0 GiB" in gpu_lines[0]
