@@ -39,6 +39,10 @@ def _git(cwd: Path, *args: str) -> str | None:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    trust = [line.strip() for line in done.stderr.splitlines() if "safe.directory" in line]
+    if trust:  # a checkout another user owns (a container's bind mount): git says how to trust it
+        warnings.warn(f"git refuses the checkout of {cwd} (another user owns it), so runs record its commit as "
+                      f"unknown; to trust it: {trust[-1]} (or set DECORBENCH_GIT_COMMIT)", stacklevel=2)
     return done.stdout.strip() if done.returncode == 0 else None
 
 

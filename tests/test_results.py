@@ -379,3 +379,16 @@ def test_source_state_calls_a_checkout_dirty_for_code_changes_only(tmp_path):
     (package / "__init__.py").write_text("x = 1\n")
     assert source_state(package) == (commit, True)
     assert source_state(tmp_path.parent) == (None, None)  # not a checkout that tracks a package there
+
+
+def test_a_checkout_git_refuses_says_why_its_commit_is_unknown(monkeypatch, tmp_path):
+    """As in a container whose bind-mounted checkout another user owns: git's refusal was silent before."""
+    (tmp_path / "git").write_text("#!/bin/sh\necho \"fatal: detected dubious ownership in repository at '/src'\" >&2\n"
+                                  "echo 'To add an exception for this directory, call:' >&2\n"
+                                  "echo '	git config --global --add safe.directory /src' >&2\nexit 128\n")
+    (tmp_path / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    trust = r"to trust it: git config --global --add safe\.directory /src \(or set DECORBENCH_GIT_COMMIT\)"
+    with pytest.warns(UserWarning, match=r"git refuses the checkout of .*another user owns it.*" + trust):
+        prov = provenance("cpu")
+    assert prov["git_commit"] is None and prov["git_dirty"] is None
