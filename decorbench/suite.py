@@ -286,6 +286,7 @@ def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy
             **_settings(spec, config),
             "energy_unavailable_reason": energy.unavailable_reason if energy else "no energy meter",
             "energy_gpu": energy.mapping if energy else None,  # how the torch device was matched to NVML's GPU
+            "energy_counter_period_s": energy.counter_period_s if energy else None,  # bounds each window's error
             "carbon_unavailable_reason": carbon.unavailable_reason if carbon else "no carbon meter",
             "carbon_method": carbon.method if carbon else None,  # what co2_kg is: an estimate, of what, how
             "carbon_intensity_g_per_kwh": carbon.carbon_intensity_g_per_kwh if carbon else None,
@@ -388,6 +389,8 @@ def _carbon_meter(config: SuiteConfig, energy: EnergyMeter) -> CarbonMeter | Non
     if distributed.local_rank() != 0:
         return None
     ids = [index for machine, index in gpus if machine == distributed.node() and index is not None]
+    if energy.device.type != "cuda":
+        return CarbonMeter(config.carbon.country_iso_code, gpu_ids=[])  # None: every GPU NVML lists would count
     return CarbonMeter(config.carbon.country_iso_code, gpu_ids=ids or None)
 
 
@@ -439,6 +442,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
             break
         path, checkpoint = run_path(out, spec.run_id), checkpoint_path(out, spec.run_id)
         energy = EnergyMeter(device)  # meters never raise; one that cannot measure says why
+        energy.counter_interval_s(0.5)  # how coarse its windows' joules are (a no-op without NVML's counter)
         carbon = _carbon_meter(config, energy)
         if carbon is not None:
             carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware)

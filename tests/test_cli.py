@@ -18,6 +18,7 @@ from decorbench.checkpoint import save_checkpoint
 from decorbench.cli import main
 from decorbench.configs import builtin_names
 from decorbench.data import load_data
+from decorbench.meters import CarbonMeter
 from decorbench.results import END_FIELDS, EVAL_FIELDS, PROVENANCE_FIELDS, RUN_FIELDS, load, read_run, run_path
 from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
 from decorbench.train import train_run
@@ -54,7 +55,8 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(sm
 def test_a_run_writes_every_field_the_readme_documents(smoke):
     run = read_run(run_path(smoke[0], "smoke-digits-small-cnn-dbp-s0"))
     assert {*RUN_FIELDS, *PROVENANCE_FIELDS, "world_size", "carbon_intensity_g_per_kwh", "energy_unavailable_reason",
-            "carbon_unavailable_reason", "carbon_method", "energy_gpu"} <= set(run["run"])
+            "carbon_unavailable_reason", "carbon_method", "energy_gpu", "energy_counter_period_s"} <= set(run["run"])
+    assert run["run"]["energy_counter_period_s"] is None  # no NVML counter on a CPU
     assert set(run["run"]["hyperparameters"]) == {"train", "dbp", "data"}
     assert set(run["run"]["hyperparameters"]["data"]) == {"root", "options"}
     assert run["run"]["energy_unavailable_reason"] and run["run"]["world_size"] == 1  # a CPU: no energy meter
@@ -289,6 +291,18 @@ def test_a_run_whose_results_file_cannot_be_written_is_failed_and_the_suite_goes
     assert [e["status"] for e in ends] == ["failed", "completed"]
     assert ends[0]["reason"].startswith("cannot write its results: [Errno 21] Is a directory")
     assert "smoke-digits-mlp-bp-s0: cannot write its results" in capsys.readouterr().err
+
+
+def test_a_cpu_run_asks_codecarbon_to_count_no_gpu(tmp_path, monkeypatch):
+    """Else, on a GPU machine, codecarbon counts every GPU NVML lists in a CPU run's CO2e (CUDA_VISIBLE_DEVICES=""
+    does not stop it)."""
+    from decorbench import suite
+
+    asked = []
+    monkeypatch.setattr(suite, "CarbonMeter", lambda country, **kw: asked.append(kw) or CarbonMeter(country, **kw))
+    config = load_config("smoke", [*ONE_PAIR[1::2], "budget.max_steps=2"])
+    run_suite(config, tmp_path, torch.device("cpu"), config.runs())
+    assert [kw["gpu_ids"] for kw in asked] == [[], []]
 
 
 def test_a_suite_whose_results_files_cannot_be_written_fails_each_run_in_one_line(tmp_path, capsys, monkeypatch):

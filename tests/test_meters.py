@@ -190,12 +190,67 @@ def test_counter_path_sums_millijoule_deltas_of_windows_only():
     assert fake.shutdowns == 1
 
 
-def test_counter_reset_counts_energy_since_the_reset_and_warns():
-    fake = FakeNVML(counter=readings(0, 5_000, 1_200))
+def test_a_counter_that_goes_back_ends_the_measurement_rather_than_count_its_whole_value():
+    """After a reset the counter holds all the energy since the driver loaded (days of it): not this window's."""
+    fake = FakeNVML(counter=readings(0, 0, 5_000, 10_000, 9_999))  # the first: the probe at the start
     meter = EnergyMeter("cuda:0", nvml=fake)
     meter.begin_window()
-    assert meter.end_window() == pytest.approx(1.2)
-    assert "went back from 5000 to 1200 mJ" in meter.warnings[0]
+    assert meter.end_window() == pytest.approx(5.0)
+    meter.begin_window()
+    assert meter.end_window() is None and meter.total_j is None and meter.source is None
+    assert "went back from 10000 to 9999 mJ" in meter.unavailable_reason
+
+
+class SteppedCounter:
+    """NVML's counter as it moves: in 5 mJ steps every 10 ms while `counter_interval_s` polls it (1 ms a read), then
+    what a test sets in `mj` as its windows go."""
+
+    def __init__(self, clock: "Clock", period_s: float = 0.010):
+        self.clock, self.period_s, self.polling, self.mj = clock, period_s, True, 0
+
+    def __call__(self) -> int:
+        if self.polling:
+            self.clock.t += 0.001
+            return 5 * (round(self.clock.t * 1000) // round(self.period_s * 1000))
+        return self.mj
+
+    def window(self, meter: EnergyMeter, seconds: float, joules: float) -> float | None:
+        meter.begin_window()
+        self.clock.t += seconds
+        self.mj += round(joules * 1000)
+        return meter.end_window()
+
+
+def test_windows_short_against_the_counter_step_say_how_far_off_and_none_below_one_step():
+    clock = Clock()
+    counter = SteppedCounter(clock)
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=counter), clock=clock)
+    period = meter.counter_interval_s(0.2)
+    assert period == pytest.approx(0.010) and meter.counter_period_s == period
+    counter.polling = False
+    assert counter.window(meter, 0.15, 30.0) == pytest.approx(30.0)  # 15 steps: ±6.7 % at worst
+    assert meter.edge_error == pytest.approx(0.010 / 0.15)
+    assert meter.warnings == ["its training windows were under 20 steps of NVML's energy counter, which moves every "
+                              "10 ms: each edge can be off by up to one step, so this energy is within ±10 % at worst "
+                              "(evaluate less often for longer windows)"]
+    assert counter.window(meter, 2.0, 400.0) == pytest.approx(430.0)  # 2 windows of 2.15 s in all: ±0.9 %
+    assert meter.warnings == []
+
+    short = EnergyMeter("cuda:0", nvml=FakeNVML(counter=counter), clock=clock)
+    counter.polling = True
+    short.counter_interval_s(0.2)
+    counter.polling = False
+    assert counter.window(short, 0.008, 1.0) is None and short.source is None  # 8 ms: mostly the counter's steps
+    assert "NVML: training windows averaged 8 ms, no longer than one step of NVML's energy counter, which moves " \
+           "every 10 ms" in short.unavailable_reason
+
+
+def test_a_counter_period_that_cannot_be_measured_is_said_to_leave_the_edge_error_unknown():
+    clock = Clock()
+    meter = EnergyMeter("cuda:0", nvml=FakeNVML(counter=SteppedCounter(clock, period_s=1.0)), clock=clock)
+    assert meter.counter_interval_s(0.5) is None and meter.counter_period_s is None
+    assert meter.warnings == ["how often NVML's energy counter moves could not be measured (it moved fewer than 3 "
+                              "times in 0.5 s), so how far each window's edges can be off is unknown"]
 
 
 def test_counter_wrapping_past_2_to_the_64_is_a_small_step():

@@ -15,7 +15,8 @@ What this number is — an estimate, and `method` says of what, for the machine 
   machines we develop on there is no RAPL — a model: the CPU's TDP from codecarbon's table scaled by the
   machine's CPU load (or a constant share of TDP). RAM: a constant power modelled from the installed memory
   (20 W for 24 GB here, most of the estimate on a small CPU machine). GPU: NVIDIA GPUs through NVML's energy
-  counter (measured), all visible ones unless `gpu_ids` names some.
+  counter (measured): those `gpu_ids` names (NVML indices; `[]`: none, as for a CPU run), else codecarbon's
+  default: the non-empty CUDA_VISIBLE_DEVICES, else every GPU NVML lists.
 - So on a CPU-only machine co2_kg is an estimate built on assumed powers, not a measurement.
 How it is read: each window is a codecarbon *task* (its public `start_task()` / `stop_task()`, ≈ 1.5 ms a pair
 here): stop_task measures at the window's end and returns the window's own energy and CO2e, so what lies between
@@ -154,7 +155,8 @@ def _describe_hardware(tracker) -> str:
             elif kind == "RAM":
                 parts.append(f"RAM modelled at a constant {hw.total_power().W:.1f} W")
             elif kind == "GPU":
-                parts.append(f"GPU ids {getattr(hw, 'gpu_ids', '?')} measured by NVML")
+                ids = getattr(hw, "gpu_ids", "?")
+                parts.append(f"GPU ids {ids} measured by NVML" if ids != [] else "no GPU counted")
             else:
                 parts.append(f"{kind} by codecarbon")
     except Exception:
@@ -165,8 +167,8 @@ def _describe_hardware(tracker) -> str:
 class CarbonMeter:
     """kg CO2e of the machine over begin_window/end_window pairs, estimated by codecarbon offline.
 
-    `gpu_ids`: NVML indices of the GPUs to count (e.g. `[energy_meter.nvml_index]`); None: codecarbon's default
-    (those in CUDA_VISIBLE_DEVICES, else all). `tracker_factory`: replaces OfflineEmissionsTracker (tests).
+    `gpu_ids`: NVML indices of the GPUs to count (e.g. `[energy_meter.nvml_index]`; `[]`: none); None: codecarbon's
+    default (those in a non-empty CUDA_VISIBLE_DEVICES, else all NVML lists). `tracker_factory`: replaces OfflineEmissionsTracker (tests).
     Attributes: `total_kg`, `estimated_energy_j`, `unavailable_reason`, `method` (what the number is, in words),
     `country_iso_code`, `country_name`, `carbon_intensity_g_per_kwh`, `start_s`, `stop_s` (seconds they took).
     """

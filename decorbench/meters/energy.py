@@ -8,12 +8,17 @@
 
 Sources, best first (README, "Measuring"):
 - "nvml-counter": `nvmlDeviceGetTotalEnergyConsumption`, the driver's millijoule counter (Volta and newer), read
-  once at `begin_window` and once at `end_window`. Nothing runs in between.
+  once at `begin_window` and once at `end_window`. Nothing runs in between. The counter moves in steps (every
+  20-100 ms by published measurements), so a window's start can take in up to one step of what came before and
+  its end miss up to one of its own: about `counter_period_s` / the window's length, at worst. Once
+  `counter_interval_s` has measured the period, windows under 20 steps long on average get a warning with that
+  bound, and windows no longer than one step end the measurement (their joules would be the counter's steps).
 - "nvml-power": where the counter is not supported, a daemon thread reads the board's power every
   `sample_interval_s` (and once at each window edge) and integrates it (trapezoid) over the open windows. It reads
   the instantaneous power field (`NVML_FI_DEV_POWER_INSTANT`) where the driver has it, else
-  `nvmlDeviceGetPowerUsage`, which on Ampere and newer boards is the average of the last second: there each
-  window's joules come from an interval about half a second late (`power_reading` says which one is read).
+  `nvmlDeviceGetPowerUsage`, which on Ampere boards (the A100 excepted) and newer is the average of the last
+  second: there each window's joules come from an interval about half a second late (`power_reading` says which
+  one is read).
   Its (seconds since the meter was made, watts) samples are kept for power-over-time plots, thinned 2:1 whenever
   `max_samples` is reached, so they always span the whole life of the meter in bounded memory.
 - None: the device is not a CUDA GPU, nvidia-ml-py is missing, there is no NVIDIA driver, NVML cannot find the
@@ -27,7 +32,7 @@ own, `warnings` says so when MIG is on, or when NVML lists more than one process
 (other jobs, or DDP ranks sharing the GPU, each of which would count the same joules). Where NVML lists no
 processes (some containers hide them), sharing goes unseen.
 
-Failures: an NVML call that fails after the start ends the measurement for good: `end_window()` returns None from
+Failures: an NVML call that fails after the start, or a counter that goes back, ends the measurement for good: `end_window()` returns None from
 then on and `unavailable_reason` names the call and the error. The joules summed so far would miss part of the run,
 so reporting them as cumulative would be wrong. Nothing is ever raised into the training loop.
 
@@ -51,6 +56,7 @@ _INSTANT = "NVML_FI_DEV_POWER_INSTANT"
 # nvmlValueType_t -> the member of nvmlValue_t that holds it (nvml.h)
 _FIELD_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 _U64 = 1 << 64
+EDGE_WARN = 0.05  # a worst-case edge error above this (windows under 20 counter steps) is worth a warning
 
 
 def visible_device_entry(index: int, cuda_visible_devices: str | None) -> int | str:
@@ -151,6 +157,9 @@ class EnergyMeter:
         self._lock = threading.RLock()
         self._open = False  # a window is open
         self._start_mj: int | None = None  # counter at the open window's start
+        self.counter_period_s: float | None = None  # how often the counter moves, once counter_interval_s measured it
+        self._windows, self._window_s, self._began = 0, 0.0, 0.0  # counter windows closed since reset(), seconds
+        self._edge_warning: str | None = None
         self._last: tuple[float, float] | None = None  # (t, W) of the latest sample inside the open window
         self._window_j = 0.0
         self._samples: list[tuple[float, float]] = []
@@ -230,7 +239,7 @@ class EnergyMeter:
                 return
             try:
                 if self.source == "nvml-counter":
-                    self._start_mj = self._read_counter()
+                    self._start_mj, self._began = self._read_counter(), self._clock()
                 else:
                     t, watts = self._read_power()
                     self._record(t, watts)
@@ -249,6 +258,7 @@ class EnergyMeter:
             try:
                 if self.source == "nvml-counter":
                     joules = self._counter_delta(self._start_mj, self._read_counter()) / 1000.0
+                    self._windows, self._window_s = self._windows + 1, self._window_s + self._clock() - self._began
                 else:
                     t, watts = self._read_power()
                     self._integrate(t, watts)
@@ -261,6 +271,7 @@ class EnergyMeter:
             if self.total_j is not None:
                 self.total_j += joules
             self._note_sharing()
+            self._check_edges()
             return self.total_j
 
     def reset(self, total_j: float | None = 0.0) -> None:
@@ -268,6 +279,7 @@ class EnergyMeter:
         which keeps this run's total unknown). An open window is dropped. A failed meter stays failed."""
         with self._lock:
             self._open, self._last, self._window_j = False, None, 0.0
+            self._windows, self._window_s = 0, 0.0
             if self.source is not None:
                 self.total_j = None if total_j is None else float(total_j)
 
@@ -286,9 +298,10 @@ class EnergyMeter:
             self._record(t, watts)
 
     def counter_interval_s(self, seconds: float = 1.0) -> float | None:
-        """Median seconds between changes of the energy counter, polled for `seconds`; None off the counter path or
-        when it changed fewer than 3 times. A window only a few such intervals long reads largely the counter's
-        steps: its joules are off by up to one interval's worth at each edge."""
+        """Median seconds between changes of the energy counter, polled for `seconds` (call it outside training
+        windows); None off the counter path or when it changed fewer than 3 times. Kept as `counter_period_s`,
+        which bounds each window's edge error from then on; unmeasurable, that bound is unknown, and a warning says
+        so."""
         with self._lock:
             if self.source != "nvml-counter":
                 return None
@@ -300,9 +313,22 @@ class EnergyMeter:
                         changes.append(now)
                     last = value
             except Exception:
-                return None
-        gaps = sorted(b - a for a, b in zip(changes, changes[1:]))
-        return gaps[len(gaps) // 2] if len(gaps) >= 2 else None
+                changes = []
+            gaps = sorted(b - a for a, b in zip(changes, changes[1:]))
+            self.counter_period_s = gaps[len(gaps) // 2] if len(gaps) >= 2 else None
+            if self.counter_period_s is None:
+                self.warnings.append(f"how often NVML's energy counter moves could not be measured (it moved fewer "
+                                     f"than 3 times in {seconds:g} s), so how far each window's edges can be off is "
+                                     f"unknown")
+            return self.counter_period_s
+
+    @property
+    def edge_error(self) -> float | None:
+        """The counter path's worst-case relative error since reset(): counter period / mean window length (None
+        before the period is measured or a window closed)."""
+        if self.counter_period_s is None or not self._windows or self._window_s <= 0:
+            return None
+        return self.counter_period_s * self._windows / self._window_s
 
     @property
     def power_samples(self) -> list[tuple[float, float]]:
@@ -352,14 +378,36 @@ class EnergyMeter:
             milliwatts = self._nvml.nvmlDeviceGetPowerUsage(self._handle)
         return self._clock(), milliwatts / 1000.0
 
-    def _counter_delta(self, start: int, end: int) -> int:
+    @staticmethod
+    def _counter_delta(start: int, end: int) -> int:
         if end >= start:
             return end - start
         if start >= _U64 // 2:  # a 64-bit wrap (centuries away at GPU power, but cheap to get right)
             return end + _U64 - start
-        self.warnings.append(f"NVML energy counter went back from {start} to {end} mJ (driver reload or GPU "
-                             f"reset?): counted the {end} mJ since; the window's energy before that is missing")
-        return end
+        # not a number to count on: after a reset `end` is all the energy since the driver loaded, possibly days'
+        raise ValueError(f"the energy counter went back from {start} to {end} mJ (a driver reload or GPU reset?)")
+
+    def _check_edges(self) -> None:
+        """Keep one warning with the worst-case edge error, or end the measurement where windows are no longer
+        than one counter step."""
+        bound = self.edge_error
+        if bound is None:
+            return
+        if self._edge_warning is not None:
+            self.warnings.remove(self._edge_warning)
+            self._edge_warning = None
+        period = f"NVML's energy counter, which moves every {self.counter_period_s * 1e3:.0f} ms"
+        if bound >= 1:
+            self._stop_measuring(
+                f"NVML: training windows averaged {self._window_s / self._windows * 1e3:.0f} ms, no longer than one "
+                f"step of {period}: their joules would be the counter's steps, not the energy; evaluate less often "
+                f"(train.eval_every) for longer windows")
+        elif bound > EDGE_WARN:
+            at_worst = next(p for p in (5, 10, 20, 50, 100) if 100 * bound <= p)
+            self._edge_warning = (f"its training windows were under 20 steps of {period}: each edge can be off by "
+                                  f"up to one step, so this energy is within ±{at_worst} % at worst (evaluate less "
+                                  f"often for longer windows)")
+            self.warnings.append(self._edge_warning)
 
     def _note_sharing(self) -> None:
         """One warning, kept up to date, when NVML lists more processes on the board than this one."""
@@ -405,8 +453,11 @@ class EnergyMeter:
 
     def _fail(self, where: str, e: BaseException) -> None:
         call = "nvmlDeviceGetTotalEnergyConsumption" if self.source == "nvml-counter" else self.power_reading
-        self.unavailable_reason = (f"NVML: {call} failed {where} ({describe_nvml_error(e)}); energy from then on "
-                                   f"is unknown, so the run's total is too")
+        self._stop_measuring(f"NVML: {call} failed {where} ({describe_nvml_error(e)}); energy from then on is "
+                             f"unknown, so the run's total is too")
+
+    def _stop_measuring(self, reason: str) -> None:
+        self.unavailable_reason = reason
         self.source, self.total_j, self._open = None, None, False
         self._stop.set()
 

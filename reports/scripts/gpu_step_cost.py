@@ -182,6 +182,12 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
     lines += ["", f"Idle GPU power: counter {_f(idle.get('counter'), '.1f')} W, sampled "
                   f"{_f(idle.get('sampled'), '.1f')} W. The energy counter moves every "
                   f"{_f(prov.get('nvml_counter_interval_s'), '.0f', 1e3)} ms (median, idle)."]
+    seconds = [w["seconds"] for r in results for m in METHODS for w in r[m]["windows"]]
+    if prov.get("nvml_counter_interval_s") and seconds:  # each edge can take in or miss one step of the counter
+        bound = prov["nvml_counter_interval_s"] / statistics.mean(seconds)
+        lines[-1] += (f" With windows of {statistics.mean(seconds):.1f} s on average, each edge can take in or miss "
+                      f"up to one step, so J/step is within ±{bound:.1%} at worst and DBP/BP energy within about "
+                      f"±{2 * bound:.1%}; DBP/BP time has no such step.")
     pairs = [(w["joules"]["counter"], w["joules"].get("sampled")) for r in results for m in METHODS
              for w in r[m]["windows"]]
     pairs = [(c, s) for c, s in pairs if c is not None and s is not None]
