@@ -55,7 +55,8 @@ def test_smoke_suite_trains_every_run_to_90_percent_and_prints_the_comparison(sm
 def test_a_run_writes_every_field_the_readme_documents(smoke):
     run = read_run(run_path(smoke[0], "smoke-digits-small-cnn-dbp-s0"))
     assert {*RUN_FIELDS, *PROVENANCE_FIELDS, "world_size", "carbon_intensity_g_per_kwh", "energy_unavailable_reason",
-            "carbon_unavailable_reason", "carbon_method", "energy_gpu", "energy_counter_period_s"} <= set(run["run"])
+            "carbon_unavailable_reason", "carbon_method", "energy_gpu", "energy_counter_period_s",
+            } <= set(run["run"])
     assert run["run"]["energy_counter_period_s"] is None  # no NVML counter on a CPU
     assert set(run["run"]["hyperparameters"]) == {"train", "dbp", "data"}
     assert set(run["run"]["hyperparameters"]["data"]) == {"root", "options"}

@@ -85,7 +85,8 @@ def test_names_the_commit_runs_will_record_or_why_it_is_unknown(monkeypatch):
     assert "0.1.0, commit 0123456789ab (uncommitted changes: unknown)\n" in describe_environment(probe_carbon=False)
 
 
-@pytest.mark.parametrize("visible, used, why", [("0", 1, "CUDA_VISIBLE_DEVICES='0'"), (None, 0, "a CPU-only torch build?")])
+@pytest.mark.parametrize("visible, used, why", [("0", 1, "CUDA_VISIBLE_DEVICES='0'"),
+                                                (None, 0, "a CPU-only torch build?")])
 def test_gpus_nvml_sees_that_torch_does_not_use_are_named(visible, used, why, monkeypatch, fake_nvml_gpus):
     """On a shared 8-GPU node a run meters only its own GPU: `env` says how many the others are, and why."""
     nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 8,

@@ -168,7 +168,8 @@ class CarbonMeter:
     """kg CO2e of the machine over begin_window/end_window pairs, estimated by codecarbon offline.
 
     `gpu_ids`: NVML indices of the GPUs to count (e.g. `[energy_meter.nvml_index]`; `[]`: none); None: codecarbon's
-    default (those in a non-empty CUDA_VISIBLE_DEVICES, else all NVML lists). `tracker_factory`: replaces OfflineEmissionsTracker (tests).
+    default (those in a non-empty CUDA_VISIBLE_DEVICES, else all NVML lists). `tracker_factory`: replaces
+    OfflineEmissionsTracker (tests).
     Attributes: `total_kg`, `estimated_energy_j`, `unavailable_reason`, `method` (what the number is, in words),
     `country_iso_code`, `country_name`, `carbon_intensity_g_per_kwh`, `start_s`, `stop_s` (seconds they took).
     """

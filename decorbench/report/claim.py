@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from .runs import GROUP, chance
-from .stats import median, ratio
+from .stats import SIGNIFICANT, Difference, difference, median, ratio
 from .tables import at_chance, fmt, mismatches, problem_note, span
 
 PAPER = "arXiv 2405.02385"
@@ -81,40 +82,57 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, chance_accuracy: 
         if not part["reached"].any():
             ended = f" ({problem_note(part)})" if part["problem"].any() else " within its budget"
             return {**out, "speed_verdict": f"{name} reached {goal_text} in 0/{len(part)} runs{ended}"}
-    estimate = ratio(bp.loc[bp["reached"], "time_to_target"], dbp.loc[dbp["reached"], "time_to_target"])
+    times = [part.loc[part["reached"], "time_to_target"] for part in (bp, dbp)]
+    estimate = ratio(*times)
     if not math.isfinite(estimate.value):
         return {**out, "speed_verdict": "the runs recorded no training time"}
     spread = f"{span(estimate.low, estimate.high, 'ratio')} · {estimate.kind}" if estimate.kind else ""
-    verdict = _speed_verdict(estimate.value, estimate.low, estimate.high, bool(estimate.kind))
+    with np.errstate(divide="ignore"):  # a time of 0 s is -inf: left out, as the ratio leaves nothing out
+        test = difference(*(np.log(t.astype(float)) for t in times))
+    verdict = _speed_verdict(estimate.value, estimate.low, estimate.high, bool(estimate.kind), test)
     if not dbp["reached"].all():
         verdict += f"; DBP reached the target in only {dbp['reached'].sum()}/{len(dbp)} runs"
     return {**out, "speedup": fmt(estimate.value, "ratio"), "speedup_spread": spread, "speed_verdict": verdict}
 
 
-def _speed_verdict(value: float, low: float, high: float, has_spread: bool) -> str:
-    """Where the median speed-up falls against the paper's 2× and against 1× (no gain), and whether its spread
-    reaches across that line, so one lucky seed does not read as a confirmation. Judged on the value as shown (two
-    decimals), so the verdict never contradicts the number next to it: 2.00× is not "more than two-fold"."""
+def _speed_verdict(value: float, low: float, high: float, has_spread: bool, test: Difference) -> str:
+    """Whether BP's and DBP's times to target differ beyond seed noise (a permutation test on log times: ratios,
+    not differences, are what is compared), and then where the speed-up falls against the paper's 2×, judged over
+    its spread. Judged on the value as shown (two decimals), so the verdict never contradicts the number next to
+    it: 2.00× is not "more than two-fold"."""
     shown = round(value, 2)  # as fmt prints a ratio
-    if shown > PAPER_SPEEDUP:
-        verdict = "meets the paper's > 2×"
-    elif shown > 1:
-        verdict = "faster, but not the paper's > 2×"
-    elif shown == 1:
-        verdict = "as fast as BP, unlike the paper"
-    else:
-        verdict = "slower than BP (a slowdown), unlike the paper"
-    crossed = [f"{line:g}×" for line in (1.0, PAPER_SPEEDUP) if has_spread and low < line < high]
     if not has_spread:  # as the accuracy verdict, which is not judged from one run of a method
+        verdict = ("meets the paper's > 2×" if shown > PAPER_SPEEDUP else "faster, but not the paper's > 2×"
+                   if shown > 1 else "as fast as BP, unlike the paper" if shown == 1 else
+                   "slower than BP (a slowdown), unlike the paper")
         return verdict + " (from one BP and one DBP run that reached the target: no seed spread to weigh it against)"
-    return verdict + (f" (its spread crosses {' and '.join(crossed)})" if crossed else "")
+    if not test.significant or shown == 1:
+        return f"not resolved: the two methods' times differ by what seed noise gives ({_tested(test, 'log time')})"
+    if shown < 1:
+        return f"slower than BP (a slowdown), unlike the paper ({_tested(test, 'log time')})"
+    if low > PAPER_SPEEDUP:
+        verdict = "meets the paper's > 2× over its whole spread"
+    elif shown > PAPER_SPEEDUP:
+        verdict = "faster; its median meets the paper's > 2×, but its spread reaches below 2×"
+    else:
+        verdict = "faster, but not the paper's > 2×" + (" (its spread crosses 2×)" if high > PAPER_SPEEDUP else "")
+    return f"{verdict} ({_tested(test, 'log time')})"
+
+
+def _tested(test: Difference, of: str) -> str:
+    """How a difference was tested, and, where the seeds are too few for any p below SIGNIFICANT, that too."""
+    text = (f"p = {test.p:.2g}, two-sided permutation test of the mean {of}, {test.n_b} DBP vs {test.n_a} BP runs")
+    if test.floor >= SIGNIFICANT:
+        text += f"; with so few runs no p below {test.floor:.2g} is possible: more seeds would tell"
+    return text
 
 
 def _accuracy(bp: pd.DataFrame, dbp: pd.DataFrame) -> dict:
-    """DBP's median final accuracy minus BP's, in percentage points; "higher" or "lower" only when the two methods'
-    min–max ranges over seeds do not overlap (with a handful of seeds, anything else is within seed noise) and the
-    difference shows at the report's precision. Over the runs that ended without a problem (an interrupted, failed,
-    diverged or unfinished run's last accuracy is not where it would have ended), the others named. Not judged when
+    """DBP's median final accuracy minus BP's, in percentage points; "higher" or "lower" only when a two-sided
+    permutation test gives p < 0.05 (with a handful of seeds, one method's runs all above the other's is often
+    chance) and the difference shows at the report's precision. Over the runs that ended without a problem (an
+    interrupted, failed, diverged or unfinished run's last accuracy is not where it would have ended), the others
+    named. Not judged when
     runs stopped on reaching the target: their final accuracy is where they stopped, not where they would have
     ended."""
     a, b = (part.loc[part["scored"], "final_accuracy"] for part in (bp, dbp))
@@ -136,19 +154,17 @@ def _accuracy(bp: pd.DataFrame, dbp: pd.DataFrame) -> dict:
     return {"accuracy": difference, "accuracy_note": note, "accuracy_verdict": verdict}
 
 
-def _accuracy_verdict(bp: pd.Series, dbp: pd.Series, difference: str) -> str:
+def _accuracy_verdict(bp: pd.Series, dbp: pd.Series, difference_shown: str) -> str:
     if min(len(bp), len(dbp)) < 2:
         return "not judged: with one seed of a method there is no seed spread to compare the difference with"
-    if difference == "±0.00 pp":
+    if difference_shown == "±0.00 pp":
         return "the same to 0.01 pp: neither higher nor lower"
-    # with no difference between the methods, one side is wholly above the other by chance 1 time in C(m+n, n)
-    seeds = (f"{len(dbp)} DBP vs {len(bp)} BP runs; were the methods alike, chance would do that 1 time in "
-             f"{math.comb(len(bp) + len(dbp), len(dbp)):,}")
-    if dbp.min() > bp.max():
-        return f"higher, as the paper reports: every DBP run above every BP run ({seeds})"
-    if dbp.max() < bp.min():
-        return f"lower, unlike the paper: every DBP run below every BP run ({seeds})"
-    return "within the seed spread (the min–max ranges overlap): neither higher nor lower shown"
+    test = difference(bp, dbp)
+    if not test.significant:
+        return f"not resolved: a difference this size is what seed noise gives ({_tested(test, 'final accuracy')})"
+    if dbp.mean() > bp.mean():
+        return f"higher, as the paper reports ({_tested(test, 'final accuracy')})"
+    return f"lower, unlike the paper ({_tested(test, 'final accuracy')})"
 
 
 def _points(difference: float) -> str:
