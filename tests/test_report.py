@@ -780,3 +780,14 @@ def test_the_overhead_panel_takes_a_log_axis_when_noisy_runs_span_over_ten_times
     assert ">×0.86<" in figure and ">×0.90<" in figure
     assert ("DBP / BP time per step (1 = no overhead, log scale)" in figure) == log_axis
     assert "DBP / BP time per step (1 = no overhead" in figure
+
+
+def test_runs_with_one_eval_point_are_drawn_as_points_with_their_spread(tmp_path):
+    """A line through one point draws nothing: the published update_every results showed empty panels."""
+    for seed in range(2):
+        for method in ("bp", "dbp"):
+            write_run(tmp_path, f"{method}-{seed}", method, "mlp", seed, evals=1)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    for title in ("Accuracy vs training time", "Accuracy vs FLOPs", "Decorrelation loss (DBP)"):
+        figure = page.split(f"<h3>{title}")[1].split("</svg>")[0]
+        assert '<g id="LineCollection_' in figure, title  # each method's point has its min–max whisker

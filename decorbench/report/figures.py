@@ -96,6 +96,10 @@ def _draw_bands(bands: pd.DataFrame, keys: list[tuple], colors: dict, fig: Figur
     for ax, key in zip(axes, keys):
         for method, curve in bands.loc[key].groupby(level="method", sort=False):
             x = curve["x"] / (scales or {}).get(key, 1)
+            if len(curve) == 1:  # one eval point (a run cut short): a line and a band of it would draw nothing
+                ax.errorbar(x, curve["y"], yerr=[curve["y"] - curve["low"], curve["high"] - curve["y"]], fmt="o",
+                            ms=4, capsize=3, color=colors[method], label=method.upper())
+                continue
             ax.plot(x, curve["y"], color=colors[method], lw=1.6, label=method.upper())
             ax.fill_between(x, curve["low"], curve["high"], color=colors[method], alpha=0.2, lw=0)
     handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
