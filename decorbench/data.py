@@ -457,7 +457,6 @@ def _default_workers() -> int:
 def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:
     from torchvision.transforms import v2
 
-    name = meta["name"]
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
     test_tf = v2.Compose([v2.ToImage(), v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size), *finish])
     train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])

@@ -791,3 +791,16 @@ def test_runs_with_one_eval_point_are_drawn_as_points_with_their_spread(tmp_path
     for title in ("Accuracy vs training time", "Accuracy vs FLOPs", "Decorrelation loss (DBP)"):
         figure = page.split(f"<h3>{title}")[1].split("</svg>")[0]
         assert '<g id="LineCollection_' in figure, title  # each method's point has its min–max whisker
+
+
+def test_depths_are_in_numeric_order_everywhere(tmp_path):
+    """Sorted as text, resnet101 came before resnet18, and a trend over depth read as noise."""
+    for model in ("resnet101", "resnet18", "resnet10", "resnet34"):
+        for method in ("bp", "dbp"):
+            write_points(tmp_path, f"{model}-{method}", method, model, 0, [0.5, 0.9], 1)
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    depths = ["resnet10", "resnet18", "resnet34", "resnet101"]
+    for section in ("summary", "claim", "figures", "runs"):
+        text = page.split(f'<section id="{section}">')[1].split("</section>")[0]
+        found = re.findall(r"resnet\d+", text)
+        assert sorted(set(found), key=found.index) == depths, section

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import tarfile
 
-import pytest
-
 SCRIPT = "reports/scripts/gpu_step_cost.py"
 
 

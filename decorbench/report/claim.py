@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .runs import GROUP, chance
+from .runs import by_group, chance
 from .stats import SIGNIFICANT, Difference, difference, median, ratio
 from .tables import at_chance, fmt, mismatches, problem_note, span
 
@@ -32,7 +32,7 @@ def check(runs: pd.DataFrame, goals: pd.Series, target: float | None = None, sou
     with one of them only; cannot: why nothing could be checked ("" when something was); target: the sentence on
     what "to target" means here}. target, source: a common target and where it came from (None: BP's own)."""
     rows, unchecked, floor = [], [], chance(runs)
-    for (dataset, model), group in runs.groupby(GROUP, sort=True):
+    for (dataset, model), group in by_group(runs):
         present = set(group["method"])
         if {"bp", "dbp"} <= present:
             rows.append(_row(dataset, model, group, goals.get((dataset, model), math.nan),

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
-from .runs import GROUP
+from .runs import GROUP, by_group, natural
 from .stats import ratio
 from .tables import methods
 
@@ -114,7 +114,7 @@ def accuracy_curves(evals: pd.DataFrame, x: str, xlabel: str, unit: str, targets
     bands = _bands(evals, x, "eval_accuracy")
     if bands.empty:
         return None
-    keys = list(bands.index.droplevel(["method", "step"]).unique())
+    keys = sorted(bands.index.droplevel(["method", "step"]).unique(), key=lambda key: tuple(map(natural, key)))
     longest = bands.groupby(level=GROUP)["x"].max()
     units = {key: (1, unit) if unit != "s" or longest[key] < 60 else (60, "min") if longest[key] < 7200 else
              (3600, "h") for key in keys}
@@ -138,7 +138,7 @@ def decor_loss(evals: pd.DataFrame) -> Figure | None:
     bands = bands[bands["y"] > 0]
     if bands.empty:
         return None
-    keys = list(bands.index.droplevel(["method", "step"]).unique())
+    keys = sorted(bands.index.droplevel(["method", "step"]).unique(), key=lambda key: tuple(map(natural, key)))
     fig, axes = _facets(keys)
     _draw_bands(bands, keys, _colors(methods(evals)), fig, axes)
     for ax in axes:
@@ -152,7 +152,7 @@ def decor_loss(evals: pd.DataFrame) -> Figure | None:
 def _overhead(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, model) with BP and DBP runs: DBP/BP ratio of the median time per step, and its interval."""
     rows = []
-    for (dataset, model), group in runs.dropna(subset=["step_time_s"]).groupby(GROUP, sort=True):
+    for (dataset, model), group in by_group(runs.dropna(subset=["step_time_s"])):
         times = {m: group.loc[group["method"] == m, "step_time_s"] for m in ("bp", "dbp")}
         if len(times["bp"]) and len(times["dbp"]):
             r = ratio(times["dbp"], times["bp"])
@@ -171,7 +171,7 @@ def step_time(runs: pd.DataFrame) -> Figure | None:
     if data.empty:
         return None
     present, ratios = methods(data), _overhead(runs)
-    labels = sorted(data["label"].unique())
+    labels = sorted(data["label"].unique(), key=natural)
     height = 0.9 + 0.32 * len(labels) * max(len(present), 2)
     fig = Figure(figsize=(11, height), layout="constrained")
     FigureCanvasAgg(fig)

@@ -7,6 +7,8 @@ results file, not its run_id, because two result directories of the same suite r
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from decorbench.gpus import peak_bf16_flops
@@ -20,6 +22,16 @@ PROBLEMS = ("diverged", "failed", "interrupted")
 # runs, is a float midpoint that can land an ulp above the very accuracy it came from (distinct accuracies on any
 # real eval set differ by far more)
 TOLERANCE = 1e-9
+
+
+def natural(text) -> tuple:
+    """A sort key in which digit runs compare as numbers: resnet18 before resnet101, so depths read in order."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", str(text))))
+
+
+def by_group(frame: pd.DataFrame, keys: list[str] = GROUP) -> list[tuple[tuple, pd.DataFrame]]:
+    """frame.groupby(keys) in the natural order of its keys."""
+    return sorted(frame.groupby(keys, sort=False), key=lambda item: tuple(map(natural, item[0])))
 
 
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pandas as pd
 from ..gpus import peak_bf16_flops, why_no_peak
 from ..results import uncommitted
 from ..settings import NOT_THE_EXPERIMENT, setting_defaults
-from .runs import GROUP, PROBLEMS, chance
+from .runs import GROUP, PROBLEMS, by_group, chance, natural
 from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "dbp": 1}
@@ -123,7 +123,7 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
     """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP).
     target_source: where a common target came from; None: each group's is BP's median final accuracy."""
     groups, floor = [], chance(runs)
-    for (dataset, model), group in runs.groupby(GROUP, sort=True):
+    for (dataset, model), group in by_group(runs):
         present = methods(group)
         by_method = {m: group[group["method"] == m] for m in present}
         pair = {"bp", "dbp"} <= set(present)
@@ -295,7 +295,7 @@ def mismatches(group: pd.DataFrame) -> list[str]:
 
 def _unmatched(runs: pd.DataFrame) -> list[str]:
     out = []
-    for (dataset, model), group in runs.groupby(GROUP, sort=True):
+    for (dataset, model), group in by_group(runs):
         differ = mismatches(group)
         if differ:
             out.append(f"{dataset} · {model}: its methods were not run alike, they differ in {_listed(differ)}; the "
@@ -308,7 +308,7 @@ def _pooled(runs: pd.DataFrame) -> list[str]:
     different settings reported together, or the same seed twice): each median and spread mixes them."""
     settings = _settings(runs)
     out = []
-    for (dataset, model, method), part in runs.groupby([*GROUP, "method"], sort=True):
+    for (dataset, model, method), part in by_group(runs, [*GROUP, "method"]):
         shown = _shown_settings(part, settings)
         differ = [c for c in settings if shown[c].nunique() > 1]
         if differ:
@@ -344,7 +344,8 @@ def run_rows(runs: pd.DataFrame) -> list[dict]:
     """Every run, unfinished ones first (flagged), then by dataset, model, method, seed."""
     order = runs.assign(_m=runs["method"].map(METHOD_ORDER).fillna(2))
     order = order.sort_values(["problem", *GROUP, "_m", "method", "seed", "run_id"], kind="stable",
-                              ascending=[False, True, True, True, True, True, True])
+                              ascending=[False, True, True, True, True, True, True],
+                              key=lambda column: column.map(natural) if column.name in GROUP else column)
     base, rows = results_dir(runs), []
     for run in order.to_dict("records"):
         ended = isinstance(run["status"], str)
