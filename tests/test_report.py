@@ -25,7 +25,8 @@ PROVENANCE = provenance("cpu")  # once: it runs git
 
 
 def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, status="completed",
-              reason="max_epochs 5 done", energy=True, energy_lost_at=None, energy_warnings=(), **run_fields):
+              reason="max_epochs 5 done", energy=True, energy_lost_at=None, energy_warnings=(),
+              energy_source="nvml-counter", **run_fields):
     """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's.
     `energy_lost_at`: the eval from which the energy meter has failed (its reason in the end record);
     `energy_warnings`: the meter's warnings, in the end record."""
@@ -41,7 +42,7 @@ def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, statu
                          "wall_time_s": step_s * 11 * i, "train_loss": 1 / i, "eval_loss": 1 / i,
                          "eval_accuracy": 1 - 0.6 * math.exp(-i / rng.uniform(1, 2)), "flops": 10**9 * i,
                          "energy_j": 50.0 * step_s * i if measured else None,
-                         "energy_source": "nvml-counter" if measured else None,
+                         "energy_source": energy_source if measured else None,
                          "co2_kg": 1e-6 * i if energy else None,
                          "peak_memory_bytes": 2**20, "decor_loss": 0.1 / i if method == "dbp" else None})
         if status:
@@ -804,3 +805,30 @@ def test_depths_are_in_numeric_order_everywhere(tmp_path):
         text = page.split(f'<section id="{section}">')[1].split("</section>")[0]
         found = re.findall(r"resnet\d+", text)
         assert sorted(set(found), key=found.index) == depths, section
+
+
+def test_energy_is_said_to_be_the_gpu_boards_and_methods_read_by_different_meters_are_named(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"bp-{seed}", "bp", "mlp", seed)
+        write_run(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, energy_source="nvml-power")  # a GPU without the counter
+        write_run(tmp_path, f"cnn-bp-{seed}", "bp", "cnn", seed)
+        write_run(tmp_path, f"cnn-dbp-{seed}", "dbp", "cnn", seed)
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert ("Energy is the GPU board's alone, by NVML (its energy counter (6 runs); power readings sampled every "
+            "0.1 s, integrated (2 runs)): not the CPU, memory or the rest of the machine, which CO2e, codecarbon's "
+            "estimate for the whole machine, includes.") in page
+    assert ("digits · mlp: its methods' energy was read differently (BP: its energy counter; DBP: power readings "
+            "sampled every 0.1 s, integrated), so its energy ratio compares two meters as well as two methods.") in page
+    assert "digits · cnn: its methods' energy was read differently" not in page
+
+
+def test_a_ratio_over_only_some_runs_of_a_method_says_how_many(tmp_path):
+    """Two of three DBP runs diverged: the ratio of the one that reached the target flatters DBP unless it says so."""
+    for seed in range(3):
+        write_points(tmp_path, f"bp-{seed}", "bp", "mlp", seed, [0.5, 0.7, 0.9], 10)
+        diverged = {"status": "diverged"} if seed else {}
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, [0.6, 0.9] if not seed else [0.6], 10, **diverged)
+    shown = card(render_report([tmp_path], tmp_path / "r.html", target=0.9).read_text(), "digits", "mlp")
+    ratio_cell = row(shown, "steps to target").split('<td class="num">')[3]
+    assert "1.50×" in ratio_cell and "over the runs that reached it: BP 3/3, DBP 1/3" in ratio_cell
+    assert "over the runs that reached it" not in row(shown, "final accuracy")

@@ -20,6 +20,7 @@ from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "dbp": 1}
 LOADER_BOUND = 0.1  # a run that waited for its batches longer than this share of its training time is flagged
+SOURCES = {"nvml-counter": "its energy counter", "nvml-power": "power readings sampled every 0.1 s, integrated"}
 UNFINISHED = "no end record"  # the status shown for a run whose file has no end record
 # (runs column, label, unit kind, whether BP/DBP is shown)
 METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
@@ -110,13 +111,16 @@ def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
 
 
 def _ratio_cell(by_method: dict, column: str) -> dict:
-    """BP / DBP over the runs that reached the target; none when some of those lack the measure (a meter that
+    """BP / DBP over the runs that reached the target, saying so when not all did (runs that diverged or never got
+    there are not in it, which flatters their method); none when some of those lack the measure (a meter that
     failed for some seeds), since a ratio of medians over different seeds of each method could mislead."""
     hit = {m: by_method[m].loc[by_method[m]["reached"], column] for m in ("bp", "dbp")}
     unmeasured = sum(int(h.isna().sum()) for h in hit.values())
     if unmeasured and any(h.notna().any() for h in hit.values()):
         return _text("—", f"{unmeasured} of the runs that reached the target not measured")
-    return _cell(ratio(hit["bp"], hit["dbp"]), "ratio")
+    some = any(len(hit[m]) < len(by_method[m]) for m in hit)
+    return _cell(ratio(hit["bp"], hit["dbp"]), "ratio", "over the runs that reached it: " + ", ".join(
+        f"{m.upper()} {len(hit[m])}/{len(by_method[m])}" for m in hit) if some else "")
 
 
 def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
@@ -193,6 +197,7 @@ def notes(runs: pd.DataFrame) -> list[str]:
             at_start = _field(missing, reason, "")  # a meter that never worked; else why it stopped, at the end
             why = _distinct(at_start.where(at_start != "", _field(missing, f"totals.{reason}", "no reason recorded")))
             out.append(f"{label} is unknown for {len(missing)} of {len(runs)} runs: {why}.")
+    out += _energy_meaning(runs)
     if "totals.energy_warnings" in runs:  # measured, but maybe not the run's alone, or missing a part
         flagged = runs.set_index("run_id")["totals.energy_warnings"].dropna().explode().dropna()
         for warning, which in flagged.groupby(flagged, sort=False):
@@ -234,6 +239,23 @@ def notes(runs: pd.DataFrame) -> list[str]:
             out.append(f"{dataset} · {model} mixes runs from {n} different machines/devices: compare its times "
                        "with care.")
     return out + _unmatched(runs) + _pooled(runs)
+
+
+def _energy_meaning(runs: pd.DataFrame) -> list[str]:
+    """What "energy" is here (the GPU board's, not the machine's that CO2e estimates), by which NVML reading, and
+    the groups whose BP and DBP runs were read differently."""
+    measured = runs[runs["energy_j"].notna()]
+    if measured.empty:
+        return []
+    how = _field(measured, "energy_source").map(lambda s: SOURCES.get(s, s))
+    out = [f"Energy is the GPU board's alone, by NVML ({_distinct(how)}): not the CPU, memory or the rest of the "
+           "machine, which CO2e, codecarbon's estimate for the whole machine, includes."]
+    for (dataset, model), group in by_group(measured.assign(how=how)):
+        if group.groupby("method")["how"].agg(frozenset).nunique() > 1:
+            out.append(f"{dataset} · {model}: its methods' energy was read differently "
+                       f"({'; '.join(f'{m.upper()}: {_distinct(g)}' for m, g in group.groupby('method')['how'])}), so "
+                       "its energy ratio compares two meters as well as two methods.")
+    return out
 
 
 def _absent(value) -> bool:
