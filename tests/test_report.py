@@ -424,6 +424,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                                   "(apt-get install -y chromium; CI installs it)")
+def _contrast_on_white(css_color: str) -> float:
+    """WCAG's contrast ratio of an "rgb(r, g, b)" text colour on white."""
+    channels = [int(v) / 255 for v in re.findall(r"\d+", css_color)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 1.05 / (0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2] + 0.05)
+
+
 def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_path):
     from PIL import Image, ImageStat
     from playwright.sync_api import sync_playwright
@@ -445,8 +452,14 @@ def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_
             page.goto(page_file.resolve().as_uri(), wait_until="load")
             boxes = [svg.bounding_box() for svg in page.locator("figure svg").all()]
             assert all(page.locator("figure svg").nth(i).is_visible() for i in range(len(boxes)))
+            labels = page.locator('figure [role="img"]').evaluate_all("els => els.map(e => e.ariaLabel)")
+            assert len(labels) == 5 and labels[0].startswith("Accuracy vs training time: Further left")
+            colors = page.locator("span.bp, span.dbp").evaluate_all("els => els.map(e => getComputedStyle(e).color)")
+            assert all(_contrast_on_white(c) >= 4.5 for c in colors), colors  # WCAG AA for text
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
+            page.set_viewport_size({"width": 600, "height": 900})  # a phone, a narrow window: nothing cut off
+            assert page.evaluate("document.documentElement.scrollWidth") <= 600
         finally:
             browser.close()
     assert problems == []
@@ -832,3 +845,17 @@ def test_a_ratio_over_only_some_runs_of_a_method_says_how_many(tmp_path):
     ratio_cell = row(shown, "steps to target").split('<td class="num">')[3]
     assert "1.50×" in ratio_cell and "over the runs that reached it: BP 3/3, DBP 1/3" in ratio_cell
     assert "over the runs that reached it" not in row(shown, "final accuracy")
+
+
+def test_each_group_shows_the_settings_its_runs_compared(tmp_path):
+    """Batch size, learning rates, eval interval, DBP's own settings, seeds: a reader should not need the files."""
+    for seed in range(2):
+        for method in ("bp", "dbp"):
+            dbp = {"lr": 1e-3, "kappa": 0.5, "update_every": 4} if method == "dbp" else None
+            write_points(tmp_path, f"{method}-{seed}", method, "mlp", seed, [0.5, 0.9], 1,
+                         hyperparameters={"train": {"batch_size": 64, "lr": 1e-3, "eval_every": 21}, "dbp": dbp})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    shown = page.split('<details class="settings">')[1].split("</details>")[0]
+    rows = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]+)</td></tr>", shown))
+    assert {"train.batch_size": "64", "train.lr": "0.001", "train.eval_every": "21", "dbp.kappa": "0.5",
+            "dbp.update_every": "4", "budget.max_epochs": "2", "seeds": "0, 1"}.items() <= rows.items()

@@ -142,6 +142,7 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         source = target_source or ("BP's median final accuracy" if bp_scored else "the median final accuracy of "
                                    "its runs that finished (no BP run finished with an eval accuracy)")
         groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
+                       "settings": settings(group),
                        "target": fmt(target, "accuracy"), "target_source": source,
                        "at_chance": at_chance(target, floor.get((dataset, model), math.nan)), "has_ratio": pair})
     return groups
@@ -295,6 +296,23 @@ def _listed(values: list[str], most: int = 3, sep: str = "; ") -> str:
 def _named(run_ids) -> str:
     """"a, b, c, d, …": the runs a note is about, the first four by name."""
     return _listed(sorted(map(str, run_ids)), most=4, sep=", ")
+
+
+def settings(group: pd.DataFrame) -> list[tuple[str, str]]:
+    """(setting, value) of one (dataset, model)'s runs, the ones set: what the comparison ran with, so that a reader
+    need not open the results files (DBP's own over its DBP runs; values that differ between runs joined by " / ",
+    and named in the notes). Then the seeds."""
+    out = []
+    for column in _settings(group):
+        own = column.startswith("hyperparameters.dbp.")
+        part = group[group["method"] == "dbp"] if own else group
+        if part.empty or column == "hyperparameters.dbp" or column == "hyperparameters.data.root":
+            continue  # the dbp table itself (null for BP) and where the data lay are not settings
+        values = sorted(_shown_settings(part, [column])[column].unique(), key=natural)
+        if values != ["null"]:
+            out.append((column.removeprefix("hyperparameters."), " / ".join(values)))
+    seeds = sorted(group["seed"].dropna().unique())
+    return out + [("seeds", ", ".join(f"{seed:g}" for seed in seeds))]
 
 
 def mismatches(group: pd.DataFrame) -> list[str]:
