@@ -744,7 +744,7 @@ def test_time_axes_use_the_tables_units_per_panel_not_kiloseconds(tmp_path):
         for method in ("bp", "dbp"):
             write_points(tmp_path, f"{model}-{method}", method, model, 0, [0.5, 0.6, 0.7, 0.8], step_s)
     page = render_report([tmp_path], tmp_path / "r.html").read_text()
-    curve = page.split("Accuracy vs training time")[1].split("</svg>")[0]
+    curve = page.split("<h3>Accuracy vs training time")[1].split("</svg>")[0]
     units = {tick.split(" ")[-1] for tick in re.findall(r"<text[^>]*>([0-9.]+ [a-z]+)</text>", curve)}
     assert {"s", "min", "h"} <= units and "ks" not in units, units
 
