@@ -92,6 +92,11 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, chance_accuracy: 
     verdict = _speed_verdict(estimate.value, estimate.low, estimate.high, bool(estimate.kind), test)
     if not dbp["reached"].all():
         verdict += f"; DBP reached the target in only {dbp['reached'].sum()}/{len(dbp)} runs"
+    early = [f"{name} {part['reached_at_first_eval'].sum()}" for name, part in (("BP", bp), ("DBP", dbp))
+             if part["reached_at_first_eval"].any()]
+    if early:
+        verdict += (f"; runs there at their first eval point ({', '.join(early)}) may have got there any time before "
+                    "it, so the eval interval sets their times: evaluate more often (train.eval_every) to tell")
     return {**out, "speedup": fmt(estimate.value, "ratio"), "speedup_spread": spread, "speed_verdict": verdict}
 
 

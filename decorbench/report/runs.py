@@ -86,8 +86,8 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     """(runs, targets): one row per run with its last eval point's fields, final_accuracy, step_time_s (training
     seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak, or
     for a run resumed on another GPU), resumed_elsewhere (what changed between its parts, or NaN),
-    problem, scored (ended without a problem, with an accuracy), reached, and <name>_to_target for every TO_TARGET
-    column; and the targets used."""
+    problem, scored (ended without a problem, with an accuracy), reached, reached_at_first_eval (its cost to target
+    only an upper bound), and <name>_to_target for every TO_TARGET column; and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
     runs = by_step.drop_duplicates("run", keep="last").set_index("run")
     runs["evals"] = evals.groupby("run")["step"].count()  # eval records, with an accuracy or not (diverged)
@@ -111,6 +111,10 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy() - TOLERANCE]
     first = hit.drop_duplicates("run").set_index("run")  # scored is step-ordered: the first eval at/above target
     runs["reached"] = runs.index.isin(first.index)
+    # there already at the first eval point: the crossing lies anywhere before it, its cost is only an upper bound
+    opening = scored.drop_duplicates("run").set_index("run")["step"]
+    at_first = first["step"] == opening.reindex(first.index)
+    runs["reached_at_first_eval"] = at_first.reindex(runs.index, fill_value=False)
     for name, column in TO_TARGET.items():
         runs[f"{name}_to_target"] = first[column]
     return runs.reset_index(), goal

@@ -107,6 +107,9 @@ def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
         return _text("not measured", note)
     if measured < len(reached):  # a median of the measured runs only: say it is not of all that got there
         note += f", measured in {measured} of them"
+    early = int(reached["reached_at_first_eval"].sum())
+    if early:
+        note += f", {early} at the first eval point (at most that)"
     return _cell(median(reached[column]), kind, note)
 
 
