@@ -872,3 +872,14 @@ def test_runs_at_the_target_at_their_first_eval_point_are_said_to_give_only_an_u
     assert "reached 2/2, 1 at the first eval point (at most that)" in steps[1] and "first eval" not in steps[2]
     assert ("runs there at their first eval point (BP 1) may have got there any time before it, so the eval interval "
             "sets their times: evaluate more often (train.eval_every) to tell") in claim_text(page, "digits · mlp")
+
+
+def test_ratios_say_in_how_many_seeds_dbp_needed_less_seed_by_seed(tmp_path):
+    """A consistent edge the all-pairs spread hides: each DBP run a step ahead of its own seed's BP run."""
+    for seed, (bp, dbp) in enumerate([([0.5, 0.6, 0.9], [0.5, 0.9]), ([0.5, 0.6, 0.7, 0.9], [0.5, 0.6, 0.9]),
+                                      ([0.5, 0.6, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7, 0.9])]):
+        write_points(tmp_path, f"bp-{seed}", "bp", "mlp", seed, bp, 1)
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, dbp, 1)
+    steps = row(card(render_report([tmp_path], tmp_path / "r.html", target=0.9).read_text(), "digits", "mlp"),
+                "steps to target").split('<td class="num">')[3]
+    assert "0.75–2.50× · min–max" in steps and "DBP less in 3 of 3 seeds, seed by seed" in steps
