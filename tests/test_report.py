@@ -883,3 +883,13 @@ def test_ratios_say_in_how_many_seeds_dbp_needed_less_seed_by_seed(tmp_path):
     steps = row(card(render_report([tmp_path], tmp_path / "r.html", target=0.9).read_text(), "digits", "mlp"),
                 "steps to target").split('<td class="num">')[3]
     assert "0.75–2.50× · min–max" in steps and "DBP less in 3 of 3 seeds, seed by seed" in steps
+
+
+def test_cpu_runs_say_they_had_no_gpu_and_accuracy_axes_are_in_percent_as_the_tables(tmp_path):
+    for method in ("bp", "dbp"):
+        write_points(tmp_path, method, method, "mlp", 0, [0.5, 0.9], 1, device="cpu", gpu_name=None)
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    provenance_rows = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td></tr>", page))
+    assert provenance_rows["GPU"] == provenance_rows["GPU driver"] == "none (CPU runs)"
+    curve = page.split("<h3>Accuracy vs training time")[1].split("</svg>")[0]
+    assert re.findall(r"<text[^>]*>(\d+(?:\.\d+)?%)</text>", curve), "accuracy ticks in percent"

@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, MaxNLocator, NullLocator, PercentFormatter
 
 from .runs import GROUP, by_group, natural
 from .stats import ratio
@@ -124,6 +124,7 @@ def accuracy_curves(evals: pd.DataFrame, x: str, xlabel: str, unit: str, targets
         ax.axhline(targets.get(key, math.nan), color="0.35", ls="--", lw=0.9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("eval accuracy")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))  # as the tables print it
         shown = units[key][1]
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _, shown=shown: f"{value:g} {shown}")
                                      if shown in ("min", "h") else EngFormatter(unit=shown, places=None, sep=" "))

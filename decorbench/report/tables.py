@@ -32,7 +32,7 @@ METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
 PROVENANCE = [("suite", "suite"), ("git commit", "commit"), ("decorbench", "decorbench_version"),
               ("device", "device"), ("GPU", "gpu_name"), ("GPU driver", "gpu_driver"), ("CPU", "cpu"),
               ("host", "host"), ("platform", "platform"), ("Python", "python"), ("PyTorch", "torch"),
-              ("torchvision", "torchvision"), ("CUDA", "cuda"), ("cuDNN", "cudnn"),
+              ("torchvision", "torchvision"), ("CUDA (torch's build)", "cuda"), ("cuDNN", "cudnn"),
               ("carbon region (country)", "country_iso_code")]
 _PREFIXES = [(1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
              (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]
@@ -202,6 +202,9 @@ def provenance(runs: pd.DataFrame) -> list[tuple[str, str]]:
     state = _field(runs, "git_dirty").map(lambda dirty: uncommitted({"True": True, "False": False}.get(dirty)))
     commit = _field(runs, "git_commit").str[:12]
     runs = runs.assign(commit=commit.where(commit == "not recorded", commit + state))
+    on_cpu = _field(runs, "device").str.startswith("cpu")
+    for column in ("gpu_name", "gpu_driver", "cudnn"):  # a CPU run has none: "not recorded" read as a gap
+        runs[column] = _field(runs, column).mask(on_cpu, "none (CPU runs)")
     rows = [(label, _distinct(_field(runs, column))) for label, column in PROVENANCE]
     rows.append(("results files", f"{runs['source'].nunique()} in {results_dir(runs) or 'several places'}"))
     started = pd.to_datetime(_field(runs, "started_at"), errors="coerce", utc=True).dropna()
