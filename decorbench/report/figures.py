@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from functools import wraps
 
 import matplotlib as mpl
@@ -46,7 +47,9 @@ def _styled(draw):
             buffer = io.StringIO()
             fig.savefig(buffer, format="svg", metadata=dict.fromkeys(("Date", "Creator", "Format", "Type")))
         text = buffer.getvalue()
-        return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG sits inside HTML
+        text = text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG sits inside HTML
+        # matplotlib names its groups line2d_1, xtick_1, ... in every figure: ids must be unique in one page
+        return text.replace('<g id="', f'<g id="{re.sub(r"[^A-Za-z0-9_-]+", "-", salt)}-')
     return svg
 
 

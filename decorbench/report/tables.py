@@ -75,8 +75,10 @@ def fmt(value: float, kind: str) -> str:
 
 
 def span(low: float, high: float, kind: str) -> str:
-    """"1.2–3.4 s": the unit once when both ends share it."""
+    """"1.2–3.4 s": the unit once when both ends share it; "all 1.2 s" when they print the same."""
     (a, unit_a), (b, unit_b) = _parts(low, kind), _parts(high, kind)
+    if (a, unit_a) == (b, unit_b):
+        return f"all {a}{unit_a}"
     return f"{a}–{b}{unit_b}" if unit_a == unit_b else f"{a}{unit_a} – {b}{unit_b}"
 
 
