@@ -901,3 +901,12 @@ def test_a_spread_whose_ends_print_the_same_says_all(tmp_path):
             write_points(tmp_path, f"{method}-{seed}", method, "mlp", seed, [0.5, 0.9], 1)
     shown = card(html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text()), "digits", "mlp")
     assert "all 90.00 % · min–max" in row(shown, "final accuracy") and "90.00–90.00" not in shown
+
+
+def test_seeds_where_both_methods_needed_the_same_are_not_counted_against_dbp(tmp_path):
+    for seed in range(2):
+        for method in ("bp", "dbp"):
+            write_points(tmp_path, f"{method}-{seed}", method, "mlp", seed, [0.5, 0.9], 1)
+    steps = row(card(render_report([tmp_path], tmp_path / "r.html", target=0.9).read_text(), "digits", "mlp"),
+                "steps to target")
+    assert "DBP less in 0, the same in 2 of 2 seeds, seed by seed" in steps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 
 import pandas as pd
@@ -143,8 +144,8 @@ def _by_seed(by_method: dict, column: str) -> str:
     both = cost["bp"].index.intersection(cost["dbp"].index)
     if len(both) < 2:
         return ""
-    less = int((cost["dbp"][both] < cost["bp"][both]).sum())
-    return f"DBP less in {less} of {len(both)} seeds, seed by seed"
+    less, same = (int(op(cost["dbp"][both], cost["bp"][both]).sum()) for op in (operator.lt, operator.eq))
+    return f"DBP less in {less}{f', the same in {same}' if same else ''} of {len(both)} seeds, seed by seed"
 
 
 def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
