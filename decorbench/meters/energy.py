@@ -34,7 +34,8 @@ processes (some containers hide them), sharing goes unseen.
 
 Failures: an NVML call that fails after the start, or a counter that goes back, ends the measurement for good:
 `end_window()` returns None from then on and `unavailable_reason` names the call and the error. The joules summed so
-far would miss part of the run, so reporting them as cumulative would be wrong. Nothing is ever raised into the training loop.
+far would miss part of the run, so reporting them as cumulative would be wrong. Nothing is ever raised into the
+training loop.
 
 Which GPU: the one the torch device is. It is found by its PCI address (from torch's device properties), which
 is right whatever CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER say; only when torch cannot tell (no CUDA runtime),
