@@ -78,13 +78,15 @@ class SuiteConfig:
 
     def runs(self) -> list[RunSpec]:
         """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished; the methods'
-        order reversed every other seed, so neither method always runs second, on a GPU its twin has warmed (clocks,
-        temperature). A BP run carries the default [dbp] table: DBP's settings are not part of what it is (nor of
+        order reversed by the parity of seed + the model's place, so neither method always runs second, on a GPU
+        its twin has warmed (clocks, temperature): per model across seeds 0 and 1, also when they run as separate
+        jobs (`seeds=[0]`, `seeds=[1]`; by position in the list, each such job ran BP first), and across models
+        within one seed. A BP run carries the default [dbp] table: DBP's settings are not part of what it is (nor of
         its results record)."""
         return [RunSpec(self.name, method, model, self.dataset, seed, self.train,
                         self.dbp if method == "dbp" else DBPConfig(), self.budget, self.data.root, self.data.options)
-                for i, seed in enumerate(self.seeds) for model in self.models
-                for method in (self.methods if i % 2 == 0 else self.methods[::-1])]
+                for seed in self.seeds for place, model in enumerate(self.models)
+                for method in (self.methods if (seed + place) % 2 == 0 else self.methods[::-1])]
 
 
 def _check_type(value, hint, where: str):
