@@ -135,9 +135,8 @@ def _accuracy(bp: pd.DataFrame, dbp: pd.DataFrame) -> dict:
     permutation test gives p < 0.05 (with a handful of seeds, one method's runs all above the other's is often
     chance) and the difference shows at the report's precision. Over the runs that ended without a problem (an
     interrupted, failed, diverged or unfinished run's last accuracy is not where it would have ended), the others
-    named. Not judged when
-    runs stopped on reaching the target: their final accuracy is where they stopped, not where they would have
-    ended."""
+    named. Not judged when runs stopped on reaching the target: their final accuracy is where they stopped, not
+    where they would have ended."""
     a, b = (part.loc[part["scored"], "final_accuracy"] for part in (bp, dbp))
     early = [f"{name}: {problem_note(part)}" for name, part in (("DBP", dbp), ("BP", bp))
              if (part["problem"] & part["final_accuracy"].notna()).any()]
@@ -149,12 +148,12 @@ def _accuracy(bp: pd.DataFrame, dbp: pd.DataFrame) -> dict:
     ma, mb = median(a).value, median(b).value
     note = [f"{name} {fmt(m, 'accuracy')} ({span(v.min(), v.max(), 'accuracy')}, n = {len(v)})"
             for name, m, v in (("DBP", mb, b), ("BP", ma, a))] + left_out
-    difference = _points(mb - ma)
+    shown = _points(mb - ma)
     stopped = (pd.concat([bp, dbp])["status"] == "target").sum()
     verdict = (f"not judged: {stopped} of {len(bp) + len(dbp)} runs stopped on reaching the target "
                "(budget.stop_at_target), so final accuracies are not where the runs would have ended"
-               if stopped else _accuracy_verdict(a, b, difference))
-    return {"accuracy": difference, "accuracy_note": note, "accuracy_verdict": verdict}
+               if stopped else _accuracy_verdict(a, b, shown))
+    return {"accuracy": shown, "accuracy_note": note, "accuracy_verdict": verdict}
 
 
 def _accuracy_verdict(bp: pd.Series, dbp: pd.Series, difference_shown: str) -> str:
