@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, MaxNLocator, NullLocator, PercentFormatter
 
-from .runs import GROUP, by_group, natural
+from .runs import GROUP, by_group, group_key, natural
 from .stats import ratio
 from .tables import methods
 
@@ -117,7 +117,7 @@ def accuracy_curves(evals: pd.DataFrame, x: str, xlabel: str, unit: str, targets
     bands = _bands(evals, x, "eval_accuracy")
     if bands.empty:
         return None
-    keys = sorted(bands.index.droplevel(["method", "step"]).unique(), key=lambda key: tuple(map(natural, key)))
+    keys = sorted(bands.index.droplevel(["method", "step"]).unique(), key=group_key)
     longest = bands.groupby(level=GROUP)["x"].max()
     units = {key: (1, unit) if unit != "s" or longest[key] < 60 else (60, "min") if longest[key] < 7200 else
              (3600, "h") for key in keys}
@@ -142,7 +142,7 @@ def decor_loss(evals: pd.DataFrame) -> Figure | None:
     bands = bands[bands["y"] > 0]
     if bands.empty:
         return None
-    keys = sorted(bands.index.droplevel(["method", "step"]).unique(), key=lambda key: tuple(map(natural, key)))
+    keys = sorted(bands.index.droplevel(["method", "step"]).unique(), key=group_key)
     fig, axes = _facets(keys)
     _draw_bands(bands, keys, _colors(methods(evals)), fig, axes)
     for ax in axes:

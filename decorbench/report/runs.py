@@ -29,9 +29,14 @@ def natural(text) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", str(text))))
 
 
+def group_key(key: tuple) -> tuple:
+    """The sort key of a (dataset, model[, ...]) key: each part in natural order."""
+    return tuple(map(natural, key))
+
+
 def by_group(frame: pd.DataFrame, keys: list[str] = GROUP) -> list[tuple[tuple, pd.DataFrame]]:
     """frame.groupby(keys) in the natural order of its keys."""
-    return sorted(frame.groupby(keys, sort=False), key=lambda item: tuple(map(natural, item[0])))
+    return sorted(frame.groupby(keys, sort=False), key=lambda item: group_key(item[0]))
 
 
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:
