@@ -38,7 +38,7 @@ from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
 from decorbench.results import RunWriter, begins_as_written, provenance, read_run, run_path
 from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings
-from decorbench.train import METHODS, RunSpec, train_run
+from decorbench.train import METHODS, RunSpec, continues, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
 SUITE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # it starts every run_id, so every file name
@@ -404,8 +404,8 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
     except Exception as e:  # torch.load raises many kinds; any means the run starts again
         warnings.warn(f"{checkpoint}: cannot be read ({type(e).__name__}); {spec.run_id} starts again")
         return None
-    if saved is not None and (saved.get("spec") != dataclasses.asdict(spec)
-                              or not {"window", "running_stats"} <= saved.keys()):
+    if saved is not None and not ({"spec", "window", "running_stats"} <= saved.keys()
+                                  and continues(saved["spec"], spec)):
         warnings.warn(f"{checkpoint} was written for other settings or by an older decorbench; {spec.run_id} starts "
                       "again")
         return None

@@ -26,7 +26,7 @@ from decorbench.data import Data, load_data
 from decorbench.dbp import decorrelate
 from decorbench.meters import CarbonMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
-from decorbench.settings import DBPConfig, TrainConfig
+from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig
 from decorbench.step import make_step, prepare_model
 
 METHODS = ("bp", "dbp")
@@ -48,6 +48,18 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         return f"{self.suite}-{self.dataset}-{self.model}-{self.method}-s{self.seed}"
+
+
+_RECORDED_AS = {"train": "hyperparameters.train", "data_options": "hyperparameters.data.options"}
+
+
+def continues(saved_spec: dict, spec: RunSpec) -> bool:
+    """Whether a checkpoint written for `saved_spec` (a RunSpec as a dict) can go on as `spec`: the same experiment,
+    whatever the settings of how it is carried out (settings.NOT_THE_EXPERIMENT, which --resume may change)."""
+    def experiment(fields: dict) -> dict:
+        return {name: {k: v for k, v in value.items() if f"{_RECORDED_AS[name]}.{k}" not in NOT_THE_EXPERIMENT}
+                if name in _RECORDED_AS else value for name, value in fields.items()}
+    return experiment(saved_spec) == experiment(dataclasses.asdict(spec))
 
 
 class EvalSink(Protocol):
@@ -272,7 +284,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     saved = distributed.broadcast(resume_from if distributed.is_main() else None)
     resumed = saved is not None
     if resumed:
-        if saved["spec"] != dataclasses.asdict(spec):
+        if not continues(saved["spec"], spec):
             raise ValueError(f"resume_from is a checkpoint of another run than {spec.run_id}")
         _restore(saved, net, opt, scheduler, device)
         carried_totals = saved["totals"]

@@ -678,3 +678,24 @@ def test_off_a_terminal_progress_is_plain_lines_and_each_run_s_end_is_said_as_it
                    "  smoke-digits-mlp-dbp-s0: step 10/30, accuracy " + err[2].split("accuracy ")[1],
                    "  smoke-digits-mlp-dbp-s0: completed (max_steps 30 done)"]  # at most a line a minute
     assert err[0].endswith(" s of training")
+
+
+def test_resume_with_another_checkpoint_interval_continues_from_the_checkpoint(tmp_path, recwarn):
+    """checkpoint_every changes how a run is carried out, not what it is: a long run must not start again."""
+    tiny = [*ONE_PAIR[1::2], 'methods=["bp"]', "dataset=synthetic", "budget.max_steps=8", "train.eval_every=2",
+            "data.options.train_size=64", "data.options.test_size=32"]
+    path = run_path(tmp_path / "whole", "smoke-synthetic-mlp-bp-s0")
+    config = load_config("smoke", tiny)
+    run_suite(config, tmp_path / "whole", torch.device("cpu"), pending_runs(config, tmp_path / "whole", resume=False))
+    whole = [(r["step"], r["eval_accuracy"], r["train_loss"]) for r in read_run(path)["evals"]]
+
+    out = tmp_path / "stopped"
+    stopped = run_path(out, "smoke-synthetic-mlp-bp-s0")
+    run_suite(config, out, torch.device("cpu"), pending_runs(config, out, resume=False),
+              should_stop=lambda: stopped.exists() and len(read_run(stopped)["evals"]) >= 2)
+    assert read_run(stopped)["end"]["status"] == "interrupted"
+    again = load_config("smoke", [*tiny, "train.checkpoint_every=3"])
+    run_suite(again, out, torch.device("cpu"), pending_runs(again, out, resume=True))
+    assert [(r["step"], r["eval_accuracy"], r["train_loss"]) for r in read_run(stopped)["evals"]] == whole
+    assert not [w for w in recwarn if "starts again" in str(w.message)]
+    assert list((out / "runs").iterdir()) == [stopped]  # nothing set aside: the run was not restarted

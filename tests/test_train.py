@@ -15,7 +15,7 @@ from decorbench.meters import EnergyMeter, count_flops
 from decorbench.models import create_model
 from decorbench.results import EVAL_FIELDS
 from decorbench import train
-from decorbench.train import DBPConfig, RunSpec, TrainConfig, evaluate, train_run
+from decorbench.train import DBPConfig, RunSpec, TrainConfig, continues, evaluate, train_run
 from test_meters import FakeNVML, NVMLError_GpuIsLost, readings
 
 
@@ -313,3 +313,15 @@ def test_device_auto_is_the_gpu_when_torch_sees_one(monkeypatch):
     assert train.resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train.resolve_device("auto") == torch.device("cuda")
+
+
+def test_a_checkpoint_continues_across_settings_of_how_a_run_is_carried_out_and_no_others():
+    spec = RunSpec("s", "dbp", "resnet18", "imagenette", 0, data_options={"image_size": 64, "num_workers": 4})
+    saved = dataclasses.asdict(spec)
+    assert continues(saved, dataclasses.replace(spec, data_options={"image_size": 64, "num_workers": 0}))
+    assert continues(saved, dataclasses.replace(spec, data_options={"image_size": 64}))  # the default, then
+    assert continues(saved, dataclasses.replace(spec, train=TrainConfig(checkpoint_every=5)))
+    assert not continues(saved, dataclasses.replace(spec, data_options={"image_size": 32, "num_workers": 4}))
+    assert not continues(saved, dataclasses.replace(spec, train=TrainConfig(lr=0.1)))
+    assert not continues(saved, dataclasses.replace(spec, dbp=DBPConfig(update_every=2)))
+    assert not continues(saved, dataclasses.replace(spec, seed=1))
