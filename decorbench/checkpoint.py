@@ -21,9 +21,19 @@ def save_checkpoint(path: Path, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # a part-written checkpoint on a full disk would keep it full
+        refused = _os_error(e)
+        if refused is not None and (refused is not e or refused.filename is None):  # torch's zip writer names no
+            raise OSError(refused.errno, refused.strerror, str(path)) from e  # file, or hides it: "unexpected pos"
         raise
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The operating system's refusal (a full disk, a quota) somewhere in an exception's chain, if any."""
+    while e is not None and not (isinstance(e, OSError) and e.errno is not None):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:

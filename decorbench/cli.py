@@ -254,7 +254,11 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
             _say(format_summary(summarize(evals, config.budget.target_accuracy)), sys.stdout)
     if interrupted:
         return EXIT_INTERRUPTED
-    return 1 if any(end["status"] == "failed" for end in ends) else 0
+    failed = sum(end["status"] == "failed" for end in ends)
+    if failed and main:
+        _say(f"decorbench: {failed} run(s) failed, each said why above; once that is fixed, continue with: "
+             f"{shlex.join(again)}")
+    return 1 if failed else 0
 
 
 def _env(args) -> int:

@@ -479,7 +479,8 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
                 if distributed.active():
                     raise  # RunWriter records it as failed
                 status, reason, totals = "failed", f"{type(e).__name__}: {e}".splitlines()[0], {}
-                traceback.print_exc(file=sys.stderr)
+                if not (isinstance(e, OSError) and e.errno is not None):  # the machine refused (a full disk): the
+                    traceback.print_exc(file=sys.stderr)  # reason says it all; anything else may be a bug
             finally:
                 energy.close()
                 if carbon is not None:

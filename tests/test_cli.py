@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
@@ -699,3 +700,19 @@ def test_resume_with_another_checkpoint_interval_continues_from_the_checkpoint(t
     assert [(r["step"], r["eval_accuracy"], r["train_loss"]) for r in read_run(stopped)["evals"]] == whole
     assert not [w for w in recwarn if "starts again" in str(w.message)]
     assert list((out / "runs").iterdir()) == [stopped]  # nothing set aside: the run was not restarted
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_fails_the_run_in_one_line_and_says_how_to_continue(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)  # the checkpoint is written to <name>.tmp first: that "disk" is full
+    (out / "checkpoints" / "smoke-digits-mlp-bp-s0.pt.tmp").symlink_to("/dev/full")
+    args = ["run", "smoke", "--out", str(out), *ONE_PAIR, "--set", "budget.max_epochs=1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert "smoke-digits-mlp-bp-s0: failed (OSError: [Errno 28] No space left on device: " in err, err
+    assert f"continue with: decorbench run smoke --out {out}" in err and "--resume" in err
+    assert read_run(run_path(out, "smoke-digits-mlp-bp-s0"))["end"]["status"] == "failed"
+    assert read_run(run_path(out, "smoke-digits-mlp-dbp-s0"))["end"]["status"] == "completed"  # the suite went on
+    assert main([*args, "--resume"]) == 0  # space freed (the .tmp is gone): the failed run is done again
