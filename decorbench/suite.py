@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from decorbench import distributed
 from decorbench.budget import Budget
@@ -38,6 +39,7 @@ from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
 from decorbench.results import RunWriter, begins_as_written, provenance, read_run, run_path
 from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings
+from decorbench.step import make_step
 from decorbench.train import METHODS, RunSpec, continues, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
@@ -312,6 +314,15 @@ def _compiled_afresh(compile: bool):
         yield
 
 
+def _start_compiler(device: torch.device) -> None:
+    """torch.compile's one-time start-up in a process (≈ 10 s on a 2-core CPU: inductor's imports, its compile
+    workers), paid on a throwaway model: else the first compiled run alone would pay it, in its train_time_s."""
+    with _compiled_afresh(True):
+        tiny = nn.Linear(4, 2).to(device)
+        step = make_step(tiny, torch.optim.SGD(tiny.parameters(), lr=0.0), compile=True)
+        step(torch.randn(2, 4, device=device), torch.tensor([0, 1], device=device))
+
+
 def checkpoint_path(out: Path, run_id: str) -> Path:
     return out / "checkpoints" / f"{run_id}.pt"
 
@@ -439,6 +450,8 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
     Checkpoints of finished runs are deleted. Returns the end records, each also given to `on_end` as its run ends.
     """
     ends, main = [], distributed.is_main()
+    if any(spec.train.compile for spec in todo):
+        _start_compiler(device)
     for spec in todo:
         if distributed.any_rank(should_stop()):
             break
