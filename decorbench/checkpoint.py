@@ -7,6 +7,7 @@ Read with `weights_only=True`: a checkpoint holds tensors and plain containers o
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,6 +38,12 @@ def _os_error(e: BaseException | None) -> OSError | None:
 
 
 def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:
+    """The state saved at `path` (None if there is none); ValueError if the disk damaged it. torch.load does not
+    check the CRCs its zip archive stores: a flipped bit in a tensor would load, and a run go on from wrong weights."""
     if path is None or not path.exists():
         return None
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise ValueError(f"damaged: {damaged} fails its CRC check")
     return torch.load(path, map_location=device, weights_only=True)

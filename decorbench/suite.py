@@ -413,7 +413,8 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
     try:
         saved = load_checkpoint(checkpoint, torch.device("cpu"))
     except Exception as e:  # torch.load raises many kinds; any means the run starts again
-        warnings.warn(f"{checkpoint}: cannot be read ({type(e).__name__}); {spec.run_id} starts again")
+        why = str(e) if isinstance(e, ValueError) else type(e).__name__  # ours say what; torch's are many lines
+        warnings.warn(f"{checkpoint}: cannot be read ({why}); {spec.run_id} starts again")
         return None
     if saved is not None and not ({"spec", "window", "running_stats"} <= saved.keys()
                                   and continues(saved["spec"], spec)):

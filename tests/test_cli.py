@@ -5,9 +5,11 @@ import io
 import json
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -505,6 +507,24 @@ def test_an_unreadable_checkpoint_starts_the_run_again_in_a_fresh_file(tmp_path,
     assert steps[0] == 5 and steps == sorted(set(steps)) and records["end"]["status"] == "completed"
     (aside,) = path.parent.glob(f"{path.name}.replaced-*")  # what the first attempt measured, not lost
     assert aside.read_bytes() == before and not load(tmp_path)["source"].str.contains("replaced").any()  # not results
+
+
+def test_a_checkpoint_damaged_on_disk_is_not_resumed_from(tmp_path, capsys):
+    """torch.load reads a checkpoint with a flipped bit in a tensor without a word: the run would go on from wrong
+    weights. The zip archive's CRCs tell."""
+    path, resume = _interrupted_bp_run(tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "smoke-digits-mlp-bp-s0.pt"
+    with zipfile.ZipFile(checkpoint) as archive:
+        largest = max(archive.infolist(), key=lambda member: member.file_size)
+    data = bytearray(checkpoint.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[largest.header_offset + 26:largest.header_offset + 30])
+    data[largest.header_offset + 30 + name_length + extra_length + largest.file_size // 2] ^= 0x01
+    checkpoint.write_bytes(data)
+    assert main(resume) == 0
+    err = capsys.readouterr().err
+    assert f"{checkpoint}: cannot be read (damaged: {largest.filename} fails its CRC check)" in err, err
+    steps = [r["step"] for r in read_run(path)["evals"]]
+    assert steps[0] == 5 and steps == sorted(set(steps))  # started again, from the first eval
 
 
 @pytest.mark.parametrize("content", ["not results\n", "my precious notes", "dir"])
