@@ -223,6 +223,11 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         raise ConfigError(f"carbon.country_iso_code: {unknown_country}")
     if config.train.schedule == "cosine" and not (config.budget.max_epochs or config.budget.max_steps):
         raise ConfigError("train.schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
+    caps = [cap for cap in ("max_train_seconds", "max_energy_j") if getattr(config.budget, cap)]
+    if config.train.schedule == "cosine" and caps:
+        warnings.warn(f"budget.{caps[0]} with the cosine schedule: a run it ends stops part-way down the schedule, "
+                      "the slower method at a higher lr, so BP's and DBP's final accuracies would not compare; "
+                      "use schedule 'constant' or a cap that no run reaches")
     return config
 
 

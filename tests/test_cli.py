@@ -752,3 +752,14 @@ def test_a_full_disk_fails_the_run_in_one_line_and_says_how_to_continue(tmp_path
     assert read_run(run_path(out, "smoke-digits-mlp-bp-s0"))["end"]["status"] == "failed"
     assert read_run(run_path(out, "smoke-digits-mlp-dbp-s0"))["end"]["status"] == "completed"  # the suite went on
     assert main([*args, "--resume"]) == 0  # space freed (the .tmp is gone): the failed run is done again
+
+
+def test_a_time_or_energy_cap_on_a_cosine_schedule_is_warned_of(recwarn):
+    """A cap cuts a cosine schedule where each method happens to be: the slower one at a higher lr."""
+    with pytest.warns(UserWarning, match=r"budget\.max_train_seconds with the cosine schedule: .* would not compare"):
+        load_config("smoke", ["budget.max_train_seconds=60"])
+    with pytest.warns(UserWarning, match=r"budget\.max_energy_j with the cosine schedule"):
+        load_config("smoke", ["budget.max_energy_j=5000"])
+    load_config("smoke", ["budget.max_train_seconds=60", 'train.schedule="constant"'])
+    load_config("smoke", [])
+    assert not [w for w in recwarn if "cosine" in str(w.message)]
