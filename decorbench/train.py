@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from decorbench.budget import Budget
 from decorbench.checkpoint import save_checkpoint
 from decorbench.data import Data, load_data
 from decorbench.dbp import decorrelate
-from decorbench.meters import CarbonMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes, reset_peak_memory
+from decorbench.meters import (CarbonMeter, CpuContentionMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes,
+                               reset_peak_memory)
 from decorbench.models import create_model
 from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig
 from decorbench.step import make_step, prepare_model
@@ -302,6 +304,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         energy.reset(carried_totals["energy_j"] if carried else 0.0)
     if carbon is not None:
         carbon.reset(carried_totals["co2_kg"] if carried else 0.0)
+    here = distributed.node()  # the run's processes on this machine: their work is not contention
+    contention = CpuContentionMeter([pid for node, pid in distributed.gather((here, os.getpid())) if node == here])
 
     def stop_agreed(at_eval: bool) -> bool:
         """Whether to stop now. Ranks must stop at the same step, so under DDP they agree at every eval point and
@@ -339,6 +343,10 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             totals["carbon_unavailable_reason"] = carbon.unavailable_reason
         if memory_unavailable_reason:
             totals["memory_unavailable_reason"] = memory_unavailable_reason
+        totals["other_cpu_s"], totals["other_cpu_span_s"] = contention.other_cpu_s()
+        busy = contention.warning(totals["other_cpu_s"], totals["other_cpu_span_s"])
+        if busy:
+            totals["timing_warnings"] = [busy]
         return totals, source
 
     def save(totals: dict, end: tuple[str, str] | None) -> None:
@@ -354,6 +362,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                                          "window": {"steps": window, "updates": updates, "losses": losses},
                                          "end": end, **state})
 
+    contention.start(*((carried_totals.get("other_cpu_s", 0.0), carried_totals.get("other_cpu_span_s", 0.0))
+                       if carried else ()))  # an older decorbench's checkpoint: from now on
     begin_training_window()
     while True:
         # Batch order is a function of (seed, epoch): starting at the next batch resumes mid-epoch exactly.

@@ -67,7 +67,7 @@ def test_a_run_writes_every_field_the_readme_documents(smoke):
     assert all(set(EVAL_FIELDS) <= set(e) for e in run["evals"])
     assert set(END_FIELDS) <= set(run["end"]) and {
         "steps", "train_time_s", "flops", "flops_per_step", "final_accuracy", "chance_accuracy", "data_wait_s",
-        "energy_j", "co2_kg", "energy_unavailable_reason"} <= set(run["end"]["totals"])
+        "energy_j", "co2_kg", "energy_unavailable_reason", "other_cpu_s", "other_cpu_span_s"} <= set(run["end"]["totals"])
 
 
 def test_report_takes_the_target_it_is_given(smoke, tmp_path):

@@ -1,7 +1,9 @@
 """Energy and carbon meters: honest nulls where nothing can measure, exact joules from a fake NVML, windows that
 exclude what lies between them, failures that degrade to None without raising, and codecarbon kept offline."""
 
+import shlex
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -13,6 +15,7 @@ import torch
 
 from decorbench.meters import CarbonMeter, EnergyMeter, peak_memory_bytes, reset_peak_memory
 from decorbench.meters import energy as energy_module
+from decorbench.meters.contention import CpuContentionMeter
 from decorbench.meters.energy import describe_nvml_error, pci_bus_id, resolve_nvml_handle, visible_device_entry
 
 
@@ -642,3 +645,40 @@ def test_a_cpu_peak_that_cannot_be_reset_is_unknown_not_the_whole_process_peak(t
     monkeypatch.undo()
     if sys.platform.startswith("linux"):  # resetting works again: so does the peak
         assert reset_peak_memory("cpu") is None and peak_memory_bytes("cpu") > 0
+
+
+def _busy_for(seconds: float, detached: bool) -> subprocess.Popen:
+    """A process spinning one core: the run's own child, or (detached) a stranger's, reparented away from us."""
+    spin = [sys.executable, "-c", f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"]
+    if detached:
+        return subprocess.Popen(["sh", "-c", f"{shlex.join(spin)} >/dev/null 2>&1 &"])
+    return subprocess.Popen(spin)
+
+
+@pytest.mark.parametrize("detached", [True, False])
+def test_cpu_contention_counts_other_processes_work_and_not_the_runs_own(detached):
+    busy = _busy_for(2.5, detached)
+    time.sleep(0.3)  # spinning by now
+    meter = CpuContentionMeter()
+    meter.start()
+    time.sleep(1.5)
+    other_s, span_s = meter.other_cpu_s()
+    busy.wait()
+    if detached:  # one core of the machine's spun for someone else
+        assert other_s / span_s > 0.6 and f"other processes kept {other_s / span_s:.2g} of the " in meter.warning(
+            other_s, span_s)
+    else:  # the run's child (a data loader worker, say) is the run's own work
+        assert other_s / span_s < 0.4
+
+
+def test_cpu_contention_is_flagged_beyond_the_counters_resolution_only():
+    meter = CpuContentionMeter()
+    meter.start()
+    cores = len(meter.cores)
+    assert meter.warning(0.3 * cores * 60, 60.0)  # 30 % of its cores for a minute
+    assert meter.warning(0.05 * cores * 60, 60.0) is None  # background noise
+    assert meter.warning(0.01 * cores, 0.02) is None  # half a core in 20 ms: within a clock tick per counter
+    assert meter.carried_s == 0 and meter.other_cpu_s()[1] >= 0
+    meter.start(carried_s=12.0, carried_span_s=100.0)  # a resumed run goes on from what it had
+    other_s, span_s = meter.other_cpu_s()
+    assert other_s >= 12.0 and span_s >= 100.0

@@ -792,6 +792,17 @@ def test_runs_that_waited_for_their_input_are_flagged_as_timing_the_loader(tmp_p
             "their times and energy measure the data loader") in page
 
 
+def test_runs_timed_on_a_busy_machine_are_flagged_with_how_busy(tmp_path):
+    warned = {"timing_warnings": ["other processes kept 1.5 of the 2 CPU cores it may use busy on average"]}
+    write_points(tmp_path, "bp", "bp", "mlp", 0, [0.5, 0.6, 0.7], 10,
+                 totals={"train_time_s": 30.0, "other_cpu_s": 48.0, "other_cpu_span_s": 32.0, **warned})
+    write_points(tmp_path, "dbp", "dbp", "mlp", 0, [0.5, 0.6, 0.7], 10,
+                 totals={"train_time_s": 30.0, "other_cpu_s": 0.3, "other_cpu_span_s": 31.0})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert ("Times of 1 of 2 runs (bp) were measured on a busy machine: other processes kept up to 1.5 CPU cores busy "
+            "on average while they ran") in page
+
+
 @pytest.mark.parametrize("slow_bp_seed, log_axis", [(0.012, False), (0.6, True)])
 def test_the_overhead_panel_takes_a_log_axis_when_noisy_runs_span_over_ten_times(slow_bp_seed, log_axis, tmp_path):
     """One BP seed 60× slower (a loaded machine) would squeeze ×0.86 and ×0.9 into one pixel on a linear axis."""

@@ -51,6 +51,7 @@ def test_eval_records_carry_every_field_and_grow_monotonically(method):
     assert (last["decor_loss"] is not None) == (method == "dbp")
     assert totals["chance_accuracy"] == 46 / 450  # digits' test split: its most frequent class, 46 of 450 images
     assert totals["data_wait_s"] == 0  # held on the device: no loader to wait for
+    assert totals["other_cpu_s"] >= 0 and totals["other_cpu_span_s"] >= last["train_time_s"]  # evals included
 
 
 def test_a_peak_memory_that_cannot_be_measured_is_null_with_the_reason_in_the_totals(monkeypatch, tmp_path):
@@ -164,7 +165,8 @@ def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
     torch.manual_seed(1234)  # whatever the process did in between
     saved = load_checkpoint(ckpt, torch.device("cpu"))
     assert saved["step"] == 11
-    assert train_run(spec, second, device=torch.device("cpu"), checkpoint=ckpt, resume_from=saved)[0] == "completed"
+    status, _, resumed = train_run(spec, second, device=torch.device("cpu"), checkpoint=ckpt, resume_from=saved)
+    assert status == "completed" and resumed["other_cpu_span_s"] > totals["other_cpu_span_s"]  # carried on
     assert [r["step"] for r in second.evals] == [15, 20, 25, 30]
     assert second.evals[0]["train_time_s"] > first.evals[-1]["train_time_s"]
 

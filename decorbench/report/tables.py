@@ -232,6 +232,14 @@ def notes(runs: pd.DataFrame) -> list[str]:
         for warning, which in flagged.groupby(flagged, sort=False):
             out.append(f"Energy of {len(which)} of {len(runs)} runs ({_named(which.index)}), read with care: "
                        f"{warning}.")
+    if "totals.timing_warnings" in runs:
+        busy = runs[runs["totals.timing_warnings"].notna()]
+        cores = pd.to_numeric(busy["totals.other_cpu_s"]) / pd.to_numeric(busy["totals.other_cpu_span_s"])
+        if len(busy):
+            out.append(f"Times of {len(busy)} of {len(runs)} runs ({_named(busy['run_id'])}) were measured on a busy "
+                       f"machine: other processes kept up to {cores.max():.2g} CPU cores busy on average while they "
+                       "ran (totals.other_cpu_s), so they are slower than their own work makes them; compare them "
+                       "with care, or run them again on a quiet machine.")
     if "totals.data_wait_s" in runs:
         waited, trained = (pd.to_numeric(runs[f"totals.{c}"], errors="coerce") for c in ("data_wait_s", "train_time_s"))
         share = waited / trained.where(trained > 0)
