@@ -931,3 +931,15 @@ def test_seeds_where_both_methods_needed_the_same_are_not_counted_against_dbp(tm
     steps = row(card(render_report([tmp_path], tmp_path / "r.html", target=0.9).read_text(), "digits", "mlp"),
                 "steps to target")
     assert "DBP less in 0, the same in 2 of 2 seeds, seed by seed" in steps
+
+
+def test_a_group_whose_runs_all_failed_before_an_eval_says_nothing_was_measured(tmp_path):
+    write_run(tmp_path, "bp", "bp", "mlp", 0)
+    write_run(tmp_path, "dbp", "dbp", "mlp", 0)
+    for method in ("bp", "dbp"):
+        write_run(tmp_path, f"{method}-r18", method, "resnet18", 0, evals=0, status="failed", reason="CUDA OOM")
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    card = page[page.index("<h3>digits · resnet18</h3>"):]
+    card = card[:card.index("</details>")]
+    assert "No run here reached its first eval point, so nothing was measured" in card
+    assert "not reached" not in card and "to target" not in card  # not "not reached": never evaluated

@@ -162,11 +162,15 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
             shown = _ratio_cell(by_method, column) if pair and with_ratio else None
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
+        nothing = "" if group["evals"].any() else ("No run here reached its first eval point, so nothing was "
+                                                     "measured: the runs list says why.")
+        if nothing:
+            rows = rows[:1]  # "not reached" in every metric would read as evaluated and short of the target
         target = goals.get((dataset, model), math.nan)
         bp_scored = "bp" in by_method and by_method["bp"]["scored"].any()
         source = target_source or ("BP's median final accuracy" if bp_scored else "the median final accuracy of "
                                    "its runs that finished (no BP run finished with an eval accuracy)")
-        groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows,
+        groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows, "nothing": nothing,
                        "settings": settings(group),
                        "target": fmt(target, "accuracy"), "target_source": source,
                        "at_chance": at_chance(target, floor.get((dataset, model), math.nan)), "has_ratio": pair})
