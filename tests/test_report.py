@@ -565,8 +565,11 @@ def test_claim_is_met_where_dbp_is_over_twice_as_fast_and_every_dbp_run_more_acc
     row_text = claim_text(page, "imagenet · resnet18")
     assert "2.26× 2.08–2.50× · min–max reached the target: BP 3/6, DBP 6/6 runs" in row_text
     assert "+5.00 pp DBP 82.50 % (80.00–85.00 %, n = 6) BP 77.50 % (76.00–79.00 %, n = 6)" in row_text
-    assert ("Time: meets the paper's > 2× over its whole spread (p = 0.012, two-sided permutation test of the mean "
-            "log time, 6 DBP vs 3 BP runs).") in row_text
+    # BP crossed between its evals at 20 and 30 s, DBP between 6 to 7.2 s and 12 to 14.4 s: 20/13.3 to 30/6.65
+    assert ("Time: faster; whether by the paper's > 2× the eval interval cannot tell: each run crossed the target "
+            "somewhere between two eval points, which allows a speed-up from 1.50× to 4.51×; evaluate more often "
+            "(train.eval_every) to pin it down (p = 0.012, two-sided permutation test of the mean log time, 6 DBP vs "
+            "3 BP runs).") in row_text
     assert ("Accuracy: higher, as the paper reports (p = 0.0022, two-sided permutation test of the mean final "
             "accuracy, 6 DBP vs 6 BP runs).") in row_text
     assert "none among data set, model, device, target and the two methods' settings and seeds" in row_text
@@ -629,8 +632,8 @@ def test_claim_with_a_given_target_says_it_is_not_the_papers_measure(claimed, tm
     assert "target 50.00 %, given with --target, not BP's own accuracy" in row_text
     assert "reached the target: BP 6/6, DBP 6/6 runs" in row_text  # 50 % at the first eval: 10 s vs 6 to 7.2 s
     assert "1.50× 1.41–1.64× · 95% CI" in row_text  # 6 a side: a bootstrap CI (min–max would be 1.39–1.67×)
-    assert "Time: faster, but not the paper's > 2× (p = 0.0022, two-sided permutation test of the mean log time" \
-        in row_text
+    assert ("Time: not resolved: each run crossed the target somewhere between two eval points, which allows any "
+            "speed-up; evaluate more often (train.eval_every) to pin it down (p = 0.0022") in row_text
 
 
 def test_claim_cannot_be_checked_without_both_methods(tmp_path):
@@ -666,13 +669,20 @@ def test_energy_measured_for_only_some_runs_says_so_and_gets_no_ratio(tmp_path):
     assert not time.split('<td class="num">')[3].startswith("<b>—")  # time is measured everywhere: its ratio stays
 
 
-@pytest.mark.parametrize("dbp_step_s, verdict", [(10, "Time: faster, but not the paper's > 2× (p = 0.029"),
-                                                 (20, "Time: not resolved"),
-                                                 (9.9, "Time: meets the paper's > 2× over its whole spread (p = 0.029")])
+@pytest.mark.parametrize("dbp_step_s, verdict", [
+    (14, "Time: faster, but not the paper's > 2× (p = 0.029"),
+    (20, "Time: not resolved: the two methods' times differ by what seed noise gives"),
+    (5, "Time: meets the paper's > 2× over its whole spread (p = 0.029"),
+    # BP reached the target between 60 and 80 s, DBP between 30 and 40 s: anything from 1.5× to 2.67×
+    (10, "Time: faster; whether by the paper's > 2× the eval interval cannot tell: each run crossed the target "
+         "somewhere between two eval points, which allows a speed-up from 1.50× to 2.67×; evaluate more often "
+         "(train.eval_every) to pin it down (p = 0.029"),
+    (25, "Time: not resolved: each run crossed the target somewhere between two eval points, which allows a speed-up "
+         "from 0.60× to 1.07×")])
 def test_the_speed_verdict_judges_the_speedup_as_shown(dbp_step_s, verdict, tmp_path):
     for seed in range(4):  # enough runs for a difference to show; every run of a method alike
-        write_points(tmp_path, f"bp-{seed}", "bp", "resnet18", seed, [0.3, 0.9], 20)
-        write_points(tmp_path, f"dbp-{seed}", "dbp", "resnet18", seed, [0.3, 0.9], dbp_step_s)
+        write_points(tmp_path, f"bp-{seed}", "bp", "resnet18", seed, [0.3, 0.5, 0.7, 0.9], 20)
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "resnet18", seed, [0.3, 0.5, 0.7, 0.9], dbp_step_s)
     row_text = claim_text(render_report([tmp_path], tmp_path / "r.html").read_text(), "digits · resnet18")
     assert f"{20 / dbp_step_s:.2f}×" in row_text and verdict in row_text
 
@@ -705,8 +715,9 @@ def test_two_runs_a_side_in_one_order_are_not_called_a_result(tmp_path):
 ])
 def test_a_speed_difference_beyond_seed_noise_is_judged_over_its_spread(dbp_step_s, verdict, tmp_path):
     for seed, step_s in enumerate(dbp_step_s):
-        write_points(tmp_path, f"bp-{seed}", "bp", "mlp", seed, [0.3, 0.9], 10)  # 50 %: at the second eval
-        write_points(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, [0.3, 0.9], step_s)
+        # 50 % at the 100th eval: the eval points pin each time to 1 % (the seeds spread it wider)
+        write_points(tmp_path, f"bp-{seed}", "bp", "mlp", seed, [0.3] * 99 + [0.9], 10)
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, [0.3] * 99 + [0.9], step_s)
     row_text = claim_text(render_report([tmp_path], tmp_path / "r.html", target=0.5).read_text(), "digits · mlp")
     judged = ("slower than BP (a slowdown), unlike the paper" if dbp_step_s[0] > 10 else
               "faster; its median meets the paper's > 2×, but its spread reaches below 2×")

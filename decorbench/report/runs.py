@@ -92,7 +92,8 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     seconds per step), mfu (over the whole run and all its processes' GPUs; None off the GPUs with a known peak, or
     for a run resumed on another GPU), resumed_elsewhere (what changed between its parts, or NaN),
     problem, scored (ended without a problem, with an accuracy), reached, reached_at_first_eval (its cost to target
-    only an upper bound), and <name>_to_target for every TO_TARGET column; and the targets used."""
+    only an upper bound), <name>_to_target for every TO_TARGET column and time_before_target (the training time at
+    the eval point before the first at the target: the crossing lies between the two); and the targets used."""
     by_step = evals.sort_values(["run", "step"], kind="stable")
     runs = by_step.drop_duplicates("run", keep="last").set_index("run")
     runs["evals"] = evals.groupby("run")["step"].count()  # eval records, with an accuracy or not (diverged)
@@ -114,7 +115,11 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     goal = targets(runs, target)
     at = pd.MultiIndex.from_frame(scored[GROUP])
     hit = scored[scored["eval_accuracy"].to_numpy() >= goal.reindex(at).to_numpy() - TOLERANCE]
-    first = hit.drop_duplicates("run").set_index("run")  # scored is step-ordered: the first eval at/above target
+    first = hit.drop_duplicates("run")  # scored is step-ordered: the first eval at/above target
+    # the crossing lies between that eval point and the one before (the run's start, before its first)
+    before = scored.groupby("run")["train_time_s"].shift(1, fill_value=0.0).loc[first.index]
+    first = first.set_index("run")
+    runs["time_before_target"] = before.set_axis(first.index)
     runs["reached"] = runs.index.isin(first.index)
     # there already at the first eval point: the crossing lies anywhere before it, its cost is only an upper bound
     opening = scored.drop_duplicates("run").set_index("run")["step"]
