@@ -139,6 +139,20 @@ def _probe_memory() -> str:
             f"allocator's peak{gpu}")
 
 
+def _probe_contention(seconds: float = 0.5) -> str:
+    from decorbench.meters.contention import BUSY_SHARE, CpuContentionMeter
+
+    try:
+        meter = CpuContentionMeter()
+        meter.start()
+        time.sleep(seconds)
+        other_s, span_s = meter.other_cpu_s()
+    except Exception as e:
+        return f"FAILS: {type(e).__name__}: {e}"
+    return (f"works: other processes kept {other_s / span_s:.2g} of the {len(meter.cores)} usable cores busy over "
+            f"{seconds:g} s just now; each run counts this over its run and is flagged over {BUSY_SHARE:.0%} of them")
+
+
 def _probe_energy() -> tuple[str, str]:
     """(NVML counter line, NVML power-sampling line)."""
     from decorbench.meters.energy import EnergyMeter
@@ -208,6 +222,7 @@ def describe_environment(*, country_iso_code: str = "NLD", probe_carbon: bool = 
         gpus.append(f"NVML sees {nvml_count} NVIDIA GPU(s), torch uses {used} ({why})")
     counter, power = _probe_energy()
     time_line, flops_line, memory_line = _probe_time(), _probe_flops(), _probe_memory()
+    contention_line = _probe_contention()  # while the carbon probe's thread starts codecarbon: its own work
     if probe_carbon:
         thread.join(timeout=30)
     carbon_line = carbon[0] if carbon else ("not probed" if not probe_carbon else "no answer within 30 s")
@@ -229,6 +244,7 @@ def describe_environment(*, country_iso_code: str = "NLD", probe_carbon: bool = 
         ("time", time_line),
         ("flops", flops_line),
         ("memory", memory_line),
+        ("other work on CPUs", contention_line),
         ("energy: NVML counter", counter),
         ("energy: NVML power", power),
         ("carbon: codecarbon", carbon_line),

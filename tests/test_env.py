@@ -1,6 +1,7 @@
 """`decorbench env` tells the truth about this machine: what it has, and which meters work here and why not."""
 
 import functools
+import re
 import sys
 import types
 
@@ -53,6 +54,7 @@ def test_meters_that_work_here_say_so_and_carbon_is_labelled_an_estimate(report)
     lines = {line.split("  ")[1].strip(): line for line in report.splitlines() if line.startswith("  ")}
     assert "works" in lines["time"] and "works" in lines["memory"]
     assert "works" in lines["flops"] and "forward 768 FLOPs" in lines["flops"]
+    assert re.search(r"works: other processes kept [\d.e-]+ of the \d+ usable cores busy", lines["other work on CPUs"])
     assert "works — an estimate by codecarbon" in lines["carbon: codecarbon"]
     assert "(NLD)" in lines["carbon: codecarbon"] and "Offline, writes no file" in lines["carbon: codecarbon"]
 
