@@ -104,13 +104,20 @@ def _given_commit() -> str | None:
     return given.lower() or None
 
 
-def provenance(device) -> dict:
-    """Where and with what a number was measured: versions, source commit, hardware, start time."""
+def code_state() -> tuple[str | None, bool | None]:
+    """source_state of this decorbench's own checkout."""
+    return source_state(Path(__file__).parent)
+
+
+def provenance(device, code: tuple[str | None, bool | None] | None = None) -> dict:
+    """Where and with what a number was measured: versions, source commit, hardware, start time. `code`: the
+    code_state() of when the process loaded the code that measures (default: now): a commit made while a suite runs
+    is not the code its later runs ran."""
     import torch  # here, not at module level: reading results (reports) should not pay for importing torch
     import torchvision
 
     device = torch.device(device)
-    commit, dirty = source_state(Path(__file__).parent)
+    commit, dirty = code if code is not None else code_state()
     if commit is None:  # a copy of a checkout without its .git (a container, a remote machine): the sender says
         commit = _given_commit()
     gpu_name = gpu_driver = None

@@ -37,7 +37,7 @@ from decorbench.meters import CarbonMeter, EnergyMeter
 from decorbench.meters.carbon import country_error
 from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
-from decorbench.results import RunWriter, begins_as_written, provenance, read_run, run_path
+from decorbench.results import RunWriter, begins_as_written, code_state, provenance, read_run, run_path
 from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings
 from decorbench.step import make_step
 from decorbench.train import METHODS, RunSpec, continues, train_run
@@ -289,7 +289,7 @@ def _changed(stored: dict, settings: dict, where: str = "") -> list[str]:
 
 
 def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy: EnergyMeter | None = None,
-                carbon: CarbonMeter | None = None) -> dict:
+                carbon: CarbonMeter | None = None, code: tuple | None = None) -> dict:
     return {"run_id": spec.run_id, "suite": spec.suite, "method": spec.method, "model": spec.model,
             "dataset": spec.dataset, "seed": spec.seed, "world_size": distributed.world_size(),
             **_settings(spec, config),
@@ -299,7 +299,7 @@ def _run_record(spec: RunSpec, config: SuiteConfig, device: torch.device, energy
             "carbon_unavailable_reason": carbon.unavailable_reason if carbon else "no carbon meter",
             "carbon_method": carbon.method if carbon else None,  # what co2_kg is: an estimate, of what, how
             "carbon_intensity_g_per_kwh": carbon.carbon_intensity_g_per_kwh if carbon else None,
-            **provenance(device)}
+            **provenance(device, code)}
 
 
 @contextlib.contextmanager
@@ -456,6 +456,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
     Checkpoints of finished runs are deleted. Returns the end records, each also given to `on_end` as its run ends.
     """
     ends, main = [], distributed.is_main()
+    code = code_state()  # the code this process runs: the checkout may change under a long suite
     if any(spec.train.compile for spec in todo):
         _start_compiler(device)
     for spec in todo:
@@ -467,7 +468,7 @@ def run_suite(config: SuiteConfig, out: Path, device: torch.device, todo: list[R
         carbon = _carbon_meter(config, energy)
         if carbon is not None:
             carbon.start()  # ≈ 1.7 s for a process's first run, ≈ 10 ms after (codecarbon caches its hardware)
-        record = _run_record(spec, config, device, energy, carbon)
+        record = _run_record(spec, config, device, energy, carbon, code)
         saved = _resumable_state(checkpoint, spec) if main and path.exists() else None
         resuming = distributed.broadcast(saved is not None)
         if main and not resuming:

@@ -763,3 +763,13 @@ def test_a_time_or_energy_cap_on_a_cosine_schedule_is_warned_of(recwarn):
     load_config("smoke", ["budget.max_train_seconds=60", 'train.schedule="constant"'])
     load_config("smoke", [])
     assert not [w for w in recwarn if "cosine" in str(w.message)]
+
+
+def test_every_run_of_a_suite_records_the_code_its_process_started_with(tmp_path, monkeypatch):
+    """A commit made while a suite runs changes the checkout, not the code the running process loaded."""
+    states = iter([("a" * 40, False), ("b" * 40, True), ("c" * 40, False)])
+    monkeypatch.setattr("decorbench.results.source_state", lambda package_dir: next(states))
+    config = load_config("smoke", [*ONE_PAIR[1::2], "budget.max_steps=1"])
+    run_suite(config, tmp_path, torch.device("cpu"), pending_runs(config, tmp_path, resume=False))
+    recorded = {(r["run"]["git_commit"], r["run"]["git_dirty"]) for r in map(read_run, (tmp_path / "runs").glob("*"))}
+    assert recorded == {("a" * 40, False)}
