@@ -252,6 +252,7 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
         if evals is not None and evals.loc[evals["run_id"].isin(run_ids), "eval_accuracy"].notna().any():
             evals = evals[evals["run_id"].isin(run_ids)]
             _say(format_summary(summarize(evals, config.budget.target_accuracy)), sys.stdout)
+            _say_busy(evals)
     if interrupted:
         return EXIT_INTERRUPTED
     failed = sum(end["status"] == "failed" for end in ends)
@@ -259,6 +260,18 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
         _say(f"decorbench: {failed} run(s) failed, each said why above; once that is fixed, continue with: "
              f"{shlex.join(again)}")
     return 1 if failed else 0
+
+
+def _say_busy(evals) -> None:
+    """The runs timed on a busy machine: their times are in the summary just printed."""
+    if "totals.timing_warnings" not in evals:
+        return
+    busy = evals.drop_duplicates("run_id", keep="last").dropna(subset=["totals.timing_warnings"])
+    if len(busy):
+        cores = (busy["totals.other_cpu_s"].astype(float) / busy["totals.other_cpu_span_s"].astype(float)).max()
+        _say(f"decorbench: {len(busy)} run(s) were timed on a busy machine ({', '.join(busy['run_id'])}): other "
+             f"processes kept up to {cores:.2g} CPU cores busy while they ran; their times are slower than their own "
+             "work makes them")
 
 
 def _env(args) -> int:

@@ -773,3 +773,20 @@ def test_every_run_of_a_suite_records_the_code_its_process_started_with(tmp_path
     run_suite(config, tmp_path, torch.device("cpu"), pending_runs(config, tmp_path, resume=False))
     recorded = {(r["run"]["git_commit"], r["run"]["git_dirty"]) for r in map(read_run, (tmp_path / "runs").glob("*"))}
     assert recorded == {("a" * 40, False)}
+
+
+def test_runs_timed_on_a_busy_machine_are_named_after_the_summary(tmp_path, capsys):
+    from test_meters import _busy_for
+
+    spinning = tmp_path / "spinning"
+    spinning.touch()
+    _busy_for(60, detached=True, while_exists=str(spinning)).wait()  # someone else's job, for the whole suite
+    time.sleep(0.3)
+    try:
+        assert main(["run", "smoke", "--out", str(tmp_path / "out"), *ONE_PAIR, "--set", 'models=["small-cnn"]',
+                     "--set", "budget.max_epochs=2"]) == 0
+    finally:
+        spinning.unlink()
+    err = capsys.readouterr().err
+    assert re.search(r"decorbench: 2 run\(s\) were timed on a busy machine \(smoke-digits-small-cnn-bp-s0, "
+                     r"smoke-digits-small-cnn-dbp-s0\): other processes kept up to [\d.]+ CPU cores busy", err), err

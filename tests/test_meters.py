@@ -647,9 +647,11 @@ def test_a_cpu_peak_that_cannot_be_reset_is_unknown_not_the_whole_process_peak(t
         assert reset_peak_memory("cpu") is None and peak_memory_bytes("cpu") > 0
 
 
-def _busy_for(seconds: float, detached: bool) -> subprocess.Popen:
-    """A process spinning one core: the run's own child, or (detached) a stranger's, reparented away from us."""
-    spin = [sys.executable, "-c", f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"]
+def _busy_for(seconds: float, detached: bool, while_exists: str = "/") -> subprocess.Popen:
+    """A process spinning one core (for `seconds`, or until `while_exists` is gone): the run's own child, or
+    (detached) a stranger's, reparented away from us."""
+    spin = [sys.executable, "-c", "import os, time\nend = time.monotonic() + " + str(seconds) +
+            f"\nwhile time.monotonic() < end and os.path.exists({while_exists!r}): pass"]
     if detached:
         return subprocess.Popen(["sh", "-c", f"{shlex.join(spin)} >/dev/null 2>&1 &"])
     return subprocess.Popen(spin)
