@@ -264,12 +264,11 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
 
 def _say_busy(evals) -> None:
     """The runs timed on a busy machine: their times are in the summary just printed."""
-    if "totals.timing_warnings" not in evals:
-        return
-    busy = evals.drop_duplicates("run_id", keep="last").dropna(subset=["totals.timing_warnings"])
-    if len(busy):
-        cores = (busy["totals.other_cpu_s"].astype(float) / busy["totals.other_cpu_span_s"].astype(float)).max()
-        _say(f"decorbench: {len(busy)} run(s) were timed on a busy machine ({', '.join(busy['run_id'])}): other "
+    from decorbench.report.runs import busy
+
+    slowed, cores = busy(evals.drop_duplicates("run_id", keep="last"))
+    if len(slowed):
+        _say(f"decorbench: {len(slowed)} run(s) were timed on a busy machine ({', '.join(slowed['run_id'])}): other "
              f"processes kept up to {cores:.2g} CPU cores busy while they ran; their times are slower than their own "
              "work makes them")
 

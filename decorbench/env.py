@@ -59,7 +59,6 @@ def _gpus() -> list[str]:
 
 def _source() -> str:
     """The commit every run records, as its results will show it."""
-
     recorded = provenance("cpu")
     commit, dirty = recorded["git_commit"], recorded["git_dirty"]
     if commit is None:

@@ -362,8 +362,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                                          "window": {"steps": window, "updates": updates, "losses": losses},
                                          "end": end, **state})
 
-    contention.start(*((carried_totals.get("other_cpu_s", 0.0), carried_totals.get("other_cpu_span_s", 0.0))
-                       if carried else ()))  # an older decorbench's checkpoint: from now on
+    before = carried_totals if carried else {}  # an older decorbench's checkpoint has none: from now on
+    contention.start(before.get("other_cpu_s", 0.0), before.get("other_cpu_span_s", 0.0))
     begin_training_window()
     while True:
         # Batch order is a function of (seed, epoch): starting at the next batch resumes mid-epoch exactly.

@@ -7,6 +7,7 @@ results file, not its run_id, because two result directories of the same suite r
 
 from __future__ import annotations
 
+import math
 import re
 
 import pandas as pd
@@ -37,6 +38,16 @@ def group_key(key: tuple) -> tuple:
 def by_group(frame: pd.DataFrame, keys: list[str] = GROUP) -> list[tuple[tuple, pd.DataFrame]]:
     """frame.groupby(keys) in the natural order of its keys."""
     return sorted(frame.groupby(keys, sort=False), key=lambda item: group_key(item[0]))
+
+
+def busy(runs: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """The runs (one row each) timed on a busy machine, their end records' timing warning set, and the most CPU
+    cores' worth of other work any of them saw on average (NaN for none)."""
+    if "totals.timing_warnings" not in runs:
+        return runs.iloc[:0], math.nan
+    flagged = runs[runs["totals.timing_warnings"].notna()]
+    cores = pd.to_numeric(flagged["totals.other_cpu_s"]) / pd.to_numeric(flagged["totals.other_cpu_span_s"])
+    return flagged, float(cores.max()) if len(flagged) else math.nan
 
 
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 from ..gpus import peak_bf16_flops, why_no_peak
 from ..results import uncommitted
 from ..settings import NOT_THE_EXPERIMENT, setting_defaults
-from .runs import GROUP, PROBLEMS, by_group, chance, natural
+from .runs import GROUP, PROBLEMS, busy, by_group, chance, natural
 from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "dbp": 1}
@@ -236,14 +236,12 @@ def notes(runs: pd.DataFrame) -> list[str]:
         for warning, which in flagged.groupby(flagged, sort=False):
             out.append(f"Energy of {len(which)} of {len(runs)} runs ({_named(which.index)}), read with care: "
                        f"{warning}.")
-    if "totals.timing_warnings" in runs:
-        busy = runs[runs["totals.timing_warnings"].notna()]
-        cores = pd.to_numeric(busy["totals.other_cpu_s"]) / pd.to_numeric(busy["totals.other_cpu_span_s"])
-        if len(busy):
-            out.append(f"Times of {len(busy)} of {len(runs)} runs ({_named(busy['run_id'])}) were measured on a busy "
-                       f"machine: other processes kept up to {cores.max():.2g} CPU cores busy on average while they "
-                       "ran (totals.other_cpu_s), so they are slower than their own work makes them; compare them "
-                       "with care, or run them again on a quiet machine.")
+    slowed, cores = busy(runs)
+    if len(slowed):
+        out.append(f"Times of {len(slowed)} of {len(runs)} runs ({_named(slowed['run_id'])}) were measured on a busy "
+                   f"machine: other processes kept up to {cores:.2g} CPU cores busy on average while they ran "
+                   "(totals.other_cpu_s), so they are slower than their own work makes them; compare them with care, "
+                   "or run them again on a quiet machine.")
     if "totals.data_wait_s" in runs:
         waited, trained = (pd.to_numeric(runs[f"totals.{c}"], errors="coerce") for c in ("data_wait_s", "train_time_s"))
         share = waited / trained.where(trained > 0)
