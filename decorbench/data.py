@@ -21,12 +21,17 @@ that is not byte-identical to the official one (a re-pickled or trimmed copy).
 Each image-folder sample is augmented under its own seed, drawn from (seed, epoch), so the result does not depend
 on the number of workers either.
 
+Every data set takes the option `validation`: the share of its training set held out (the same images for every
+run, seed and setting) and scored at the eval points instead of the test set, which such runs never see: settings
+chosen on it (lr, ...) are not chosen on the test set. The held-out images are not augmented and not trained on.
+
 Several processes (torchrun): `batch_size` stays the global batch and each of `world_size` ranks gets its share of
 every global batch — the tensor datasets a contiguous slice of it, the image folders DistributedSampler's share (the
 same images, in another order) — so a run trains on the same batches whatever the number of processes. Each rank
 evaluates its contiguous share of the test set.
 """
 
+import copy
 import itertools
 import math
 import os
@@ -52,7 +57,8 @@ DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "image
 # 25 % held out for testing; image folders are only known once read
 _TRAIN_SIZE = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}
 _OPTION_MINIMUM = {"image_size": 1, "num_workers": 0, "data_seed": 0, "num_classes": 2, "channels": 1,
-                   "train_size": 1, "test_size": 1, "noise": 0}
+                   "train_size": 1, "test_size": 1, "noise": 0, "validation": 0}
+_VALIDATION_SPLIT = 2405_02385  # seeds which training images validation holds out: one split for every run
 
 
 def check_options(name: str, options: dict) -> None:
@@ -64,10 +70,13 @@ def check_options(name: str, options: dict) -> None:
     for key, value in options.items():
         if value is None and OPTIONS[name][key] is None:
             continue  # the documented "choose for me"
-        kinds, what = ((int, float), "a number") if key == "noise" else (int, "an integer")
+        kinds, what = ((int, float), "a number") if key in ("noise", "validation") else (int, "an integer")
         if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
                 or value < _OPTION_MINIMUM[key]):
             raise ValueError(f"data.options.{key} must be {what} ≥ {_OPTION_MINIMUM[key]}, got {value!r}")
+        if key == "validation" and value >= 1:
+            raise ValueError(f"data.options.validation is the share of the training set held out, in [0, 1), got "
+                             f"{value!r}")
     if name == "synthetic":
         _check_synthetic_fits(resolved_options(name, options))
 
@@ -92,10 +101,33 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def known_train_size(name: str, options: dict) -> int | None:
-    """The size of data set `name`'s training set without reading it, or None where only its files tell."""
-    if name == "synthetic":
-        return resolved_options(name, options)["train_size"]
-    return _TRAIN_SIZE.get(name)
+    """The size of data set `name`'s training set (less what validation holds out) without reading it, or None where
+    only its files tell."""
+    opts = resolved_options(name, options)
+    whole = opts["train_size"] if name == "synthetic" else _TRAIN_SIZE.get(name)
+    return None if whole is None else whole - held_out(whole, opts["validation"])
+
+
+def held_out(n: int, share: float) -> int:
+    """How many of `n` training images option validation = `share` holds out: at least one for any share above 0."""
+    return max(1, round(n * share)) if share > 0 else 0
+
+
+def _split(n: int, share: float) -> tuple[Tensor, Tensor]:
+    """Indices of the `n` training images (kept, held out), each in the data set's order."""
+    held = torch.randperm(n, generator=_generator(_VALIDATION_SPLIT))[:held_out(n, share)].sort().values
+    kept = torch.ones(n, dtype=torch.bool)
+    kept[held] = False
+    return kept.nonzero().squeeze(1), held
+
+
+def _scored(x_train, y_train, x_test, y_test, share: float) -> tuple:
+    """(training images, their labels, the scored images, their labels): with a validation `share`, the held-out
+    part of the training set replaces the test set. Indexes tensors and numpy arrays alike."""
+    if not share:
+        return x_train, y_train, x_test, y_test
+    kept, held = (i.numpy() for i in _split(len(x_train), share))
+    return x_train[kept], y_train[kept], x_train[held], y_train[held]
 
 
 def input_shape(name: str, options: dict) -> tuple[int, int, int]:
@@ -125,11 +157,11 @@ class Data:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W) of one model input
     train_size: int
-    test_size: int
+    test_size: int  # of the eval set: the test set, or the validation set held out of the training set
     batch_size: int
     seed: int
     device: torch.device
-    chance_accuracy: float  # always guessing the test set's most frequent class: what learning nothing scores
+    chance_accuracy: float  # always guessing the scored set's most frequent class: what learning nothing scores
     rank: int = 0
     world_size: int = 1
     # seconds train_batches spent waiting for a loader to deliver (none for data on the device: its batches are made
@@ -142,7 +174,7 @@ class Data:
         return self.batch_size // self.world_size
 
     def test_shard(self) -> range:
-        """The indices of the test set this rank evaluates: all of them in a single process."""
+        """The indices of the eval set (test or validation) this rank evaluates: all of them in a single process."""
         return range(self.test_size * self.rank // self.world_size, self.test_size * (self.rank + 1) // self.world_size)
 
     def steps_per_epoch(self) -> int:
@@ -154,7 +186,7 @@ class Data:
         raise NotImplementedError
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """This rank's shard of the test set in fixed order, not augmented."""
+        """This rank's shard of the eval set (test or validation) in fixed order, not augmented."""
         raise NotImplementedError
 
 
@@ -276,12 +308,13 @@ class LoaderData(Data):
         yield from self._to_device(self._test)
 
 
-def _digits(**meta) -> Data:
+def _digits(validation: float, **meta) -> Data:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x / 16, y, test_size=0.25, random_state=0, stratify=y)
+    x_train, y_train, x_test, y_test = _scored(x_train, y_train, x_test, y_test, validation)
     mean, std = x_train.mean(), x_train.std()
     x_train, x_test = (torch.tensor((a - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8) for a in (x_train, x_test))
     return TensorData(x_train, torch.tensor(y_train), x_test, torch.tensor(y_test), crop_flip=False, num_classes=10,
@@ -439,11 +472,12 @@ def damaged_data(name: str, root: str | Path | None = None, batch_size: int = 1)
     return None
 
 
-def _cifar(root: Path, augment: bool, **meta) -> Data:
+def _cifar(root: Path, augment: bool, validation: float, **meta) -> Data:
     name = meta["name"]
     folder, train_files, test_file, _, mean, std = _CIFAR[name]
-    return TensorData(*_read_cifar(name, root / folder, train_files), *_read_cifar(name, root / folder, [test_file]),
-                      crop_flip=augment, mean=mean, std=std, num_classes=10 if name == "cifar10" else 100, **meta)
+    splits = _scored(*_read_cifar(name, root / folder, train_files), *_read_cifar(name, root / folder, [test_file]),
+                     validation)
+    return TensorData(*splits, crop_flip=augment, mean=mean, std=std, num_classes=10 if name == "cifar10" else 100, **meta)
 
 
 def _default_workers() -> int:
@@ -454,21 +488,36 @@ def _default_workers() -> int:
     return max(1, min(32, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
 
 
-def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, **meta) -> Data:
+def _subset(dataset: ImageFolder, indices: Tensor) -> Subset:
+    part = Subset(dataset, indices.tolist())
+    part.targets = [dataset.targets[i] for i in part.indices]  # LoaderData's chance accuracy reads them
+    return part
+
+
+def _image_folder(root: Path, augment: bool, image_size: int, num_workers: int | None, validation: float,
+                  **meta) -> Data:
     from torchvision.transforms import v2
 
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
     test_tf = v2.Compose([v2.ToImage(), v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size), *finish])
     train_tf = (v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), *finish])
                 if augment else test_tf)
-    train_set, test_set = _VisibleImageFolder(root / "train", train_tf), _VisibleImageFolder(root / "val", test_tf)
+    train_set = _VisibleImageFolder(root / "train", train_tf)
+    num_classes = len(train_set.classes)
+    if validation:
+        kept, held = _split(len(train_set), validation)
+        scored = copy.copy(train_set)  # the same file list, not listed again (ImageNet's is 1.28 M files)
+        scored.transform = test_tf
+        train_set, test_set = _subset(train_set, kept), _subset(scored, held)
+    else:
+        test_set = _VisibleImageFolder(root / "val", test_tf)
     return LoaderData(train_set, test_set, num_workers=_default_workers() if num_workers is None
-                      else num_workers, num_classes=len(train_set.classes),
+                      else num_workers, num_classes=num_classes,
                       input_shape=(3, image_size, image_size), **meta)
 
 
 def _synthetic(*, data_seed: int, num_classes: int, image_size: int, channels: int, train_size: int,
-               test_size: int, noise: float | None, **meta) -> Data:
+               test_size: int, noise: float | None, validation: float, **meta) -> Data:
     """Smooth random class-mean images (unit pixel std) plus i.i.d. Gaussian pixel noise of std `noise`, scaled
     to unit variance. The default noise grows with sqrt(C·H·W), which keeps the Bayes error the same for every shape.
     """
@@ -483,7 +532,7 @@ def _synthetic(*, data_seed: int, num_classes: int, image_size: int, channels: i
         x = means[y] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
         return x / (1 + noise**2) ** 0.5, y
 
-    return TensorData(*draw(train_size), *draw(test_size), crop_flip=False, num_classes=num_classes, **meta)
+    return TensorData(*_scored(*draw(train_size), *draw(test_size), validation), crop_flip=False, num_classes=num_classes, **meta)
 
 
 def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | str = "cpu",
@@ -509,11 +558,11 @@ def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | s
     if missing:
         raise FileNotFoundError(missing)
     if name == "digits":
-        data = _digits(**meta)
+        data = _digits(**opts, **meta)
     elif name == "synthetic":
         data = _synthetic(**opts, **meta)
     elif name in _CIFAR:
-        data = _cifar(_files_root(name, root), augment, **meta)
+        data = _cifar(_files_root(name, root), augment, **opts, **meta)
     else:
         data = _image_folder(_files_root(name, root), augment, **opts, **meta)
     if batch_size > data.train_size:

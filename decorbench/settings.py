@@ -70,12 +70,15 @@ class DBPConfig:
             raise ValueError("dbp.lr must be ≥ 0, dbp.kappa in [0, 1] and dbp.sample_fraction in (0, 1]")
 
 
-_FOLDER_OPTIONS = {"image_size": 224, "num_workers": None}  # None: the CPUs less one (decorbench.data)
+# every data set's: the share of its training set held out and scored at the eval points instead of the test set,
+# so settings (lr, ...) are chosen without ever looking at the test set; 0: train on all of it, score the test set
+_VALIDATION = {"validation": 0.0}
+_FOLDER_OPTIONS = {"image_size": 224, "num_workers": None, **_VALIDATION}  # None: the CPUs less one (decorbench.data)
 OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their defaults
-    "digits": {}, "cifar10": {}, "cifar100": {},
+    "digits": _VALIDATION, "cifar10": _VALIDATION, "cifar100": _VALIDATION,
     "imagenet": _FOLDER_OPTIONS, "imagenette": _FOLDER_OPTIONS,
     "synthetic": {"data_seed": 0, "num_classes": 10, "image_size": 32, "channels": 3, "train_size": 2048,
-                  "test_size": 512, "noise": None},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32
+                  "test_size": 512, "noise": None, **_VALIDATION},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32
 }
 
 

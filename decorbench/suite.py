@@ -215,8 +215,10 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         raise ConfigError(str(e)) from e
     train_size = known_train_size(config.dataset, config.data.options)
     if train_size is not None and config.train.batch_size > train_size:
+        held = resolved_options(config.dataset, config.data.options)["validation"]
         raise ConfigError(f"train.batch_size {config.train.batch_size} is larger than the {config.dataset} training "
-                          f"set ({train_size} images): no full batch to train on")
+                          f"set ({train_size} images{' left after data.options.validation' if held else ''}): no "
+                          "full batch to train on")
     _check_models(config)
     unknown_country = country_error(config.carbon.country_iso_code)
     if unknown_country:

@@ -14,7 +14,7 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per (dataset, model, method): how many of its runs finished, target, median final accuracy, median
     time to target, how many seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's
     is), and the speed-up = median BP time-to-target / median DBP time-to-target (none where the target is no better
-    than chance_accuracy, always guessing the test set's most frequent class: reaching it says nothing).
+    than chance_accuracy, always guessing the eval set's most frequent class: reaching it says nothing).
 
     Final accuracies are of the runs that ended without a problem (not interrupted, failed, diverged or unfinished),
     as in the report; the target defaults to BP's median of them per dataset and model.

@@ -110,8 +110,8 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) over the whole test set: each rank its shard, summed over the ranks.
-    Precision and memory format as in training (`train.amp`, `train.channels_last`)."""
+    """(mean cross-entropy, top-1 accuracy) over the whole eval set (the test set, or the validation set of
+    data.options.validation): each rank its shard, summed over the ranks. Precision and memory format as in training (`train.amp`, `train.channels_last`)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

@@ -410,6 +410,25 @@ def test_resume_takes_a_data_option_given_at_its_default_as_the_same_setting(tmp
     assert json.loads(path.read_text().splitlines()[0]) == run  # compared, never changed
 
 
+def test_a_suite_scored_on_a_validation_set_says_so_in_its_records_and_report(tmp_path, capsys):
+    args = [*ONE_PAIR, "--set", "budget.max_steps=3", "--set", "data.options.validation=0.2"]
+    assert main(["run", "smoke", "--out", str(tmp_path), *args]) == 0
+    held_out = load_data("digits", batch_size=8, seed=0, options={"validation": 0.2})
+    test_set = load_data("digits", batch_size=8, seed=0)
+    assert held_out.chance_accuracy != test_set.chance_accuracy
+    for method in ("bp", "dbp"):
+        records = read_run(run_path(tmp_path, f"smoke-digits-mlp-{method}-s0"))
+        assert records["run"]["hyperparameters"]["data"]["options"] == {"validation": 0.2}
+        assert records["end"]["totals"]["chance_accuracy"] == held_out.chance_accuracy  # the scored set's
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "2 of 2 runs score a validation set, not the test set: 20% of their training set held out" in page
+    assert "accuracy on a validation set held out of the training set, not on the test set" in page
+    capsys.readouterr()
+    assert main(["run", "smoke", "--out", str(tmp_path / "all"), *args[:-1], "data.options.validation=0.999"]) == 2
+    assert "larger than the digits training set (1 images left after data.options.validation)" in capsys.readouterr().err
+
+
 def test_each_compiled_run_of_a_suite_compiles_its_own_step(tmp_path, monkeypatch):
     """A later run reusing an earlier one's compiled graph would not pay for compilation in its train_time_s."""
     from torch._dynamo.utils import counters

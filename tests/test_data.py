@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decorbench.data import DATASETS, OPTIONS, input_shape, load_data, missing_data
+from decorbench.data import DATASETS, OPTIONS, input_shape, known_train_size, load_data, missing_data
 
 
 def batches(it) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,6 +400,70 @@ def test_synthetic_is_learnable_and_noise_sets_the_difficulty():
     assert 0.3 < hard < 0.95  # chance is 0.1
 
 
+# --- validation: a held-out part of the training set, scored instead of the test set ---------------------------
+
+
+def rows(x: torch.Tensor) -> set[bytes]:
+    return {image.numpy().tobytes() for image in x}
+
+
+def test_validation_holds_out_training_images_and_scores_them_instead_of_the_test_set():
+    opts = {"train_size": 200, "test_size": 50, "image_size": 4, "channels": 1}
+    whole = load_data("synthetic", batch_size=10, seed=0, options=opts)
+    held = load_data("synthetic", batch_size=10, seed=0, options={**opts, "validation": 0.25})
+    assert (held.train_size, held.test_size) == (150, 50)
+    trained, scored = batches(held.train_batches(0))[0], batches(held.test_batches())[0]
+    assert not rows(trained) & rows(scored)  # never trained on
+    assert rows(trained) | rows(scored) == rows(batches(whole.train_batches(0))[0])  # all from the training set
+    assert not rows(scored) & rows(batches(whole.test_batches())[0])  # the test set is not seen at all
+    assert known_train_size("synthetic", {**opts, "validation": 0.25}) == 150
+
+
+def test_every_run_holds_out_the_same_images_whatever_its_seed_or_batch_size():
+    a, b = (load_data("digits", batch_size=bs, seed=seed, options={"validation": 0.1})
+            for bs, seed in ((12, 0), (4, 3)))  # both divide 1212: whole epochs
+    assert (a.train_size, a.test_size) == (1212, 135) == (known_train_size("digits", {"validation": 0.1}), 135)
+    assert torch.equal(batches(a.test_batches())[0], batches(b.test_batches())[0])
+    assert rows(batches(a.train_batches(0))[0]) == rows(batches(b.train_batches(2))[0])
+    assert sorted(set(batches(a.test_batches())[1].tolist())) == list(range(10))
+    assert a.chance_accuracy == torch.bincount(batches(a.test_batches())[1]).max().item() / 135
+
+
+def test_cifar_validation_images_are_training_images_not_augmented(cifar_root):
+    data = load_data("cifar10", batch_size=4, seed=0, root=cifar_root, options={"validation": 0.2})
+    assert (data.train_size, data.test_size) == (8, 2)
+    mean, std = CIFAR10_MEAN_STD
+    training = torch.cat([expected_images(10 * i, mean, std) for i in range(1, 6)])
+    labels = [label for i in range(1, 6) for label in (i, 9 - i)]
+    x, y = batches(data.test_batches())
+    for img, label in zip(x, y):
+        match = [k for k in range(10) if torch.allclose(img, training[k])]
+        assert len(match) == 1 and labels[match[0]] == label
+
+
+def test_an_image_folders_validation_images_come_from_train_with_the_test_transform(folder_root):
+    opts = {"image_size": 32, "num_workers": 0, "validation": 0.5}
+    data = load_data("imagenette", batch_size=3, seed=0, root=folder_root, options=opts)
+    assert (data.num_classes, data.train_size, data.test_size) == (2, 3, 3)
+    for path in (folder_root / "val").rglob("*.png"):  # not read: anything there would change nothing
+        Image.new("RGB", (40, 36), (0, 255, 0)).save(path)
+    again = load_data("imagenette", batch_size=3, seed=4, root=folder_root, options=opts)
+    (x, y), (x2, y2) = batches(data.test_batches()), batches(again.test_batches())
+    assert torch.equal(x, x2) and torch.equal(y, y2)  # the same images, not augmented
+    trained = batches(data.train_batches(0))[1].tolist()
+    assert sorted(trained + y.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert data.chance_accuracy == max(y.tolist().count(c) for c in (0, 1)) / 3
+    mean, std = torch.tensor([0.485, 0.406]), torch.tensor([0.229, 0.225])  # ImageNet's, red and blue
+    for img, label in zip(x, y):  # cats red, dogs blue: unmistakably the training images
+        torch.testing.assert_close(img[[0, 2]].mean((1, 2)), (torch.eye(2)[label] - mean) / std, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("share", [1.0, 1.5, -0.1, True, "0.1", float("nan")])
+def test_a_validation_share_outside_0_to_1_is_a_value_error(share):
+    with pytest.raises(ValueError, match="data.options.validation"):
+        load_data("digits", batch_size=8, seed=0, options={"validation": share})
+
+
 # --- errors -------------------------------------------------------------------------------------------------
 
 
@@ -408,7 +472,7 @@ def test_bad_names_options_and_batch_sizes_are_value_errors():
         load_data("mnist", batch_size=8, seed=0)
     with pytest.raises(ValueError, match="noize.*valid: " + ", ".join(OPTIONS["synthetic"])):
         load_data("synthetic", batch_size=8, seed=0, options={"noize": 1.0})
-    with pytest.raises(ValueError, match="valid: none"):
+    with pytest.raises(ValueError, match="'image_size' for digits; valid: validation$"):
         load_data("digits", batch_size=8, seed=0, options={"image_size": 8})
     for options, message in [({"num_classes": 1}, "num_classes must be an integer ≥ 2, got 1"),
                              ({"image_size": 2.5}, "image_size must be an integer ≥ 1"),

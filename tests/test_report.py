@@ -778,7 +778,7 @@ def test_a_target_no_better_than_chance_is_flagged_and_its_speedup_not_judged(tm
         write_points(tmp_path, f"mlp-bp-{seed}", "bp", "mlp", seed, [0.5, 0.8], 10, totals={"chance_accuracy": 0.1})
         write_points(tmp_path, f"mlp-dbp-{seed}", "dbp", "mlp", seed, [0.6, 0.8], 10, totals={"chance_accuracy": 0.1})
     page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
-    flag = ("The target is no better than chance (10.00 %, always guessing the test set's most frequent class): "
+    flag = ("The target is no better than chance (10.00 %, always guessing the eval set's most frequent class): "
             "reaching it says nothing about learning.")
     assert flag in card(page, "digits", "resnet18") and flag not in card(page, "digits", "mlp")
     assert ("Time: not judged: BP's accuracy (10.00 %) is no better than chance (10.00 %), so reaching it says "

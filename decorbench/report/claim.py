@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .runs import by_group, chance
+from .runs import by_group, chance, validation
 from .stats import SIGNIFICANT, Difference, difference, median, ratio
 from .tables import at_chance, fmt, mismatches, problem_note, span
 
@@ -204,6 +204,10 @@ def _caveats(dataset: str, model: str, group: pd.DataFrame, target: float | None
         out.append(f"{dataset}: not the paper's data set (ImageNet)")
     if model.lower() not in PAPER_MODELS:
         out.append(f"{model}: not a model the paper reports (ResNet-18; later ResNet-34/50)")
+    held = validation(group)
+    if (held > 0).any():
+        out.append(f"accuracy on a validation set held out of the training set"
+                   f"{'' if (held > 0).all() else f' in {(held > 0).sum()} of {len(group)} runs'}, not on the test set")
     out += _device_caveats(group)
     if target is not None:
         out.append(f"target {fmt(float(target), 'accuracy')}, {source}, not BP's own accuracy")

@@ -50,6 +50,14 @@ def busy(runs: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     return flagged, float(cores.max()) if len(flagged) else math.nan
 
 
+def validation(runs: pd.DataFrame) -> pd.Series:
+    """Per run, the share of its training set held out and scored instead of the test set (data.options.validation;
+    0 for records of an older decorbench, which had no such option)."""
+    column = "hyperparameters.data.options.validation"
+    shares = runs[column] if column in runs else pd.Series(0.0, index=runs.index)
+    return pd.to_numeric(shares, errors="coerce").fillna(0.0)
+
+
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:
     """The loaded eval rows with a `run` key (`load` keeps only runs whose dataset, model and method are strings)."""
     return evals.assign(run=evals["source"])
@@ -76,7 +84,7 @@ def targets(finals: pd.DataFrame, target: float | None) -> pd.Series:
 
 
 def chance(runs: pd.DataFrame) -> pd.Series:
-    """Per (dataset, model): the accuracy of always guessing the test set's most frequent class, as the runs
+    """Per (dataset, model): the accuracy of always guessing the eval set's most frequent class, as the runs
     recorded it (NaN where none did: results of an older decorbench, or no run ended). A target at or below it is
     reached without learning anything."""
     recorded = runs["totals.chance_accuracy"] if "totals.chance_accuracy" in runs else pd.Series(

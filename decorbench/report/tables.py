@@ -16,7 +16,7 @@ import pandas as pd
 from ..gpus import peak_bf16_flops, why_no_peak
 from ..results import uncommitted
 from ..settings import NOT_THE_EXPERIMENT, setting_defaults
-from .runs import GROUP, PROBLEMS, busy, by_group, chance, natural
+from .runs import GROUP, PROBLEMS, busy, by_group, chance, natural, validation
 from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "dbp": 1}
@@ -181,7 +181,7 @@ def at_chance(target: float, chance_accuracy: float) -> str:
     """Why "to target" says nothing about learning when the target is no higher than guessing; else ""."""
     if not target <= chance_accuracy:  # NaN either side: nothing to say
         return ""
-    return (f"The target is no better than chance ({fmt(chance_accuracy, 'accuracy')}, always guessing the test set's "
+    return (f"The target is no better than chance ({fmt(chance_accuracy, 'accuracy')}, always guessing the eval set's "
             "most frequent class): reaching it says nothing about learning.")
 
 
@@ -236,6 +236,13 @@ def notes(runs: pd.DataFrame) -> list[str]:
         for warning, which in flagged.groupby(flagged, sort=False):
             out.append(f"Energy of {len(which)} of {len(runs)} runs ({_named(which.index)}), read with care: "
                        f"{warning}.")
+    held = validation(runs)
+    if (held > 0).any():
+        shares = " / ".join(f"{share:.0%}" for share in sorted(held[held > 0].unique()))
+        out.append(f"{(held > 0).sum()} of {len(runs)} runs score a validation set, not the test set: {shares} of "
+                   "their training set held out and never trained on (data.options.validation). Their accuracies are "
+                   "for choosing settings such as train.lr; compare the methods at the chosen settings on the test "
+                   "set (validation 0).")
     slowed, cores = busy(runs)
     if len(slowed):
         out.append(f"Times of {len(slowed)} of {len(runs)} runs ({_named(slowed['run_id'])}) were measured on a busy "
