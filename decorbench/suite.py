@@ -432,12 +432,13 @@ def _resumable_state(checkpoint: Path, spec: RunSpec) -> dict | None:
 
 
 def _keep_aside(path: Path) -> None:
-    """A results file with eval records, of a run that starts again, renamed beside it (`load` reads `*.jsonl` only),
-    so that what it measured is not lost."""
+    """A results file with eval records or an end record (a run that failed before its first eval: why it failed), of
+    a run that starts again, renamed beside it (`load` reads `*.jsonl` only), so that what it recorded is not lost."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its damage, if any, was said when it was planned
         try:
-            if not (path.is_file() and read_run(path)["evals"]):
+            stored = read_run(path) if path.is_file() else {}
+            if not (stored.get("evals") or stored.get("end")):
                 return
         except OSError:  # unreadable: RunWriter, opening it, fails the run and says why
             return

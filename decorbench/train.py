@@ -24,7 +24,7 @@ from decorbench import distributed
 from decorbench.budget import Budget
 from decorbench.checkpoint import save_checkpoint
 from decorbench.data import Data, load_data
-from decorbench.dbp import decorrelate
+from decorbench.dbp import decorrelate, fused_for_eval
 from decorbench.meters import (CarbonMeter, CpuContentionMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes,
                                reset_peak_memory)
 from decorbench.models import create_model
@@ -111,17 +111,19 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.device) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) over the whole eval set (the test set, or the validation set of
-    data.options.validation): each rank its shard, summed over the ranks. Precision and memory format as in training (`train.amp`, `train.channels_last`)."""
+    data.options.validation): each rank its shard, summed over the ranks. Precision and memory format as in
+    training (`train.amp`, `train.channels_last`); a DBP model's A = W·R formed once, not per batch."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in data.test_batches():
-        if train.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+    with fused_for_eval(model):
+        for x, y in data.test_batches():
+            if train.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
     model.train()
     loss, hits = distributed.sum_over_ranks([loss_sum.item(), correct.item()])
     return loss / data.test_size, hits / data.test_size

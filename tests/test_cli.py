@@ -286,6 +286,12 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
     ends = [read_run(run_path(tmp_path / "out", f"smoke-imagenette-mlp-{m}-s0"))["end"] for m in ("bp", "dbp")]
     assert [e["status"] for e in ends] == ["failed", "failed"]
     assert all(e["reason"].startswith("UnidentifiedImageError: cannot identify image file") for e in ends)
+    failed = run_path(tmp_path / "out", "smoke-imagenette-mlp-bp-s0").read_bytes()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "train" / "dog" / "1.png")
+    assert main([*_folder_argv(tmp_path, batch_size=4), "--resume"]) == 0
+    path = run_path(tmp_path / "out", "smoke-imagenette-mlp-bp-s0")
+    (aside,) = path.parent.glob(f"{path.name}.replaced-*")  # why it failed, not lost when it is redone
+    assert aside.read_bytes() == failed and read_run(path)["end"]["status"] == "completed"
 
 
 def test_a_run_whose_results_file_cannot_be_written_is_failed_and_the_suite_goes_on(tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from decorbench.dbp import DecorConv2d, DecorLinear, decor_layers, decorrelate, diagnostics, update
+from decorbench.dbp import DecorConv2d, DecorLinear, decor_layers, decorrelate, diagnostics, fused_for_eval, update
 
 
 def mean_abs_offdiag_corr(z: torch.Tensor) -> float:
@@ -215,6 +215,34 @@ def test_resnet18_conversion_keeps_outputs_weights_and_keys():
     state = model.state_dict()
     assert set(state) - set(before_state) == {f"{name}.R" for name in layers}
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
+
+
+def test_eval_forwards_with_a_once_formed_a_give_the_same_outputs_and_never_change_gradients():
+    torch.manual_seed(0)
+    model = decorrelate(torchvision.models.resnet18(num_classes=10))
+    for m in decor_layers(model).values():
+        m.R.copy_(near_identity(m.decor_dim))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)  # 2 rows < 10 classes: the head's unfused path outside
+    with torch.no_grad():
+        expected = model(x)
+    with fused_for_eval(model):
+        layers = decor_layers(model).values()
+        formed = [m.fused for m in layers]  # on entry, once
+        with torch.no_grad():
+            outputs = [model(x) for _ in range(3)]
+        assert all(m.fused is a for m, a in zip(layers, formed))
+        model.train()
+        trained = model(x).sum()  # a training-mode forward inside forms A afresh, with its gradient to W
+    for out in outputs:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    trained.backward()
+    assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
+    assert all(m.fused is None for m in decor_layers(model).values())  # nothing held after it
+    model.fc.R.mul_(2)  # and R's changes show again
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(x), expected)
 
 
 def test_skip_and_only_select_layers_by_name():

@@ -2,7 +2,7 @@
 
 from decorbench.dbp.convert import decorrelate
 from decorbench.dbp.layers import DecorConv2d, DecorLinear, DecorMixin
-from decorbench.dbp.update import decor_layers, diagnostics, set_sampling, update
+from decorbench.dbp.update import decor_layers, diagnostics, fused_for_eval, set_sampling, update
 
-__all__ = ["DecorConv2d", "DecorLinear", "DecorMixin", "decor_layers", "decorrelate", "diagnostics", "set_sampling",
-           "update"]
+__all__ = ["DecorConv2d", "DecorLinear", "DecorMixin", "decor_layers", "decorrelate", "diagnostics", "fused_for_eval",
+           "set_sampling", "update"]

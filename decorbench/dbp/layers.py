@@ -20,6 +20,7 @@ class DecorMixin:
     rule: str
     sampling: bool
     sample: torch.Tensor | None
+    fused: torch.Tensor | None
 
     def _init_decor(self, d: int, kappa: float, sample_fraction: float, rule: str, device=None) -> None:
         if not 0.0 <= kappa <= 1.0:
@@ -35,6 +36,7 @@ class DecorMixin:
         self.rule = rule
         self.sampling = True  # False: training forwards keep no sample (steps that skip the update)
         self.sample = None  # (n_s, d) inputs x kept from the latest training forward, detached
+        self.fused = None  # A = W·R formed once for many eval-mode forwards (update.fused_for_eval), else None
 
     @property
     def decor_dim(self) -> int:
@@ -45,6 +47,8 @@ class DecorMixin:
 
     def _fused_weight(self) -> torch.Tensor:
         """A = W·R with W flattened to (out, d). Autograd gives grad_W = grad_A·Rᵀ, costing out·d²."""
+        if self.fused is not None and not self.training:
+            return self.fused
         w = self.weight
         return (w.reshape(w.shape[0], -1) @ self.R.to(w.dtype)).reshape(w.shape)
 
@@ -66,7 +70,7 @@ class DecorLinear(DecorMixin, nn.Linear):
         rows = x.reshape(-1, self.in_features)
         # Fused A = W·R costs out·d² (plus the same in backward); z = R·x costs rows·d² (plus the
         # same for grad_x). Pick the cheaper per call: the classifier head at small batch goes unfused.
-        if rows.shape[0] < self.out_features:
+        if rows.shape[0] < self.out_features and (self.fused is None or self.training):
             return F.linear(F.linear(x, self.R.to(x.dtype)), self.weight, self.bias)
         return F.linear(x, self._fused_weight(), self.bias)
 

@@ -11,6 +11,9 @@ rows per rank and w ranks) or the d×d second moment of the rows (an all-reduce,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -21,6 +24,23 @@ from decorbench.dbp.layers import DecorMixin
 def decor_layers(model: nn.Module) -> dict[str, DecorMixin]:
     """Qualified name → decorrelation layer, in module order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, DecorMixin)}
+
+
+@contextlib.contextmanager
+def fused_for_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, eval-mode forwards use each decorrelation layer's A = W·R formed once on entry instead of once per
+    forward (for ResNet-18, 41 G MACs per batch: as much as a forward of 22 images at 224²). W and R must not change
+    inside; training-mode forwards form A afresh as always, so gradients are never wrong."""
+    layers = list(decor_layers(model).values())
+    with torch.no_grad():
+        for m in layers:
+            m.fused = None
+            m.fused = m._fused_weight()
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.fused = None
 
 
 def set_sampling(model: nn.Module, on: bool) -> None:
