@@ -6,6 +6,7 @@ import runpy
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 SCRIPT = "reports/scripts/gpu_step_cost.py"
 
@@ -67,7 +68,14 @@ def test_gpu_session_skips_a_phase_it_has_no_time_for_and_still_bundles(tmp_path
 def test_lr_tta_table_gives_the_published_numbers_from_the_published_results(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["reports/scripts/lr_tta.py", "reports/cpu/lr_tta", "0.95"])
     runpy.run_path("reports/scripts/lr_tta.py", run_name="__main__")
-    table = capsys.readouterr().out
-    assert "| mlp | 0.003 | DBP | 5/5 | 24 | 58 ms | 98.2 % | 1.38× (4 of 5) | 0.77× (0 of 5) |" in table
-    assert "| small-cnn | 0.001 | DBP | 5/5 | 36 | 455 ms | 99.6 % | 1.08× (5 of 5) | 0.85× (0 of 5) |" in table
-    assert "| mlp | 0.0003 | BP | 1/5 | 168 |" in table and table.count("\n") == 2 + 16
+    test, validation, picked = capsys.readouterr().out.split("\n\n")[1::2]
+    assert "| mlp | 0.003 | DBP | 5/5 | 24 | 58 ms | 98.2 % | 1.38× (4 of 5) | 0.77× (0 of 5) |" in test
+    assert "| small-cnn | 0.001 | DBP | 5/5 | 36 | 455 ms | 99.6 % | 1.08× (5 of 5) | 0.85× (0 of 5) |" in test
+    assert "| mlp | 0.0003 | DBP | 1/5 | 186 | 416 ms | 94.9 % | 0.90× (no seed reached it with both) |" in test
+    assert "| mlp | 0.0003 | BP | 0/5 | — | — | 92.2 % |" in validation
+    assert "| mlp | 0.01 | DBP | 5/5 | 24 | 46 ms | 97.4 % | 1.75× (4 (+1 equal) of 5) |" in validation
+    assert test.count("\n") == validation.count("\n") == 2 + 20 - 1
+    assert "| mlp | steps | validation | 0.003 | 0.01 | 33 | 30 | 1.10× (4 of 5) |" in picked
+    assert "| mlp | steps | test | 0.003 | 0.003 | 33 | 24 | 1.38× (4 of 5) |" in picked
+    published = Path("reports/cpu/lr_tta.md").read_text()
+    assert all(table in published for table in (test, validation, picked))

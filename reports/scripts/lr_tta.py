@@ -1,6 +1,8 @@
 """The tables of cpu/lr_tta.md from its results files: per model, shared lr and method, steps and time to the
 target (median over seeds, and how many seeds got there), final accuracy, and the BP/DBP ratios with their
-seed-by-seed counts (a seed's BP and DBP runs share initial weights and batches).
+seed-by-seed counts (a seed's BP and DBP runs share initial weights and batches); the same on the validation set
+(`<root>/validation/lr*`); then each method at its own best lr, chosen on the validation set and, for contrast, on
+the test set, compared on the test set.
 
     python reports/scripts/lr_tta.py reports/cpu/lr_tta 0.95
 """
@@ -15,8 +17,11 @@ import pandas as pd
 from decorbench.report.runs import per_run, tidy
 from decorbench.results import load
 
+MEASURES = {"steps": "steps_to_target", "time": "time_to_target"}
+
 
 def runs(root: Path, target: float) -> pd.DataFrame:
+    """Every run under `root`'s lr* folders, with its lr."""
     parts = []
     for folder in sorted(root.glob("lr*")):
         table, _ = per_run(tidy(load(folder)), target=target)
@@ -24,12 +29,19 @@ def runs(root: Path, target: float) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def seed_by_seed(part: pd.DataFrame, column: str) -> str:
+def seed_by_seed(bp: pd.DataFrame, dbp: pd.DataFrame, column: str) -> str:
     """In how many seeds DBP needed less than BP (both reached the target), of the seeds where both did."""
-    wide = part.pivot_table(index="seed", columns="method", values=column)
-    both = wide.dropna() if {"bp", "dbp"} <= set(wide.columns) else wide.iloc[:0]
+    both = pd.concat({"bp": bp.set_index("seed")[column], "dbp": dbp.set_index("seed")[column]}, axis=1).dropna()
+    if both.empty:
+        return "no seed reached it with both"
     less, same = int((both["dbp"] < both["bp"]).sum()), int((both["dbp"] == both["bp"]).sum())
     return f"{less}" + (f" (+{same} equal)" if same else "") + f" of {len(both)}"
+
+
+def _shown(measure: str, value: float) -> str:
+    if pd.isna(value):
+        return "—"
+    return f"{1000 * value:.0f} ms" if measure == "time" else f"{value:g}"
 
 
 def table(all_runs: pd.DataFrame) -> str:
@@ -40,12 +52,13 @@ def table(all_runs: pd.DataFrame) -> str:
         for method, runs_ in part.groupby("method"):
             other = (pd.to_numeric(runs_["totals.other_cpu_s"]) / pd.to_numeric(runs_["totals.other_cpu_span_s"]))
             row = [model, f"{lr:g}", method.upper(), f"{int(runs_['reached'].sum())}/{len(runs_)}",
-                   f"{medians.loc[method, 'steps']:g}", f"{1000 * medians.loc[method, 'time']:.0f} ms",
+                   _shown("steps", medians.loc[method, "steps"]), _shown("time", medians.loc[method, "time"]),
                    f"{100 * runs_['final_accuracy'].median():.1f} %"]
             if method == "dbp":
-                steps, time = (medians.loc["bp", c] / medians.loc["dbp", c] for c in ("steps", "time"))
-                row += [f"{steps:.2f}× ({seed_by_seed(part, 'steps_to_target')})",
-                        f"{time:.2f}× ({seed_by_seed(part, 'time_to_target')})"]
+                bp = part[part["method"] == "bp"]
+                ratios = (medians.loc["bp", m] / medians.loc["dbp", m] for m in MEASURES)
+                row += ["—" if pd.isna(r) else f"{r:.2f}× ({seed_by_seed(bp, runs_, c)})"
+                        for r, c in zip(ratios, MEASURES.values())]
             else:
                 row += ["", ""]
             row.append(f"{other.max():.2f}")
@@ -53,5 +66,39 @@ def table(all_runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def best_lrs(all_runs: pd.DataFrame, measure: str) -> pd.Series:
+    """Per (model, method): the lr with the lowest median `measure` to the target among those at which every seed
+    reached it (the lower lr on a tie)."""
+    whole = all_runs.groupby(["model", "method", "lr"]).agg(all_reached=("reached", "all"),
+                                                            median=(MEASURES[measure], "median"))
+    eligible = whole[whole["all_reached"]].reset_index().sort_values(["median", "lr"])
+    return eligible.groupby(["model", "method"])["lr"].first()
+
+
+def picked(test: pd.DataFrame, validation: pd.DataFrame) -> str:
+    """Each method at its own best lr, chosen on the validation runs (and on the test runs), measured on the test
+    runs at that lr."""
+    lines = ["| model | by | chosen on | BP's lr | DBP's lr | BP (test) | DBP (test) | BP/DBP (DBP less) |",
+             "|" + "---|" * 8]
+    for model in sorted(test["model"].unique()):
+        for measure, column in MEASURES.items():
+            for chosen_on, source in (("validation", validation), ("test", test)):
+                lrs = best_lrs(source, measure)
+                at = {m: test[(test["model"] == model) & (test["method"] == m) & (test["lr"] == lrs.get((model, m)))]
+                      for m in ("bp", "dbp")}
+                if any(part.empty for part in at.values()):
+                    lines.append(f"| {model} | {measure} | {chosen_on} | no lr at which every seed reached it | | | "
+                                 "| |")
+                    continue
+                bp, dbp = (at[m][column].median() for m in ("bp", "dbp"))
+                lines.append(f"| {model} | {measure} | {chosen_on} | {lrs[(model, 'bp')]:g} | {lrs[(model, 'dbp')]:g} "
+                             f"| {_shown(measure, bp)} | {_shown(measure, dbp)} | {bp / dbp:.2f}× "
+                             f"({seed_by_seed(at['bp'], at['dbp'], column)}) |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table(runs(Path(sys.argv[1]), float(sys.argv[2]))))
+    root, target = Path(sys.argv[1]), float(sys.argv[2])
+    test, validation = runs(root, target), runs(root / "validation", target)
+    print(f"On the test set:\n\n{table(test)}\n\nOn the validation set:\n\n{table(validation)}\n\n"
+          f"Each at its own best lr, on the test set:\n\n{picked(test, validation)}")
