@@ -253,6 +253,11 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
             evals = evals[evals["run_id"].isin(run_ids)]
             _say(format_summary(summarize(evals, config.budget.target_accuracy)), sys.stdout)
             _say_busy(evals)
+            held = config.data.options.get("validation", 0)
+            if held:
+                _say(f"decorbench: these accuracies are on a validation set, {held:.0%} of the training set held out "
+                     "(data.options.validation), not on the test set: choose settings with them, compare methods on "
+                     "the test set")
     if interrupted:
         return EXIT_INTERRUPTED
     failed = sum(end["status"] == "failed" for end in ends)

@@ -419,6 +419,7 @@ def test_resume_takes_a_data_option_given_at_its_default_as_the_same_setting(tmp
 def test_a_suite_scored_on_a_validation_set_says_so_in_its_records_and_report(tmp_path, capsys):
     args = [*ONE_PAIR, "--set", "budget.max_steps=3", "--set", "data.options.validation=0.2"]
     assert main(["run", "smoke", "--out", str(tmp_path), *args]) == 0
+    assert "these accuracies are on a validation set, 20% of the training set held out" in capsys.readouterr().err
     held_out = load_data("digits", batch_size=8, seed=0, options={"validation": 0.2})
     test_set = load_data("digits", batch_size=8, seed=0)
     assert held_out.chance_accuracy != test_set.chance_accuracy
