@@ -316,14 +316,14 @@ def _setting(value) -> str:
     return json.dumps(value, default=str)
 
 
-def _settings(runs: pd.DataFrame, methods_own: bool = True) -> list[str]:
+def setting_columns(runs: pd.DataFrame, methods_own: bool = True) -> list[str]:
     """The columns that make a run's experiment; methods_own=False leaves out DBP's own (hyperparameters.dbp…),
     which a BP run has none of."""
     return [c for c in runs if c == "world_size" or c.startswith(("hyperparameters.", "budget."))
             and c not in NOT_THE_EXPERIMENT and (methods_own or not c.startswith("hyperparameters.dbp"))]
 
 
-def _shown_settings(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def shown_settings(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """One data set's runs' settings as display strings; a setting a record of an older decorbench lacks (it did not
     exist yet) at its default, the behaviour it was added with, as --resume reads such a record."""
     defaults = setting_defaults(str(part["dataset"].iloc[0]))
@@ -348,12 +348,12 @@ def settings(group: pd.DataFrame) -> list[tuple[str, str]]:
     need not open the results files (DBP's own over its DBP runs; values that differ between runs joined by " / ",
     and named in the notes). Then the seeds."""
     out = []
-    for column in _settings(group):
+    for column in setting_columns(group):
         own = column.startswith("hyperparameters.dbp.")
         part = group[group["method"] == "dbp"] if own else group
         if part.empty or column == "hyperparameters.dbp" or column == "hyperparameters.data.root":
             continue  # the dbp table itself (null for BP) and where the data lay are not settings
-        values = sorted(_shown_settings(part, [column])[column].unique(), key=natural)
+        values = sorted(shown_settings(part, [column])[column].unique(), key=natural)
         if values != ["null"]:
             out.append((column.removeprefix("hyperparameters."), " / ".join(values)))
     seeds = sorted(group["seed"].dropna().unique())
@@ -366,8 +366,8 @@ def mismatches(group: pd.DataFrame) -> list[str]:
     weights, data order and eval schedule). Each ratio between the methods then compares different experiments."""
     present = methods(group)
     by_method = {m: group[group["method"] == m] for m in present}
-    out, columns = [], _settings(group, methods_own=False)
-    shown = _shown_settings(group, columns)
+    out, columns = [], setting_columns(group, methods_own=False)
+    shown = shown_settings(group, columns)
     for column in columns:
         values = {m: sorted(shown.loc[part.index, column].unique()) for m, part in by_method.items()}
         if len({tuple(v) for v in values.values()}) > 1:
@@ -391,10 +391,10 @@ def _unmatched(runs: pd.DataFrame) -> list[str]:
 def _pooled(runs: pd.DataFrame) -> list[str]:
     """Runs of one method in a group that are not repeats over seeds of one experiment (results directories of
     different settings reported together, or the same seed twice): each median and spread mixes them."""
-    settings = _settings(runs)
+    settings = setting_columns(runs)
     out = []
     for (dataset, model, method), part in by_group(runs, [*GROUP, "method"]):
-        shown = _shown_settings(part, settings)
+        shown = shown_settings(part, settings)
         differ = [c for c in settings if shown[c].nunique() > 1]
         if differ:
             values = _listed([f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in differ])
