@@ -4,9 +4,12 @@ import torch
 
 from benchmarks.common import DEPTH_CASES, DEPTHS, DEVICES, METHODS, STEP_CASES, TINY, Step, device_or_skip, size, \
     step_time_ratio
+from decorbench.data import load_data
 from decorbench.dbp import decorrelate
 from decorbench.meters import count_flops, peak_memory_bytes, reset_peak_memory
 from decorbench.models import create_model
+from decorbench.settings import TrainConfig
+from decorbench.train import evaluate
 
 
 def _warm_step(method: str, case: str, device: str) -> Step:
@@ -31,6 +34,29 @@ class TrainStep:
 
     def time_train_step(self, method, case, device):
         self.step()
+
+
+class Evaluate:
+    """One eval point as runs make it (`decorbench.train.evaluate`, DBP forming each A = W·R once per eval) over 4
+    batches of the case's size; eval is not in a run's training time, but it is in its wall time and the GPU's."""
+
+    params = TrainStep.params
+    param_names = TrainStep.param_names
+    number = 1
+    repeat = (1, 7, 30.0)
+    warmup_time = 0.0
+
+    def setup(self, method, case, device):
+        self.step = _warm_step(method, case, device)
+        side, batch = size(*STEP_CASES[case][1:])
+        self.data = load_data("synthetic", batch_size=batch, seed=0, device=self.step.device, options={
+            "image_size": side, "train_size": batch, "test_size": 4 * batch})
+        fast = self.step.device.type == "cuda"
+        self.train = TrainConfig(batch_size=batch, amp=fast, channels_last=fast)
+        evaluate(self.step.model, self.data, self.train, self.step.device)
+
+    def time_evaluate(self, method, case, device):
+        evaluate(self.step.model, self.data, self.train, self.step.device)
 
 
 class TrainStepPeakMemory:

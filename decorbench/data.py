@@ -28,7 +28,7 @@ chosen on it (lr, ...) are not chosen on the test set. The held-out images are n
 Several processes (torchrun): `batch_size` stays the global batch and each of `world_size` ranks gets its share of
 every global batch — the tensor datasets a contiguous slice of it, the image folders DistributedSampler's share (the
 same images, in another order) — so a run trains on the same batches whatever the number of processes. Each rank
-evaluates its contiguous share of the test set.
+evaluates its contiguous share of the eval set.
 """
 
 import copy
@@ -161,7 +161,7 @@ class Data:
     batch_size: int
     seed: int
     device: torch.device
-    chance_accuracy: float  # always guessing the scored set's most frequent class: what learning nothing scores
+    chance_accuracy: float  # always guessing the eval set's most frequent class: what learning nothing scores
     rank: int = 0
     world_size: int = 1
     # seconds train_batches spent waiting for a loader to deliver (none for data on the device: its batches are made
@@ -477,7 +477,8 @@ def _cifar(root: Path, augment: bool, validation: float, **meta) -> Data:
     folder, train_files, test_file, _, mean, std = _CIFAR[name]
     splits = _scored(*_read_cifar(name, root / folder, train_files), *_read_cifar(name, root / folder, [test_file]),
                      validation)
-    return TensorData(*splits, crop_flip=augment, mean=mean, std=std, num_classes=10 if name == "cifar10" else 100, **meta)
+    return TensorData(*splits, crop_flip=augment, mean=mean, std=std, num_classes=10 if name == "cifar10" else 100,
+                      **meta)
 
 
 def _default_workers() -> int:
@@ -532,7 +533,8 @@ def _synthetic(*, data_seed: int, num_classes: int, image_size: int, channels: i
         x = means[y] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
         return x / (1 + noise**2) ** 0.5, y
 
-    return TensorData(*_scored(*draw(train_size), *draw(test_size), validation), crop_flip=False, num_classes=num_classes, **meta)
+    return TensorData(*_scored(*draw(train_size), *draw(test_size), validation), crop_flip=False,
+                      num_classes=num_classes, **meta)
 
 
 def load_data(name: str, *, batch_size: int, seed: int, device: torch.device | str = "cpu",

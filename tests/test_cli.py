@@ -433,7 +433,8 @@ def test_a_suite_scored_on_a_validation_set_says_so_in_its_records_and_report(tm
     assert "accuracy on a validation set held out of the training set, not on the test set" in page
     capsys.readouterr()
     assert main(["run", "smoke", "--out", str(tmp_path / "all"), *args[:-1], "data.options.validation=0.999"]) == 2
-    assert "larger than the digits training set (1 images left after data.options.validation)" in capsys.readouterr().err
+    left = "larger than the digits training set (1 images left after data.options.validation)"
+    assert left in capsys.readouterr().err
 
 
 def test_each_compiled_run_of_a_suite_compiles_its_own_step(tmp_path, monkeypatch):

@@ -34,7 +34,6 @@ def fused_for_eval(model: nn.Module) -> Iterator[nn.Module]:
     layers = list(decor_layers(model).values())
     with torch.no_grad():
         for m in layers:
-            m.fused = None
             m.fused = m._fused_weight()
     try:
         yield model
