@@ -973,7 +973,7 @@ def test_a_sweep_reported_together_gives_each_setting_its_row_and_marks_each_met
                          budget={"max_epochs": 3, "target_accuracy": 0.9},
                          hyperparameters={"train": {"lr": lr}, "data": {"options": {"validation": 0.2}}})
     text = sweep_text(render_report(sorted(tmp_path.glob("lr*")), tmp_path / "r.html").read_text())
-    assert "digits · mlp swept: train.lr · accuracy on a validation set" in text
+    assert "digits · mlp swept: train.lr · accuracy on a validation set · target accuracy 90.00 %" in text
     assert text.split("final accuracy best ")[1].strip() == (  # in the settings' numeric order: 3e-4 before 1e-2
         "BP train.lr 0.0003 0/2 — — 85.00 % "
         "BP train.lr 0.01 2/2 20 3 s 95.00 % best by time, steps "

@@ -100,7 +100,7 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
         runs_total=len(runs), files_skipped=skipped, provenance=tables.provenance(runs),
         target_given=None if target is None else tables.fmt(float(target), "accuracy"), target_source=source,
         notes=tables.notes(runs), summary=tables.summary(runs, goals, None if target is None else source),
-        sweeps=sweep.sweeps(runs), claim=claim.check(runs, goals, target, source),
+        sweeps=sweep.sweeps(runs, goals), claim=claim.check(runs, goals, target, source),
         no_accuracy=runs["final_accuracy"].isna().all(), figures=_figures(evals, runs, goals),
         statuses=tables.status_counts(runs), runs=tables.run_rows(runs))
     partial = output.with_name(f".{output.name}.partial")

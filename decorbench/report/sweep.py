@@ -10,6 +10,7 @@ fast median over the lucky ones.
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
@@ -33,9 +34,10 @@ def _order(label: tuple) -> tuple:
                  for v, shown in zip(map(_value, label), label))
 
 
-def sweeps(runs: pd.DataFrame) -> list[dict]:
+def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
     """Per (dataset, model) in which some method's runs differ in settings: {group, swept (the settings that
-    differ), rows}; a row per method and setting: runs, how many reached the target, median steps and time to it,
+    differ), on (which set the accuracies are of), target (`goals`' accuracy there), rows}; a row per method and
+    setting: runs, how many reached the target, median steps and time to it,
     median final accuracy (of the runs that ended without a problem), and whether it is the method's best by time or
     by steps."""
     columns = [c for c in setting_columns(runs) if c not in NOT_SWEPT]
@@ -68,5 +70,6 @@ def sweeps(runs: pd.DataFrame) -> list[dict]:
         out.append({"group": f"{dataset} · {model}",
                     "swept": ", ".join(c.removeprefix("hyperparameters.") for c in swept),
                     "on": "a validation set" if (held > 0).all() else "the test set" if (held == 0).all()
-                    else "a validation set in some runs, the test set in others", "rows": rows})
+                    else "a validation set in some runs, the test set in others",
+                    "target": fmt(goals.get((dataset, model), math.nan), "accuracy"), "rows": rows})
     return out
