@@ -7,4 +7,5 @@ from decorbench.meters.flops import count_flops
 from decorbench.meters.memory import peak_memory_bytes, reset_peak_memory
 from decorbench.meters.timer import Stopwatch
 
-__all__ = ["CarbonMeter", "CpuContentionMeter", "EnergyMeter", "Stopwatch", "count_flops", "peak_memory_bytes", "reset_peak_memory"]
+__all__ = ["CarbonMeter", "CpuContentionMeter", "EnergyMeter", "Stopwatch", "count_flops", "peak_memory_bytes",
+           "reset_peak_memory"]

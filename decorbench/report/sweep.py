@@ -34,6 +34,14 @@ def _order(label: tuple) -> tuple:
                  for v, shown in zip(map(_value, label), label))
 
 
+def best(table: pd.DataFrame) -> dict[str, object]:
+    """{"time": setting, "steps": setting}: of `table`'s rows (index: the settings, in their order; columns `every`,
+    whether every run reached the target, and median `time` and `steps` to it), the one with the lowest median
+    among those every run reached it at, the first on a tie; None where there is none."""
+    eligible = table[table["every"]]
+    return {what: eligible[what].idxmin() if eligible[what].notna().any() else None for what in ("time", "steps")}
+
+
 def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
     """Per (dataset, model) in which some method's runs differ in settings: {group, swept (the settings that
     differ), on (which set the accuracies are of), target (`goals`' accuracy there), rows}; a row per method and
@@ -56,16 +64,14 @@ def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
                              steps=("steps_to_target", "median"), time=("time_to_target", "median"),
                              accuracy=("accuracy", "median"))
             table = table.loc[sorted(table.index, key=_order)]
-            eligible = table[table["every"]]
-            best = {what: eligible[column].idxmin() if eligible[column].notna().any() else None
-                    for what, column in (("time", "time"), ("steps", "steps"))}
+            marked = best(table)
             for label, row in table.iterrows():
                 rows.append({"method": method, "setting": "; ".join(f"{c.removeprefix('hyperparameters.')} {v}"
                                                                     for c, v in zip(swept, label)),
                              "reached": f"{int(row['reached'])}/{int(row['runs'])}",
                              "steps": fmt(row["steps"], "steps"), "time": fmt(row["time"], "seconds"),
                              "accuracy": fmt(row["accuracy"], "accuracy"),
-                             "best": [what for what, at in best.items() if at == label]})
+                             "best": [what for what, at in marked.items() if at == label]})
         held = validation(group)
         out.append({"group": f"{dataset} · {model}",
                     "swept": ", ".join(c.removeprefix("hyperparameters.") for c in swept),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from decorbench.report.runs import per_run, tidy
+from decorbench.report.sweep import best
 from decorbench.results import load
 
 MEASURES = {"steps": "steps_to_target", "time": "time_to_target"}
@@ -68,11 +69,11 @@ def table(all_runs: pd.DataFrame) -> str:
 
 def best_lrs(all_runs: pd.DataFrame, measure: str) -> pd.Series:
     """Per (model, method): the lr with the lowest median `measure` to the target among those at which every seed
-    reached it (the lower lr on a tie)."""
-    whole = all_runs.groupby(["model", "method", "lr"]).agg(all_reached=("reached", "all"),
-                                                            median=(MEASURES[measure], "median"))
-    eligible = whole[whole["all_reached"]].reset_index().sort_values(["median", "lr"])
-    return eligible.groupby(["model", "method"])["lr"].first()
+    reached it (the lower lr on a tie), as the report's Settings swept section marks it."""
+    table = all_runs.groupby(["model", "method", "lr"]).agg(every=("reached", "all"), time=("time_to_target", "median"),
+                                                            steps=("steps_to_target", "median"))
+    return pd.Series({key: best(part.droplevel(["model", "method"]))[measure]
+                      for key, part in table.groupby(level=["model", "method"])})
 
 
 def picked(test: pd.DataFrame, validation: pd.DataFrame) -> str:
