@@ -135,8 +135,9 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
         return str(e)
     except OSError as e:
         return f"--out {out}: cannot read it ({e.strerror or e})"
-    unusable = todo and (missing_data(config.dataset, config.data.root, config.train.batch_size)
-                         or damaged_data(config.dataset, config.data.root, config.train.batch_size))
+    batch = max(variant.train.batch_size for variant in config.variants())
+    unusable = todo and (missing_data(config.dataset, config.data.root, batch)
+                         or damaged_data(config.dataset, config.data.root, batch))
     if unusable:
         return unusable
     for folder in ("runs", "checkpoints"):  # the last check: can results and checkpoints be written there at all
@@ -225,7 +226,7 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
     from decorbench import distributed
     from decorbench.results import load
     from decorbench.suite import run_suite
-    from decorbench.summary import format_summary, summarize
+    from decorbench.summary import format_summary, format_sweeps, summarize
 
     main, world = distributed.is_main(), distributed.world_size()
     sets = [f"--set={assignment}" for assignment in args.set]
@@ -251,7 +252,11 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
             evals = None
         if evals is not None and evals.loc[evals["run_id"].isin(run_ids), "eval_accuracy"].notna().any():
             evals = evals[evals["run_id"].isin(run_ids)]
-            _say(format_summary(summarize(evals, config.budget.target_accuracy)), sys.stdout)
+            target = config.budget.target_accuracy
+            swept = format_sweeps(evals, target)
+            if swept:
+                _say(f"{swept}\nthe summary below pools each method's settings:", sys.stdout)
+            _say(format_summary(summarize(evals, target)), sys.stdout)
             _say_busy(evals)
             held = config.data.options.get("validation", 0)
             if held:

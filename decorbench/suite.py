@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -77,18 +78,39 @@ class SuiteConfig:
     budget: Budget = Budget(max_epochs=1)
     carbon: CarbonConfig = CarbonConfig()
     data: DataConfig = DataConfig()
+    sweep: dict = field(default_factory=dict)  # {"train.lr": (1e-3, 3e-3), ...}: load_config checks [sweep]
+
+    def variants(self) -> list[SuiteConfig]:
+        """This suite once per combination of the [sweep] values (the first key's outermost), each without a sweep;
+        without one, itself alone."""
+        out = []
+        for values in itertools.product(*self.sweep.values()):
+            changes = {"train": {}, "dbp": {}}
+            for key, value in zip(self.sweep, values):
+                section, name = key.split(".")
+                changes[section][name] = value
+            out.append(dataclasses.replace(self, sweep={}, train=dataclasses.replace(self.train, **changes["train"]),
+                                           dbp=dataclasses.replace(self.dbp, **changes["dbp"])))
+        return out
 
     def runs(self) -> list[RunSpec]:
         """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished; the methods'
         order reversed by the parity of seed + the model's place, so neither method always runs second, on a GPU
         its twin has warmed (clocks, temperature): per model across seeds 0 and 1, also when they run as separate
         jobs (`seeds=[0]`, `seeds=[1]`; by position in the list, each such job ran BP first), and across models
-        within one seed. A BP run carries the default [dbp] table: DBP's settings are not part of what it is (nor of
-        its results record)."""
-        return [RunSpec(self.name, method, model, self.dataset, seed, self.train,
-                        self.dbp if method == "dbp" else DBPConfig(), self.budget, self.data.root, self.data.options)
-                for seed in self.seeds for place, model in enumerate(self.models)
-                for method in (self.methods if (seed + place) % 2 == 0 else self.methods[::-1])]
+        and swept settings within one seed. A BP run carries the default [dbp] table: DBP's settings are not part
+        of what it is (nor of its results record), so a sweep of dbp.* settings runs BP once per seed."""
+        specs = {}
+        for seed in self.seeds:
+            for index, variant in enumerate(self.variants()):
+                for place, model in enumerate(self.models):
+                    for method in self.methods if (seed + index + place) % 2 == 0 else self.methods[::-1]:
+                        swept = tuple(key for key in self.sweep if method == "dbp" or not key.startswith("dbp."))
+                        spec = RunSpec(self.name, method, model, self.dataset, seed, variant.train,
+                                       variant.dbp if method == "dbp" else DBPConfig(), self.budget, self.data.root,
+                                       self.data.options, swept)
+                        specs.setdefault(spec.run_id, spec)
+        return list(specs.values())
 
 
 def _check_type(value, hint, where: str):
@@ -109,7 +131,8 @@ def _check_type(value, hint, where: str):
         return float(value)
     expected = origin or hint
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} must be {getattr(expected, '__name__', expected)}, got {value!r}")
+        kind = "a table" if expected is dict else getattr(expected, "__name__", expected)
+        raise ConfigError(f"{where} must be {kind}, got {value!r}")
     return value
 
 
@@ -202,10 +225,6 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     if not SUITE_NAME.fullmatch(config.name):
         raise ConfigError(f"name {config.name!r} must be letters, digits, '.', '_' or '-' (it names files), "
                           "not starting with '.'")
-    longest = max(len(spec.run_id.encode()) for spec in config.runs()) + len(".jsonl.tmp")
-    if longest > 255:  # the longest file name most file systems take
-        raise ConfigError(f"name {config.name[:20]!r}… is {longest - 255} characters too long: a run's file name "
-                          "would exceed 255 bytes")
     bad_seeds = [seed for seed in config.seeds if not 0 <= seed < 2**32]
     if bad_seeds:
         raise ConfigError(f"seeds must be in 0 .. 2**32 - 1, got {bad_seeds[0]}")
@@ -213,16 +232,74 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         check_options(config.dataset, config.data.options)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    unknown_country = country_error(config.carbon.country_iso_code)
+    if unknown_country:
+        raise ConfigError(f"carbon.country_iso_code: {unknown_country}")
+    config = dataclasses.replace(config, sweep=_checked_sweep(config.sweep))
+    try:
+        variants = config.variants()
+    except ValueError as e:  # a swept value its table refuses
+        raise ConfigError(f"sweep: {e}") from e
+    tried = set()  # (batch_size, batchnorm): of what a sweep can change, all that the models were tried at
+    for variant in variants:
+        shape = (variant.train.batch_size, variant.train.batchnorm)
+        try:
+            _check_variant(variant, models=shape not in tried)
+            tried.add(shape)
+        except ConfigError as e:
+            setting = ", ".join(f"{key}={_shown(variant, key)}" for key in config.sweep)
+            raise ConfigError(f"sweep {setting}: {e}" if setting else str(e)) from e
+    longest = max(len(spec.run_id.encode()) for spec in config.runs()) + len(".jsonl.tmp")
+    if longest > 255:  # the longest file name most file systems take
+        raise ConfigError(f"name {config.name[:20]!r}… is {longest - 255} characters too long: a run's file name "
+                          "would exceed 255 bytes")
+    return config
+
+
+SWEEPABLE = {"train": TrainConfig, "dbp": DBPConfig}
+
+
+def _checked_sweep(table: dict) -> dict[str, tuple]:
+    """[sweep] (`train.lr = [1e-3, 3e-3]`, ...) as {"train.lr": (0.001, 0.003)}, its values of the settings' types;
+    ConfigError for anything else. Settings that are lists (dbp.skip) or not part of the experiment are not swept."""
+    out = {}
+    for section, keys in table.items():
+        if section not in SWEEPABLE:
+            raise ConfigError(f"sweep.{section}: only train.* and dbp.* settings can be swept")
+        if not isinstance(keys, dict):
+            raise ConfigError(f"sweep.{section} must be a table of settings, each with a list of values")
+        hints = typing.get_type_hints(SWEEPABLE[section])
+        for key, values in keys.items():
+            where = f"sweep.{section}.{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown key {where}; valid keys: {', '.join(hints)}")
+            if hints[key] not in (int, float, str, bool) or f"hyperparameters.{section}.{key}" in NOT_THE_EXPERIMENT:
+                raise ConfigError(f"{where} cannot be swept (only single values that change the experiment can)")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where} must be a list of at least one value, got {values!r}")
+            values = tuple(_check_type(value, hints[key], f"{where}[{i}]") for i, value in enumerate(values))
+            twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+            if twice is not None:
+                raise ConfigError(f"{where} lists {twice!r} twice")
+            out[f"{section}.{key}"] = values
+    return out
+
+
+def _shown(config: SuiteConfig, key: str) -> str:
+    section, name = key.split(".")
+    return json.dumps(getattr(getattr(config, section), name))
+
+
+def _check_variant(config: SuiteConfig, models: bool = True) -> None:
+    """The checks of the settings a sweep may vary, for one setting of them; `models`: try the models too."""
     train_size = known_train_size(config.dataset, config.data.options)
     if train_size is not None and config.train.batch_size > train_size:
         held = resolved_options(config.dataset, config.data.options)["validation"]
         raise ConfigError(f"train.batch_size {config.train.batch_size} is larger than the {config.dataset} training "
                           f"set ({train_size} images{' left after data.options.validation' if held else ''}): no "
                           "full batch to train on")
-    _check_models(config)
-    unknown_country = country_error(config.carbon.country_iso_code)
-    if unknown_country:
-        raise ConfigError(f"carbon.country_iso_code: {unknown_country}")
+    if models:
+        _check_models(config)
     if config.train.schedule == "cosine" and not (config.budget.max_epochs or config.budget.max_steps):
         raise ConfigError("train.schedule 'cosine' needs budget.max_epochs or budget.max_steps to know its length")
     caps = [cap for cap in ("max_train_seconds", "max_energy_j") if getattr(config.budget, cap)]
@@ -230,7 +307,6 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         warnings.warn(f"budget.{caps[0]} with the cosine schedule: a run it ends stops part-way down the schedule, "
                       "the slower method at a higher lr, so BP's and DBP's final accuracies would not compare; "
                       "use schedule 'constant' or a cap that no run reaches")
-    return config
 
 
 def _check_models(config: SuiteConfig) -> None:
@@ -356,9 +432,10 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
     written is ever replaced. With resume, so are results of other settings (budget, hyperparameters, carbon
     country) than the config's now. A checkpointed run continues only with as many processes as wrote its
     checkpoint. A finished run's checkpoint is deleted."""
-    if config.train.batch_size % world_size:
-        raise ConfigError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
-                          f"{world_size} processes")
+    uneven = next((v.train.batch_size for v in config.variants() if v.train.batch_size % world_size), None)
+    if uneven:
+        raise ConfigError(f"train.batch_size {uneven} (the global batch) does not split evenly over {world_size} "
+                          "processes")
     todo = []
     for spec in config.runs():
         path = run_path(out, spec.run_id)

@@ -1,4 +1,5 @@
-"""The short comparison printed after a suite: per dataset and model, BP vs DBP final accuracy and time to target.
+"""The short comparison printed after a suite: per dataset and model, BP vs DBP final accuracy and time to target,
+and, after a sweep, each setting's row per method.
 
 The per-run numbers come from the report's one-row-per-run table, so the terminal and the HTML report agree.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from decorbench.report.runs import GROUP, chance, per_run, tidy
+from decorbench.report.sweep import sweeps
 
 
 def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
@@ -48,3 +50,18 @@ def format_summary(table: pd.DataFrame) -> str:
             "target, median over the runs that reached it (reached: how many did); "
             "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
             "speed-up > 1: DBP got there sooner\n" + shown.to_string(index=False) + warnings)
+
+
+def format_sweeps(evals: pd.DataFrame, target: float | None = None) -> str:
+    """The report's "Settings swept" tables as text, each method's best setting marked; "" if no method's runs differ
+    in their settings. The summary pools them per method."""
+    runs, goals = per_run(tidy(evals), target)
+    blocks = []
+    for swept in sweeps(runs, goals):
+        table = pd.DataFrame(swept["rows"]).rename(columns={"time": "time_to_target", "steps": "steps_to_target",
+                                                            "accuracy": "final_accuracy"})
+        table["best"] = table["best"].map(lambda by: " and ".join(f"by {what}" for what in by) or "-")
+        blocks.append(f"{swept['group']}: {swept['swept']} swept, accuracies on {swept['on']}, target "
+                      f"{swept['target']}; best = the lowest median to the target among the settings at which every "
+                      f"run reached it\n{table.to_string(index=False)}")
+    return "\n".join(blocks)

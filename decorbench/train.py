@@ -8,6 +8,7 @@ DistributedDataParallel; every number that ends a run or goes into a record is f
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -46,10 +47,16 @@ class RunSpec:
     budget: Budget = Budget(max_epochs=1)
     data_root: str | None = None
     data_options: dict = field(default_factory=dict)
+    swept: tuple[str, ...] = ()  # the settings ("train.lr") a suite's [sweep] varies: each is part of the run_id
 
     @property
     def run_id(self) -> str:
-        return f"{self.suite}-{self.dataset}-{self.model}-{self.method}-s{self.seed}"
+        setting = ""
+        for key in self.swept:
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            setting += f"-{key}={value if isinstance(value, str) else json.dumps(value)}"
+        return f"{self.suite}-{self.dataset}-{self.model}-{self.method}{setting}-s{self.seed}"
 
 
 _RECORDED_AS = {"train": "hyperparameters.train", "data_options": "hyperparameters.data.options"}

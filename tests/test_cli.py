@@ -23,6 +23,7 @@ from decorbench.configs import builtin_names
 from decorbench.data import load_data
 from decorbench.meters import CarbonMeter
 from decorbench.results import END_FIELDS, EVAL_FIELDS, PROVENANCE_FIELDS, RUN_FIELDS, load, read_run, run_path
+from decorbench.settings import DBPConfig
 from decorbench.suite import ConfigError, load_config, pending_runs, run_suite
 from decorbench.train import train_run
 from test_data import cifar_root  # noqa: F401 (a fixture)
@@ -145,6 +146,19 @@ def test_a_run_without_out_writes_a_new_timestamped_directory_under_results(tmp_
     (["run", "smoke", "--set", "train.l\nr=1"], "unknown key 'train.l\\nr'"),
     (["run", "smoke", "--set", f"name=\"{'a' * 240}\""], "characters too long: a run's file name would exceed 255"),
     (["run", "."], ". is a directory, not a config file"),
+    (["run", "smoke", "--set", "sweep.train.lr=1e-3"], "sweep.train.lr must be a list of at least one value, got 0.001"),
+    (["run", "smoke", "--set", "sweep.train.lr=[]"], "sweep.train.lr must be a list of at least one value"),
+    (["run", "smoke", "--set", "sweep.train.lr=[1e-3, 0.001]"], "sweep.train.lr lists 0.001 twice"),
+    (["run", "smoke", "--set", "sweep.train.lr=[1e-3, \"fast\"]"], "sweep.train.lr[1] must be float, got 'fast'"),
+    (["run", "smoke", "--set", "sweep.train.lr=[1e-3, -1]"], "sweep: train.lr must be positive and finite, got -1.0"),
+    (["run", "smoke", "--set", "sweep.train.rate=[1]"], "unknown key sweep.train.rate; valid keys: batch_size,"),
+    (["run", "smoke", "--set", "sweep.budget.max_epochs=[1, 2]"], "sweep.budget: only train.* and dbp.* settings"),
+    (["run", "smoke", "--set", "sweep.dbp.skip=[[\"fc\"]]"], "sweep.dbp.skip cannot be swept"),
+    (["run", "smoke", "--set", "sweep.train.checkpoint_every=[1, 2]"], "sweep.train.checkpoint_every cannot be swept"),
+    (["run", "smoke", "--set", "sweep.train=[1]"], "sweep.train must be a table of settings"),
+    (["run", "smoke", "--set", "sweep=1"], "sweep must be a table, got 1"),
+    (["run", "smoke", "--set", "sweep.train.batch_size=[64, 5000]"],
+     "sweep train.batch_size=5000: train.batch_size 5000 is larger than the digits training set (1347 images)"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -723,6 +737,33 @@ def test_a_suite_runs_seeds_in_turn_with_the_methods_order_alternating_over_seed
     # split into one job a seed, as the README suggests for short GPU leases, each model still alternates
     first = [load_config("smoke", [f"seeds=[{seed}]"]).runs()[0].method for seed in (0, 1)]
     assert first == ["bp", "dbp"]
+
+
+def test_a_sweep_runs_every_combination_once_and_bp_once_per_dbp_only_setting():
+    config = load_config("smoke", ['models=["mlp"]', "seeds=[0, 1]", "sweep.train.lr=[3e-3, 1e-2]",
+                                   "sweep.dbp.kappa=[0.1, 0.5]", "train.lr=1"])  # the sweep's values win
+    runs = {(s.seed, s.method, s.train.lr, s.dbp.kappa): s.run_id for s in config.runs()}
+    assert len(runs) == len(config.runs()) == 2 * 2 * (1 + 2)
+    assert runs[(0, "dbp", 3e-3, 0.5)] == "smoke-digits-mlp-dbp-train.lr=0.003-dbp.kappa=0.5-s0"
+    assert runs[(1, "bp", 1e-2, DBPConfig().kappa)] == "smoke-digits-mlp-bp-train.lr=0.01-s1"
+    assert [s.seed for s in config.runs()] == [0] * 6 + [1] * 6  # a stopped sweep has its first seeds whole
+
+
+def test_a_sweep_records_its_settings_reports_each_and_grows_on_resume(tmp_path, capsys):
+    args = [*ONE_PAIR, "--set", "budget.max_steps=6", "--set", "train.eval_every=3", "--out", str(tmp_path)]
+    assert main(["run", "smoke", *args, "--set", "sweep.train.lr=[1e-3, 1e-2]"]) == 0
+    printed = capsys.readouterr().out
+    assert "digits · mlp: train.lr swept, accuracies on the test set, target 90.00 %" in printed
+    assert printed.count("train.lr 0.001") == printed.count("train.lr 0.01") == 2  # a row per method
+    assert "the summary below pools each method's settings" in printed
+    for lr in ("0.001", "0.01"):
+        record = read_run(run_path(tmp_path, f"smoke-digits-mlp-dbp-train.lr={lr}-s0"))["run"]
+        assert record["hyperparameters"]["train"]["lr"] == float(lr)
+    assert main(["run", "smoke", *args, "--set", "sweep.train.lr=[1e-3, 1e-2, 3e-2]", "--resume"]) == 0
+    assert "2 run(s) to do" in capsys.readouterr().err  # the new value only
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "Settings swept" in page and page.count("train.lr 0.03") == 2
 
 
 def test_gpu_reference_runs_the_fast_path_on_learnable_cifar_shaped_data():
