@@ -135,7 +135,7 @@ def _plan(args, config, world_size: int) -> tuple[Path, list] | str:
         return str(e)
     except OSError as e:
         return f"--out {out}: cannot read it ({e.strerror or e})"
-    batch = max(variant.train.batch_size for variant in config.variants())
+    batch = max(spec.train.batch_size for spec in config.runs())
     unusable = todo and (missing_data(config.dataset, config.data.root, batch)
                          or damaged_data(config.dataset, config.data.root, batch))
     if unusable:

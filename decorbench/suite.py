@@ -79,6 +79,7 @@ class SuiteConfig:
     carbon: CarbonConfig = CarbonConfig()
     data: DataConfig = DataConfig()
     sweep: dict = field(default_factory=dict)  # {"train.lr": (1e-3, 3e-3), ...}: load_config checks [sweep]
+    per_method: dict = field(default_factory=dict)  # {"dbp": {"lr": 1e-2}}: [train] settings of one method's runs
 
     def variants(self) -> list[SuiteConfig]:
         """This suite once per combination of the [sweep] values (the first key's outermost), each without a sweep;
@@ -93,6 +94,11 @@ class SuiteConfig:
                                            dbp=dataclasses.replace(self.dbp, **changes["dbp"])))
         return out
 
+    def of_method(self, method: str) -> SuiteConfig:
+        """The settings of `method`'s runs: [per_method]'s for it in [train]."""
+        return dataclasses.replace(self, per_method={},
+                                   train=dataclasses.replace(self.train, **self.per_method.get(method, {})))
+
     def runs(self) -> list[RunSpec]:
         """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished; the methods'
         order reversed by the parity of seed + the model's place, so neither method always runs second, on a GPU
@@ -106,7 +112,7 @@ class SuiteConfig:
                 for place, model in enumerate(self.models):
                     for method in self.methods if (seed + index + place) % 2 == 0 else self.methods[::-1]:
                         swept = tuple(key for key in self.sweep if method == "dbp" or not key.startswith("dbp."))
-                        spec = RunSpec(self.name, method, model, self.dataset, seed, variant.train,
+                        spec = RunSpec(self.name, method, model, self.dataset, seed, variant.of_method(method).train,
                                        variant.dbp if method == "dbp" else DBPConfig(), self.budget, self.data.root,
                                        self.data.options, swept)
                         specs.setdefault(spec.run_id, spec)
@@ -236,19 +242,22 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     if unknown_country:
         raise ConfigError(f"carbon.country_iso_code: {unknown_country}")
     config = dataclasses.replace(config, sweep=_checked_sweep(config.sweep))
-    try:
-        variants = config.variants()
-    except ValueError as e:  # a swept value its table refuses
-        raise ConfigError(f"sweep: {e}") from e
+    config = dataclasses.replace(config, per_method=_checked_per_method(config.per_method, config.sweep))
     tried = set()  # (batch_size, batchnorm): of what a sweep can change, all that the models were tried at
-    for variant in variants:
-        shape = (variant.train.batch_size, variant.train.batchnorm)
+    for method in config.methods:
+        where = [f"per_method.{method}"] if method in config.per_method else []
         try:
-            _check_variant(variant, models=shape not in tried)
-            tried.add(shape)
-        except ConfigError as e:
-            setting = ", ".join(f"{key}={_shown(variant, key)}" for key in config.sweep)
-            raise ConfigError(f"sweep {setting}: {e}" if setting else str(e)) from e
+            variants = [variant.of_method(method) for variant in config.variants()]
+        except ValueError as e:  # a swept or per-method value its table refuses
+            raise ConfigError(f"{', '.join(['sweep'] * bool(config.sweep) + where)}: {e}") from e
+        for variant in variants:
+            shape = (variant.train.batch_size, variant.train.batchnorm)
+            try:
+                _check_variant(variant, models=shape not in tried)
+                tried.add(shape)
+            except ConfigError as e:
+                setting = [f"sweep {key}={_shown(variant, key)}" for key in config.sweep] + where
+                raise ConfigError(f"{', '.join(setting)}: {e}" if setting else str(e)) from e
     longest = max(len(spec.run_id.encode()) for spec in config.runs()) + len(".jsonl.tmp")
     if longest > 255:  # the longest file name most file systems take
         raise ConfigError(f"name {config.name[:20]!r}… is {longest - 255} characters too long: a run's file name "
@@ -282,6 +291,27 @@ def _checked_sweep(table: dict) -> dict[str, tuple]:
             if twice is not None:
                 raise ConfigError(f"{where} lists {twice!r} twice")
             out[f"{section}.{key}"] = values
+    return out
+
+
+def _checked_per_method(table: dict, sweep: dict) -> dict[str, dict]:
+    """[per_method] (`dbp.train.lr = 1e-2`, ...) as {"dbp": {"lr": 0.01}}; ConfigError for anything else, and for a
+    setting that is also swept (which of the two would a run take?)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for method, sections in table.items():
+        if method not in METHODS:
+            raise ConfigError(f"per_method.{method}: unknown method; choose from: {', '.join(METHODS)}")
+        if not isinstance(sections, dict) or set(sections) - {"train"} or not isinstance(sections.get("train"), dict):
+            raise ConfigError(f"per_method.{method} must hold a table train, of [train] settings for {method}'s runs")
+        out[method] = {}
+        for key, value in sections["train"].items():
+            where = f"per_method.{method}.train.{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown key {where}; valid keys: {', '.join(hints)}")
+            if f"train.{key}" in sweep:
+                raise ConfigError(f"{where}: train.{key} is swept, so it cannot also be set per method")
+            out[method][key] = _check_type(value, hints[key], where)
     return out
 
 
@@ -432,7 +462,7 @@ def pending_runs(config: SuiteConfig, out: Path, resume: bool, world_size: int =
     written is ever replaced. With resume, so are results of other settings (budget, hyperparameters, carbon
     country) than the config's now. A checkpointed run continues only with as many processes as wrote its
     checkpoint. A finished run's checkpoint is deleted."""
-    uneven = next((v.train.batch_size for v in config.variants() if v.train.batch_size % world_size), None)
+    uneven = next((spec.train.batch_size for spec in config.runs() if spec.train.batch_size % world_size), None)
     if uneven:
         raise ConfigError(f"train.batch_size {uneven} (the global batch) does not split evenly over {world_size} "
                           "processes")

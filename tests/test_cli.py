@@ -159,6 +159,14 @@ def test_a_run_without_out_writes_a_new_timestamped_directory_under_results(tmp_
     (["run", "smoke", "--set", "sweep=1"], "sweep must be a table, got 1"),
     (["run", "smoke", "--set", "sweep.train.batch_size=[64, 5000]"],
      "sweep train.batch_size=5000: train.batch_size 5000 is larger than the digits training set (1347 images)"),
+    (["run", "smoke", "--set", "per_method.sgd.train.lr=1"], "per_method.sgd: unknown method; choose from: bp, dbp"),
+    (["run", "smoke", "--set", "per_method.bp.dbp.lr=1"], "per_method.bp must hold a table train"),
+    (["run", "smoke", "--set", "per_method.bp.train.rate=1"], "unknown key per_method.bp.train.rate; valid keys:"),
+    (["run", "smoke", "--set", "per_method.dbp.train.lr=-1"], "per_method.dbp: train.lr must be positive"),
+    (["run", "smoke", "--set", "per_method.bp.train.batch_size=5000"],
+     "per_method.bp: train.batch_size 5000 is larger than the digits training set"),
+    (["run", "smoke", "--set", "per_method.bp.train.lr=1e-2", "--set", "sweep.train.lr=[1e-3]"],
+     "per_method.bp.train.lr: train.lr is swept, so it cannot also be set per method"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -764,6 +772,20 @@ def test_a_sweep_records_its_settings_reports_each_and_grows_on_resume(tmp_path,
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "Settings swept" in page and page.count("train.lr 0.03") == 2
+
+
+def test_per_method_settings_give_each_method_its_own_and_resume_holds_them(tmp_path):
+    tuned = [*ONE_PAIR[1::2], "budget.max_steps=2", "per_method.bp.train.lr=3e-3", "per_method.dbp.train.lr=1e-2"]
+    config = load_config("smoke", tuned)
+    assert {s.method: s.train.lr for s in config.runs()} == {"bp": 3e-3, "dbp": 1e-2}
+    assert [s.method for s in config.runs()] == [s.method for s in load_config("smoke", ONE_PAIR[1::2]).runs()]
+    run_suite(config, tmp_path, torch.device("cpu"), pending_runs(config, tmp_path, resume=False))
+    for method, lr in (("bp", 3e-3), ("dbp", 1e-2)):
+        assert read_run(run_path(tmp_path, f"smoke-digits-mlp-{method}-s0"))["run"]["hyperparameters"]["train"][
+            "lr"] == lr
+    assert pending_runs(config, tmp_path, resume=True) == []
+    with pytest.raises(ConfigError, match=r"other settings \(hyperparameters.train.lr: 0.01 -> 0.001\)"):
+        pending_runs(load_config("smoke", tuned[:-1]), tmp_path, resume=True)
 
 
 def test_gpu_reference_runs_the_fast_path_on_learnable_cifar_shaped_data():

@@ -240,7 +240,8 @@ def test_bp_and_dbp_runs_that_differ_in_more_than_the_method_are_named_in_the_no
     differ = ("budget.max_epochs (BP 5, DBP 20); hyperparameters.train.batch_size (BP 64, DBP 128); seeds (BP 0 / 1, "
               "DBP 10 / 11)")
     assert (f"digits · resnet18: its methods were not run alike, they differ in {differ}; the ratios between them and "
-            "the paper-claim check compare different experiments.") in page
+            "the paper-claim check compare different experiments (as meant when each method runs at the setting "
+            "tuned for it: [per_method]).") in page
     assert f"BP and DBP not run alike, they differ in {differ}" in claim_text(page, "digits · resnet18")
 
     for path in tmp_path.glob("dbp-*.jsonl"):

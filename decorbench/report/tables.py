@@ -384,7 +384,8 @@ def _unmatched(runs: pd.DataFrame) -> list[str]:
         differ = mismatches(group)
         if differ:
             out.append(f"{dataset} · {model}: its methods were not run alike, they differ in {_listed(differ)}; the "
-                       "ratios between them and the paper-claim check compare different experiments.")
+                       "ratios between them and the paper-claim check compare different experiments (as meant when each "
+                       "method runs at the setting tuned for it: [per_method]).")
     return out
 
 
