@@ -79,3 +79,20 @@ def test_lr_tta_table_gives_the_published_numbers_from_the_published_results(cap
     assert "| mlp | steps | test | 0.003 | 0.003 | 33 | 24 | 1.38× (4 of 5) |" in picked
     published = Path("reports/cpu/lr_tta.md").read_text()
     assert all(table in published for table in (test, validation, picked))
+
+
+def test_dbp_tune_tables_give_the_published_numbers_from_the_published_results(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["reports/scripts/dbp_tune.py", "reports/cpu/dbp_tune", "0.95"])
+    runpy.run_path("reports/scripts/dbp_tune.py", run_name="__main__")
+    validation, test = capsys.readouterr().out.strip().split("\n\n")[1::2]
+    picked = "| mlp | DBP | dbp.lr 0.01; dbp.kappa 0.01 | 5/5 | 18 | 38.1 ms | 97.03 % | by time and by steps |"
+    assert picked in validation
+    assert "| small-cnn | DBP | dbp.lr 0.01; dbp.kappa 0.01 | 0/5 | — | — | — |  |" in validation  # diverged
+    assert validation.count("\n") == 2 + 18 - 1
+    tuned = ("| mlp | DBP | lr 0.01, dbp.lr 0.01, κ 0.01 | 5/5 | 18 | 38 ms | 98.7 % | 1.83× (5 of 5) | "
+             "1.20× (4 of 5) |")
+    assert tuned in test
+    assert "| small-cnn | BP | lr 0.01 | 5/5 | 27 | 167 ms | 99.8 % |  |  |" in test
+    assert test.count("\n") == 2 + 10 - 1
+    published = Path("reports/cpu/dbp_tune.md").read_text()
+    assert validation in published and test in published

@@ -1,0 +1,78 @@
+"""The tables of cpu/dbp_tune.md from its results files: the validation sweep of DBP's own settings (the report's
+"Settings swept" rows, each method's best marked), then, on the test set, BP at its own lr against DBP at its default
+and at its tuned settings: medians, BP/DBP ratios and in how many seeds DBP needed less (a seed's BP and DBP runs
+share initial weights and batches).
+
+    python reports/scripts/dbp_tune.py reports/cpu/dbp_tune 0.95
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from decorbench.report.runs import per_run, tidy
+from decorbench.report.sweep import sweeps
+from decorbench.results import load
+
+MEASURES = {"steps": "steps_to_target", "time": "time_to_target"}
+
+
+def swept(folder: Path, target: float) -> str:
+    runs, goals = per_run(tidy(load(folder)), target)
+    lines = ["| model | method | setting | reached | steps | time | final accuracy | best |", "|" + "---|" * 8]
+    for group in sweeps(runs, goals):
+        for row in group["rows"]:
+            lines.append(f"| {group['group'].split(' · ')[1]} | {row['method'].upper()} | {row['setting']} | "
+                         f"{row['reached']} | {row['steps']} | {row['time']} | {row['accuracy']} | "
+                         f"{' and '.join(f'by {what}' for what in row['best'])} |")
+    return "\n".join(lines)
+
+
+def _setting(run: pd.Series) -> str:
+    if run["method"] == "bp":
+        return f"lr {run['hyperparameters.train.lr']:g}"
+    return (f"lr {run['hyperparameters.train.lr']:g}, dbp.lr {run['hyperparameters.dbp.lr']:g}, "
+            f"κ {run['hyperparameters.dbp.kappa']:g}")
+
+
+def _shown(value: float, spec: str) -> str:
+    return "—" if pd.isna(value) else spec.format(value)
+
+
+def _less(bp: pd.Series, dbp: pd.Series) -> str:
+    both = pd.concat({"bp": bp, "dbp": dbp}, axis=1).dropna()
+    if both.empty:
+        return "no seed reached it with both"
+    less, same = int((both["dbp"] < both["bp"]).sum()), int((both["dbp"] == both["bp"]).sum())
+    return f"{less}" + (f" (+{same} equal)" if same else "") + f" of {len(both)}"
+
+
+def compared(folder: Path, target: float) -> str:
+    """Per model (a results directory each under `folder`), BP's runs against each DBP setting's, on the test set."""
+    runs, _ = per_run(tidy(load(sorted(p for p in folder.iterdir() if p.is_dir()))), target)
+    runs["setting"] = runs.apply(_setting, axis=1)
+    lines = ["| model | method | settings | reached | steps | time | final accuracy | BP/DBP steps (DBP fewer) | "
+             "BP/DBP time (DBP less) |", "|" + "---|" * 9]
+    for model, part in runs.groupby("model"):
+        bp = part[part["method"] == "bp"].set_index("seed")
+        for (method, setting), group in sorted(part.groupby(["method", "setting"])):
+            group = group.set_index("seed")
+            finished = group["final_accuracy"].where(group["scored"])  # not of diverged runs
+            row = [model, method.upper(), setting, f"{int(group['reached'].sum())}/{len(group)}",
+                   _shown(group["steps_to_target"].median(), "{:g}"),
+                   _shown(1000 * group["time_to_target"].median(), "{:.0f} ms"),
+                   _shown(100 * finished.median(), "{:.1f} %")]
+            if method == "dbp":
+                row += [_shown(bp[column].median() / group[column].median(), "{:.2f}×")
+                        + f" ({_less(bp[column], group[column])})" for column in MEASURES.values()]
+            lines.append("| " + " | ".join(row + [""] * (9 - len(row))) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    root, goal = Path(sys.argv[1]), float(sys.argv[2])
+    print("### Validation sweep\n\n" + swept(root / "validation", goal))
+    print("\n### On the test set\n\n" + compared(root / "test", goal))
