@@ -359,7 +359,9 @@ def _main(argv: list[str] | None) -> int:
     run.add_argument("--resume", action="store_true",
                      help="in --out: skip finished runs, continue unfinished ones from their last checkpoint")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set budget.max_epochs=3 --set 'models=[\"mlp\"]'")
+                     help="override a config key, e.g. --set budget.max_epochs=3 --set 'models=[\"mlp\"]'; "
+                          "sweep settings: --set 'sweep.train.lr=[1e-3, 3e-3]'; one method's own: "
+                          "--set per_method.dbp.train.lr=1e-2")
     report = sub.add_parser("report", help="write a self-contained HTML report comparing BP and DBP")
     report.add_argument("results", nargs="+", help="results directories (a suite's --out) or .jsonl files")
     report.add_argument("-o", "--output", help="HTML file to write (default: DIR/report.html for one results "
