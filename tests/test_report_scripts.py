@@ -66,6 +66,7 @@ def test_gpu_session_skips_a_phase_it_has_no_time_for_and_still_bundles(tmp_path
 
 
 def test_lr_tta_table_gives_the_published_numbers_from_the_published_results(capsys, monkeypatch):
+    monkeypatch.syspath_prepend("reports/scripts")  # as running it does: its helpers lie beside it
     monkeypatch.setattr(sys, "argv", ["reports/scripts/lr_tta.py", "reports/cpu/lr_tta", "0.95"])
     runpy.run_path("reports/scripts/lr_tta.py", run_name="__main__")
     test, validation, picked = capsys.readouterr().out.split("\n\n")[1::2]
@@ -82,6 +83,7 @@ def test_lr_tta_table_gives_the_published_numbers_from_the_published_results(cap
 
 
 def test_dbp_tune_tables_give_the_published_numbers_from_the_published_results(capsys, monkeypatch):
+    monkeypatch.syspath_prepend("reports/scripts")
     monkeypatch.setattr(sys, "argv", ["reports/scripts/dbp_tune.py", "reports/cpu/dbp_tune", "0.95"])
     runpy.run_path("reports/scripts/dbp_tune.py", run_name="__main__")
     validation, test = capsys.readouterr().out.strip().split("\n\n")[1::2]

@@ -16,6 +16,7 @@ import pandas as pd
 from decorbench.report.runs import per_run, tidy
 from decorbench.report.sweep import sweeps
 from decorbench.results import load
+from seeds import seed_by_seed  # beside this script
 
 MEASURES = {"steps": "steps_to_target", "time": "time_to_target"}
 
@@ -42,14 +43,6 @@ def _shown(value: float, spec: str) -> str:
     return "—" if pd.isna(value) else spec.format(value)
 
 
-def _less(bp: pd.Series, dbp: pd.Series) -> str:
-    both = pd.concat({"bp": bp, "dbp": dbp}, axis=1).dropna()
-    if both.empty:
-        return "no seed reached it with both"
-    less, same = int((both["dbp"] < both["bp"]).sum()), int((both["dbp"] == both["bp"]).sum())
-    return f"{less}" + (f" (+{same} equal)" if same else "") + f" of {len(both)}"
-
-
 def compared(folder: Path, target: float) -> str:
     """Per model (a results directory each under `folder`), BP's runs against each DBP setting's, on the test set."""
     runs, _ = per_run(tidy(load(sorted(p for p in folder.iterdir() if p.is_dir()))), target)
@@ -57,9 +50,8 @@ def compared(folder: Path, target: float) -> str:
     lines = ["| model | method | settings | reached | steps | time | final accuracy | BP/DBP steps (DBP fewer) | "
              "BP/DBP time (DBP less) |", "|" + "---|" * 9]
     for model, part in runs.groupby("model"):
-        bp = part[part["method"] == "bp"].set_index("seed")
+        bp = part[part["method"] == "bp"]
         for (method, setting), group in sorted(part.groupby(["method", "setting"])):
-            group = group.set_index("seed")
             finished = group["final_accuracy"].where(group["scored"])  # not of diverged runs
             row = [model, method.upper(), setting, f"{int(group['reached'].sum())}/{len(group)}",
                    _shown(group["steps_to_target"].median(), "{:g}"),
@@ -67,7 +59,7 @@ def compared(folder: Path, target: float) -> str:
                    _shown(100 * finished.median(), "{:.1f} %")]
             if method == "dbp":
                 row += [_shown(bp[column].median() / group[column].median(), "{:.2f}×")
-                        + f" ({_less(bp[column], group[column])})" for column in MEASURES.values()]
+                        + f" ({seed_by_seed(bp, group, column)})" for column in MEASURES.values()]
             lines.append("| " + " | ".join(row + [""] * (9 - len(row))) + " |")
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import pandas as pd
 from decorbench.report.runs import per_run, tidy
 from decorbench.report.sweep import best
 from decorbench.results import load
+from seeds import seed_by_seed  # beside this script
 
 MEASURES = {"steps": "steps_to_target", "time": "time_to_target"}
 
@@ -28,15 +29,6 @@ def runs(root: Path, target: float) -> pd.DataFrame:
         table, _ = per_run(tidy(load(folder)), target=target)
         parts.append(table.assign(lr=float(folder.name.removeprefix("lr"))))
     return pd.concat(parts, ignore_index=True)
-
-
-def seed_by_seed(bp: pd.DataFrame, dbp: pd.DataFrame, column: str) -> str:
-    """In how many seeds DBP needed less than BP (both reached the target), of the seeds where both did."""
-    both = pd.concat({"bp": bp.set_index("seed")[column], "dbp": dbp.set_index("seed")[column]}, axis=1).dropna()
-    if both.empty:
-        return "no seed reached it with both"
-    less, same = int((both["dbp"] < both["bp"]).sum()), int((both["dbp"] == both["bp"]).sum())
-    return f"{less}" + (f" (+{same} equal)" if same else "") + f" of {len(both)}"
 
 
 def _shown(measure: str, value: float) -> str:
