@@ -101,11 +101,12 @@ class SuiteConfig:
 
     def runs(self) -> list[RunSpec]:
         """Seeds outermost, so an interrupted suite has complete BP/DBP pairs for the seeds it finished; the methods'
-        order reversed by the parity of seed + the model's place, so neither method always runs second, on a GPU
-        its twin has warmed (clocks, temperature): per model across seeds 0 and 1, also when they run as separate
-        jobs (`seeds=[0]`, `seeds=[1]`; by position in the list, each such job ran BP first), and across models
-        and swept settings within one seed. A BP run carries the default [dbp] table: DBP's settings are not part
-        of what it is (nor of its results record), so a sweep of dbp.* settings runs BP once per seed."""
+        order reversed by the parity of seed + the model's place + the swept setting's, so neither method always
+        runs second, on a GPU its twin has warmed (clocks, temperature): per model across seeds 0 and 1, also when
+        they run as separate jobs (`seeds=[0]`, `seeds=[1]`; by position in the list, each such job ran BP first),
+        and across models and swept settings within one seed. A BP run carries the default [dbp] table: DBP's
+        settings are not part of what it is (nor of its results record), so a sweep of dbp.* settings runs BP once
+        per seed."""
         specs = {}
         for seed in self.seeds:
             for index, variant in enumerate(self.variants()):

@@ -58,8 +58,9 @@ def format_sweeps(evals: pd.DataFrame, target: float | None = None) -> str:
     runs, goals = per_run(tidy(evals), target)
     blocks = []
     for swept in sweeps(runs, goals):
-        table = pd.DataFrame(swept["rows"]).rename(columns={"time": "time_to_target", "steps": "steps_to_target",
-                                                            "accuracy": "final_accuracy"})
+        table = pd.DataFrame(swept["rows"]).rename(columns={
+            "time": "time_to_target", "steps": "steps_to_target", "accuracy": "final_accuracy",
+            "bp_over_steps": "bp/dbp_steps", "bp_over_time": "bp/dbp_time"})
         table["best"] = table["best"].map(lambda by: " and ".join(f"by {what}" for what in by) or "-")
         blocks.append(f"{swept['group']}: {swept['swept']} swept, accuracies on {swept['on']}, target "
                       f"{swept['target']}; best = the lowest median to the target among the settings at which every "

@@ -975,12 +975,26 @@ def test_a_sweep_reported_together_gives_each_setting_its_row_and_marks_each_met
                          hyperparameters={"train": {"lr": lr}, "data": {"options": {"validation": 0.2}}})
     text = sweep_text(render_report(sorted(tmp_path.glob("lr*")), tmp_path / "r.html").read_text())
     assert "digits · mlp swept: train.lr · accuracy on a validation set · target accuracy 90.00 %" in text
-    assert text.split("final accuracy best ")[1].strip() == (  # in the settings' numeric order: 3e-4 before 1e-2
+    assert text.split("BP / DBP time ")[1].strip() == (  # in the settings' numeric order: 3e-4 before 1e-2
         "BP train.lr 0.0003 0/2 — — 85.00 % "
         "BP train.lr 0.01 2/2 20 3 s 95.00 % best by time, steps "
-        "DBP train.lr 0.0003 2/2 20 3 s 90.00 % "
-        "DBP train.lr 0.01 2/2 15 2.25 s 95.00 % best by time, steps "
-        "DBP train.lr 0.03 1/2 10 1.5 s 82.50 %")
+        "DBP train.lr 0.0003 2/2 20 3 s 90.00 % — — "  # BP never got there at 3e-4
+        "DBP train.lr 0.01 2/2 15 2.25 s 95.00 % best by time, steps 1.33× 1.33× "
+        "DBP train.lr 0.03 1/2 10 1.5 s 82.50 %")  # BP has no runs at 3e-2: no ratio
+
+
+def test_a_sweep_of_dbps_own_settings_compares_each_with_bps_runs(tmp_path):
+    for seed in range(2):
+        write_points(tmp_path, f"bp-s{seed}", "bp", "mlp", seed, [0.5, 0.8, 0.9], 1.0,
+                     budget={"max_epochs": 3, "target_accuracy": 0.9})
+        for kappa, accuracies in ((0.01, [0.5, 0.9, 0.95]), (0.5, [0.9, 0.9, 0.95])):
+            write_points(tmp_path, f"dbp-k{kappa}-s{seed}", "dbp", "mlp", seed, accuracies, 1.0,
+                         budget={"max_epochs": 3, "target_accuracy": 0.9}, hyperparameters={"dbp": {"kappa": kappa}})
+    text = sweep_text(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert "swept: dbp.kappa" in text
+    assert "BP — 2/2 30 3 s 90.00 % DBP" in text  # no DBP settings, and its one setting is not "best"
+    assert "DBP dbp.kappa 0.01 2/2 20 2 s 95.00 % 1.50× 1.50×" in text
+    assert "DBP dbp.kappa 0.5 2/2 10 1 s 95.00 % best by time, steps 3.00× 3.00×" in text
 
 
 def test_no_sweep_section_for_runs_of_one_setting_per_method(suite):

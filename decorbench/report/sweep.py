@@ -17,6 +17,7 @@ import pandas as pd
 from .runs import by_group, validation
 from .tables import METHOD_ORDER, fmt, setting_columns, shown_settings
 
+NOT_APPLICABLE = "—"
 NOT_SWEPT = ("hyperparameters.dbp", "hyperparameters.data.root")  # the dbp table itself (null for BP); where data lay
 
 
@@ -42,36 +43,55 @@ def best(table: pd.DataFrame) -> dict[str, object]:
     return {what: eligible[what].idxmin() if eligible[what].notna().any() else None for what in ("time", "steps")}
 
 
+def _twin(bp: pd.DataFrame | None, label: tuple, shared: list[int]) -> pd.Series | None:
+    """BP's row of the same settings as a DBP row's `label` (all but DBP's own, at positions `shared`), if one."""
+    if bp is None:
+        return None
+    same = [row for at, row in bp.iterrows() if all(at[i] == label[i] for i in shared)]
+    return same[0] if len(same) == 1 else None
+
+
 def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
     """Per (dataset, model) in which some method's runs differ in settings: {group, swept (the settings that
     differ), on (which set the accuracies are of), target (`goals`' accuracy there), rows}; a row per method and
     setting: runs, how many reached the target, median steps and time to it,
-    median final accuracy (of the runs that ended without a problem), and whether it is the method's best by time or
-    by steps."""
+    median final accuracy (of the runs that ended without a problem), whether it is the method's best by time or
+    by steps, and for DBP the ratios BP / DBP of the medians (bp_over_steps, bp_over_time) against BP's runs of the
+    same settings but DBP's own ("" where BP has none: a sweep of DBP's own settings compares each with BP's one)."""
     columns = [c for c in setting_columns(runs) if c not in NOT_SWEPT]
     out = []
     for (dataset, model), group in by_group(runs):
         parts = sorted(group.groupby("method"), key=lambda item: (METHOD_ORDER.get(item[0], 2), item[0]))
         shown = {method: shown_settings(part, columns) for method, part in parts}
+        for method, settings in shown.items():  # not the [dbp] defaults: BP runs have no DBP settings
+            if method != "dbp":
+                settings[[c for c in columns if c.startswith("hyperparameters.dbp.")]] = NOT_APPLICABLE
         swept = [c for c in columns if any(s[c].nunique() > 1 for s in shown.values())]
         if not swept:
             continue
-        rows = []
+        tables = {}
         for method, part in parts:
             label = shown[method][swept].apply(tuple, axis=1)
             table = part.assign(label=label, accuracy=part["final_accuracy"].where(part["scored"])).groupby(
                 "label").agg(runs=("run", "size"), reached=("reached", "sum"), every=("reached", "all"),
                              steps=("steps_to_target", "median"), time=("time_to_target", "median"),
                              accuracy=("accuracy", "median"))
-            table = table.loc[sorted(table.index, key=_order)]
-            marked = best(table)
+            tables[method] = table.loc[sorted(table.index, key=_order)]
+        shared = [i for i, c in enumerate(swept) if not c.startswith("hyperparameters.dbp.")]  # BP's settings too
+        rows = []
+        for method, table in tables.items():
+            marked = best(table) if len(table) > 1 else {}  # a method's one setting is not "best"
             for label, row in table.iterrows():
-                rows.append({"method": method, "setting": "; ".join(f"{c.removeprefix('hyperparameters.')} {v}"
-                                                                    for c, v in zip(swept, label)),
+                twin = _twin(tables.get("bp"), label, shared) if method == "dbp" else None
+                setting = "; ".join(f"{c.removeprefix('hyperparameters.')} {v}" for c, v in zip(swept, label)
+                                    if v != NOT_APPLICABLE)
+                rows.append({"method": method, "setting": setting or NOT_APPLICABLE,
                              "reached": f"{int(row['reached'])}/{int(row['runs'])}",
                              "steps": fmt(row["steps"], "steps"), "time": fmt(row["time"], "seconds"),
                              "accuracy": fmt(row["accuracy"], "accuracy"),
-                             "best": [what for what, at in marked.items() if at == label]})
+                             "best": [what for what, at in marked.items() if at == label],
+                             **{f"bp_over_{what}": "" if twin is None else fmt(twin[what] / row[what], "ratio")
+                                for what in ("steps", "time")}})
         held = validation(group)
         out.append({"group": f"{dataset} · {model}",
                     "swept": ", ".join(c.removeprefix("hyperparameters.") for c in swept),
