@@ -70,6 +70,13 @@ class DBPConfig:
             raise ValueError("dbp.lr must be ≥ 0, dbp.kappa in [0, 1] and dbp.sample_fraction in (0, 1]")
 
 
+def swept_value(holder, key: str):
+    """The value of a swept setting `key` ("train.lr") in whatever holds the [train] and [dbp] tables as attributes:
+    a suite config, a run spec."""
+    section, name = key.split(".")
+    return getattr(getattr(holder, section), name)
+
+
 # every data set's: the share of its training set held out and scored at the eval points instead of the test set,
 # so settings (lr, ...) are chosen without ever looking at the test set; 0: train on all of it, score the test set
 _VALIDATION = {"validation": 0.0}

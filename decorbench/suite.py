@@ -39,7 +39,8 @@ from decorbench.meters.carbon import country_error
 from decorbench.meters.memory import host_memory_bytes
 from decorbench.models import MODELS, create_model
 from decorbench.results import RunWriter, begins_as_written, code_state, provenance, read_run, run_path
-from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings
+from decorbench.settings import (NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings,
+                                 swept_value)
 from decorbench.step import make_step
 from decorbench.train import METHODS, RunSpec, continues, train_run
 
@@ -107,9 +108,9 @@ class SuiteConfig:
         and across models and swept settings within one seed. A BP run carries the default [dbp] table: DBP's
         settings are not part of what it is (nor of its results record), so a sweep of dbp.* settings runs BP once
         per seed."""
-        specs = {}
+        specs, variants = {}, self.variants()
         for seed in self.seeds:
-            for index, variant in enumerate(self.variants()):
+            for index, variant in enumerate(variants):
                 for place, model in enumerate(self.models):
                     for method in self.methods if (seed + index + place) % 2 == 0 else self.methods[::-1]:
                         swept = tuple(key for key in self.sweep if method == "dbp" or not key.startswith("dbp."))
@@ -257,7 +258,7 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
                 _check_variant(variant, models=shape not in tried)
                 tried.add(shape)
             except ConfigError as e:
-                setting = [f"sweep {key}={_shown(variant, key)}" for key in config.sweep] + where
+                setting = [f"sweep {key}={json.dumps(swept_value(variant, key))}" for key in config.sweep] + where
                 raise ConfigError(f"{', '.join(setting)}: {e}" if setting else str(e)) from e
     longest = max(len(spec.run_id.encode()) for spec in config.runs()) + len(".jsonl.tmp")
     if longest > 255:  # the longest file name most file systems take
@@ -314,11 +315,6 @@ def _checked_per_method(table: dict, sweep: dict) -> dict[str, dict]:
                 raise ConfigError(f"{where}: train.{key} is swept, so it cannot also be set per method")
             out[method][key] = _check_type(value, hints[key], where)
     return out
-
-
-def _shown(config: SuiteConfig, key: str) -> str:
-    section, name = key.split(".")
-    return json.dumps(getattr(getattr(config, section), name))
 
 
 def _check_variant(config: SuiteConfig, models: bool = True) -> None:

@@ -29,7 +29,7 @@ from decorbench.dbp import decorrelate, fused_for_eval
 from decorbench.meters import (CarbonMeter, CpuContentionMeter, EnergyMeter, Stopwatch, count_flops, peak_memory_bytes,
                                reset_peak_memory)
 from decorbench.models import create_model
-from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig
+from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, swept_value
 from decorbench.step import make_step, prepare_model
 
 METHODS = ("bp", "dbp")
@@ -53,8 +53,7 @@ class RunSpec:
     def run_id(self) -> str:
         setting = ""
         for key in self.swept:
-            section, name = key.split(".")
-            value = getattr(getattr(self, section), name)
+            value = swept_value(self, key)
             setting += f"-{key}={value if isinstance(value, str) else json.dumps(value)}"
         return f"{self.suite}-{self.dataset}-{self.model}-{self.method}{setting}-s{self.seed}"
 
