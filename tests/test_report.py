@@ -229,6 +229,15 @@ def test_results_of_different_settings_or_repeated_seeds_reported_together_are_n
     assert ("digits · mlp · BP has seeds 0, 1 in more than one run: its spread over seeds counts the repeats as "
             "seeds.") in page
     assert "· BP pools" not in page
+    claim = claim_text(page, "digits · mlp")  # a verdict over them would count a sweep's settings as seeds
+    assert ("Time: not judged: DBP's runs are of different settings (hyperparameters.dbp.update_every: 1, 4); BP ran "
+            "seeds 0, 1 more than once; the Settings swept section compares them setting by setting; for a verdict, "
+            "report one setting's results files (their names carry the settings swept); for a verdict, report each "
+            "seed's run once. Accuracy: not judged, for the same reason.") in claim
+    assert "×" not in claim.split("Time:")[0]
+
+    page = html.unescape(render_report(sorted((tmp_path / "k1").rglob("*.jsonl")), tmp_path / "r.html").read_text())
+    assert "different settings" not in claim_text(page, "digits · mlp")  # one setting's files: judged
 
 
 def test_bp_and_dbp_runs_that_differ_in_more_than_the_method_are_named_in_the_notes_and_the_claim(tmp_path):
@@ -508,7 +517,7 @@ def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="
     """A run with exactly these eval accuracies, one eval point every `step_s` training seconds; `totals`: more of
     its end record's totals."""
     run = {**PROVENANCE, "run_id": run_id, "suite": "claim", "method": method, "model": model, "dataset": dataset,
-           "seed": seed, "budget": {"max_epochs": len(accuracies)}, "hyperparameters": {}, "country_iso_code": "NLD",
+           "seed": seed, "budget": {"max_epochs": 10}, "hyperparameters": {}, "country_iso_code": "NLD",
            **run_fields}
     with RunWriter(run_path(out, run_id), run) as writer:
         for i, accuracy in enumerate(accuracies, start=1):
@@ -892,7 +901,7 @@ def test_each_group_shows_the_settings_its_runs_compared(tmp_path):
     shown = page.split('<details class="settings">')[1].split("</details>")[0]
     rows = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]+)</td></tr>", shown))
     assert {"train.batch_size": "64", "train.lr": "0.001", "train.eval_every": "21", "dbp.kappa": "0.5",
-            "dbp.update_every": "4", "budget.max_epochs": "2", "seeds": "0, 1"}.items() <= rows.items()
+            "dbp.update_every": "4", "budget.max_epochs": "10", "seeds": "0, 1"}.items() <= rows.items()
 
 
 def test_runs_at_the_target_at_their_first_eval_point_are_said_to_give_only_an_upper_bound(tmp_path):

@@ -389,24 +389,30 @@ def _unmatched(runs: pd.DataFrame) -> list[str]:
     return out
 
 
+def pooled_settings(part: pd.DataFrame) -> str:
+    """The settings in which one method's runs of a group differ, with their values ("" if none): results of
+    different experiments reported together, which each median and spread over them mixes."""
+    columns = setting_columns(part)
+    shown = shown_settings(part, columns)
+    return _listed([f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in columns if shown[c].nunique() > 1])
+
+
+def repeated_seeds(part: pd.DataFrame) -> str:
+    """"seeds 0, 1": the seeds more than one of one method's runs of a group ran ("" if none)."""
+    seeds = part["seed"].value_counts()
+    repeated = sorted(seeds[seeds > 1].index)
+    return f"seed{'s' * (len(repeated) > 1)} {', '.join(map(str, repeated))}" if repeated else ""
+
+
 def _pooled(runs: pd.DataFrame) -> list[str]:
-    """Runs of one method in a group that are not repeats over seeds of one experiment (results directories of
-    different settings reported together, or the same seed twice): each median and spread mixes them."""
-    settings = setting_columns(runs)
     out = []
     for (dataset, model, method), part in by_group(runs, [*GROUP, "method"]):
-        shown = shown_settings(part, settings)
-        differ = [c for c in settings if shown[c].nunique() > 1]
-        if differ:
-            values = _listed([f"{c}: {', '.join(sorted(shown[c].unique()))}" for c in differ])
-            out.append(f"{dataset} · {model} · {method.upper()} pools runs of different settings ({values}): its "
-                       "medians and spreads mix them.")
-        seeds = part["seed"].value_counts()
-        repeated = sorted(seeds[seeds > 1].index)
-        if repeated:
-            out.append(f"{dataset} · {model} · {method.upper()} has seed{'s' * (len(repeated) > 1)} "
-                       f"{', '.join(map(str, repeated))} in more than one run: its spread over seeds counts the "
-                       "repeats as seeds.")
+        name = f"{dataset} · {model} · {method.upper()}"
+        if differ := pooled_settings(part):
+            out.append(f"{name} pools runs of different settings ({differ}): its medians and spreads mix them.")
+        if repeated := repeated_seeds(part):
+            out.append(f"{name} has {repeated} in more than one run: its spread over seeds counts the repeats as "
+                       "seeds.")
     return out
 
 
