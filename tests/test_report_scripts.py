@@ -98,3 +98,18 @@ def test_dbp_tune_tables_give_the_published_numbers_from_the_published_results(c
     assert test.count("\n") == 2 + 10 - 1
     published = Path("reports/cpu/dbp_tune.md").read_text()
     assert validation in published and test in published
+
+
+def test_batchnorm_tables_give_the_published_numbers_from_the_published_results(capsys, monkeypatch):
+    monkeypatch.syspath_prepend("reports/scripts")
+    monkeypatch.setattr(sys, "argv", ["reports/scripts/batchnorm.py", "reports/cpu/batchnorm", "0.95"])
+    runpy.run_path("reports/scripts/batchnorm.py", run_name="__main__")
+    lr, dbp, test = capsys.readouterr().out.strip().split("\n\n")[1::2]
+    assert "| small-cnn | BP | train.lr 0.003 | 3/5 | 108 | 622 ms | 94.42 % |  |" in lr  # no BP lr marked best
+    assert lr.count("\n") == 2 + 10 - 1 and dbp.count("\n") == 2 + 9 - 1
+    assert "| small-cnn | DBP | dbp.lr 0.01; dbp.kappa 0.01 | 5/5 | 48 | 487 ms | 97.77 % | by steps |" in dbp
+    tuned = ("| small-cnn | DBP | lr 0.003, dbp.lr 0.01, κ 0.01 | 5/5 | 48 | 572 ms | 98.9 % | 2.25× (4 of 4) | "
+             "1.17× (4 of 4) |")
+    assert tuned in test and test.count("\n") == 2 + 7 - 1
+    published = Path("reports/cpu/batchnorm.md").read_text()
+    assert all(table in published for table in (lr, dbp, test))
