@@ -255,7 +255,7 @@ def _run_suite(args, config, device, signals: _Signals, out: Path, todo: list) -
             target = config.budget.target_accuracy
             swept = format_sweeps(evals, target)
             if swept:
-                _say(f"{swept}\nthe summary below pools each method's settings:", sys.stdout)
+                _say(f"{swept}\nthe summary below pools each method's settings, so it gives no speed-up:", sys.stdout)
             _say(format_summary(summarize(evals, target)), sys.stdout)
             _say_busy(evals)
             held = config.data.options.get("validation", 0)

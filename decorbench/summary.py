@@ -10,13 +10,15 @@ import pandas as pd
 
 from decorbench.report.runs import GROUP, chance, per_run, tidy
 from decorbench.report.sweep import sweeps
+from decorbench.report.tables import not_one_experiment
 
 
 def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per (dataset, model, method): how many of its runs finished, target, median final accuracy, median
     time to target, how many seeds reached it, the median grams of CO2e a run's training cost (unknown if any run's
     is), and the speed-up = median BP time-to-target / median DBP time-to-target (none where the target is no better
-    than chance_accuracy, always guessing the eval set's most frequent class: reaching it says nothing).
+    than chance_accuracy, always guessing the eval set's most frequent class: reaching it says nothing, nor where a
+    method's runs are of different settings or repeat a seed: a sweep's settings are not seeds).
 
     Final accuracies are of the runs that ended without a problem (not interrupted, failed, diverged or unfinished),
     as in the report; the target defaults to BP's median of them per dataset and model.
@@ -33,6 +35,10 @@ def summarize(evals: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     if {"bp", "dbp"} <= set(tta.columns):
         table = table.join((tta["bp"] / tta["dbp"]).rename("speedup_bp_over_dbp"), on=GROUP)
         table["speedup_bp_over_dbp"] = table["speedup_bp_over_dbp"].mask(table["target"] <= table["chance_accuracy"])
+        mixed = {key: bool(not_one_experiment(dict(list(group.groupby("method")))))
+                 for key, group in runs.groupby(GROUP)}  # a sweep's settings are not seeds: no ratio over them
+        table["speedup_bp_over_dbp"] = table["speedup_bp_over_dbp"].mask(
+            pd.Series([mixed[key[:len(GROUP)]] for key in table.index], index=table.index))
     return table.reset_index()
 
 

@@ -231,13 +231,17 @@ def test_results_of_different_settings_or_repeated_seeds_reported_together_are_n
     assert "· BP pools" not in page
     claim = claim_text(page, "digits · mlp")  # a verdict over them would count a sweep's settings as seeds
     assert ("Time: not judged: DBP's runs are of different settings (hyperparameters.dbp.update_every: 1, 4); BP ran "
-            "seeds 0, 1 more than once; the Settings swept section compares them setting by setting; for a verdict, "
-            "report one setting's results files (their names carry the settings swept); for a verdict, report each "
-            "seed's run once. Accuracy: not judged, for the same reason.") in claim
+            "seeds 0, 1 more than once; the Settings swept section compares a sweep's settings one by one, and a "
+            "report of one setting's results files, each seed's once, gets a verdict (their names carry the settings "
+            "swept). Accuracy: not judged, for the same reason.") in claim
     assert "×" not in claim.split("Time:")[0]
+    assert "×" not in row(card(page, "digits", "mlp"), "time to target")  # nor a ratio in the summary: why not
+    assert "not given: DBP's runs are of different settings" in row(card(page, "digits", "mlp"), "time to target")
 
     page = html.unescape(render_report(sorted((tmp_path / "k1").rglob("*.jsonl")), tmp_path / "r.html").read_text())
     assert "different settings" not in claim_text(page, "digits · mlp")  # one setting's files: judged
+    speedups = [summarize(load(paths))["speedup_bp_over_dbp"] for paths in ([tmp_path / "k1"], [tmp_path / "k1", tmp_path / "k4"])]
+    assert speedups[0].notna().all() and speedups[1].isna().all()  # as printed after `decorbench run`
 
 
 def test_bp_and_dbp_runs_that_differ_in_more_than_the_method_are_named_in_the_notes_and_the_claim(tmp_path):

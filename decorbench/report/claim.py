@@ -16,7 +16,7 @@ import pandas as pd
 
 from .runs import by_group, chance, validation
 from .stats import SIGNIFICANT, Difference, difference, median, ratio
-from .tables import at_chance, fmt, mismatches, pooled_settings, problem_note, repeated_seeds, span
+from .tables import at_chance, fmt, mismatches, not_one_experiment, problem_note, span
 
 PAPER = "arXiv 2405.02385"
 CLAIM = ("training ResNet-18 on ImageNet, DBP reaches BP's best test accuracy in less than half the wall-clock time "
@@ -67,21 +67,11 @@ def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, chance_accu
 
 
 def _mixed(bp: pd.DataFrame, dbp: pd.DataFrame) -> str:
-    """Why a method's runs are not seeds of one experiment, as the verdicts take them to be ("" when both methods'
-    are): a median and a permutation test over a sweep's settings, or over one seed run twice, would mix in what
-    the claim is not about and count the repeats as independent seeds."""
-    differ = {name: pooled_settings(part) for name, part in (("BP", bp), ("DBP", dbp))}
-    repeated = {name: repeated_seeds(part) for name, part in (("BP", bp), ("DBP", dbp))
-                if not differ[name]}  # a sweep runs each seed once per setting: said already
-    if differ["BP"] and differ["BP"] == differ["DBP"]:  # a sweep of a setting both methods have, said once
-        why = [f"each method's runs are of different settings ({differ['BP']})"]
-    else:
-        why = [f"{name}'s runs are of different settings ({d})" for name, d in differ.items() if d]
-    why += [f"{name} ran {r} more than once" for name, r in repeated.items() if r]
-    advice = ["the Settings swept section compares them setting by setting; for a verdict, report one setting's "
-              "results files (their names carry the settings swept)"] * any(differ.values()) + \
-             ["for a verdict, report each seed's run once"] * any(repeated.values())
-    return f"not judged: {'; '.join(why)}; {'; '.join(advice)}" if why else ""
+    """Why the verdicts are not given where a method's runs are not seeds of one experiment, and how to get them."""
+    why = not_one_experiment({"bp": bp, "dbp": dbp})
+    return (f"not judged: {'; '.join(why)}; the Settings swept section compares a sweep's settings one by one, and "
+            "a report of one setting's results files, each seed's once, gets a verdict (their names carry the "
+            "settings swept)") if why else ""
 
 
 def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, chance_accuracy: float, target: float | None

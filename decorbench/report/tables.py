@@ -158,8 +158,10 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         pair = {"bp", "dbp"} <= set(present)
         rows = [{"label": "runs", "cells": [_text(str(len(p)), problem_note(p)) for p in by_method.values()],
                  "ratio": None}]
+        mixed = not_one_experiment(by_method) if pair else []
         for column, label, kind, with_ratio in METRICS:
-            shown = _ratio_cell(by_method, column) if pair and with_ratio else None
+            shown = None if not (pair and with_ratio) else _text("—", "not given: " + "; ".join(mixed)) if mixed \
+                else _ratio_cell(by_method, column)
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         nothing = "" if group["evals"].any() else ("No run here reached its first eval point, so nothing was "
@@ -404,13 +406,25 @@ def repeated_seeds(part: pd.DataFrame) -> str:
     return f"seed{'s' * (len(repeated) > 1)} {', '.join(map(str, repeated))}" if repeated else ""
 
 
+def not_one_experiment(by_method: dict[str, pd.DataFrame]) -> list[str]:
+    """Why some method's runs of a group are not seeds of one experiment, as a ratio or a test between the methods
+    takes them to be ([] when each method's are): the settings of a sweep would count as seeds, and so would a seed
+    run twice."""
+    differ = {m: pooled_settings(part) for m, part in by_method.items()}
+    shared = len(differ) > 1 and len(set(differ.values())) == 1 and next(iter(differ.values()))
+    why = ([f"each method's runs are of different settings ({shared})"] if shared else  # a sweep of a shared setting
+           [f"{m.upper()}'s runs are of different settings ({d})" for m, d in differ.items() if d])
+    return why + [f"{m.upper()} ran {repeated} more than once" for m, part in by_method.items()
+                  if not differ[m] and (repeated := repeated_seeds(part))]  # a sweep runs each seed once a setting
+
+
 def _pooled(runs: pd.DataFrame) -> list[str]:
     out = []
     for (dataset, model, method), part in by_group(runs, [*GROUP, "method"]):
         name = f"{dataset} · {model} · {method.upper()}"
         if differ := pooled_settings(part):
             out.append(f"{name} pools runs of different settings ({differ}): its medians and spreads mix them.")
-        if repeated := repeated_seeds(part):
+        elif repeated := repeated_seeds(part):  # else a sweep, which runs each seed once a setting
             out.append(f"{name} has {repeated} in more than one run: its spread over seeds counts the repeats as "
                        "seeds.")
     return out
