@@ -113,3 +113,15 @@ def test_batchnorm_tables_give_the_published_numbers_from_the_published_results(
     assert tuned in test and test.count("\n") == 2 + 7 - 1
     published = Path("reports/cpu/batchnorm.md").read_text()
     assert all(table in published for table in (lr, dbp, test))
+
+
+def test_sample_fraction_table_gives_the_published_numbers_from_the_published_results(capsys, monkeypatch):
+    monkeypatch.syspath_prepend("reports/scripts")
+    monkeypatch.setattr(sys, "argv", ["reports/scripts/sample_fraction.py", "reports/cpu/sample_fraction", "0.95"])
+    runpy.run_path("reports/scripts/sample_fraction.py", run_name="__main__")
+    table = capsys.readouterr().out.strip()
+    assert "| mlp | BP | — | 5/5 | 39 | 47 ms | 1.20 ms | 96.3 % |  |  |" in table
+    assert ("| small-cnn | DBP | 1 | 5/5 | 18 | 411 ms | 23.05 ms | 98.5 % | 1.50× (5 of 5) | 0.42× (0 of 5) |"
+            in table)
+    assert table.count("\n") == 2 + 3 * 6 - 1
+    assert table in Path("reports/cpu/sample_fraction.md").read_text()

@@ -1,0 +1,48 @@
+"""The table of cpu/sample_fraction.md from its results files: per model (a results directory each under the folder
+given), BP and DBP at each `dbp.sample_fraction`: medians to the target, time per step, BP/DBP ratios and in how many
+seeds DBP needed less (a seed's BP and DBP runs share initial weights and batches).
+
+    python reports/scripts/sample_fraction.py reports/cpu/sample_fraction 0.95
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from decorbench.report.runs import per_run, tidy
+from decorbench.results import load
+from seeds import seed_by_seed  # beside this script
+
+MEASURES = ("steps_to_target", "time_to_target")
+
+
+def _shown(value: float, spec: str) -> str:
+    return "—" if pd.isna(value) else spec.format(value)
+
+
+def table(root: Path, target: float) -> str:
+    lines = ["| model | method | sample fraction | reached | steps | time | time per step | final accuracy | "
+             "BP/DBP steps (DBP fewer) | BP/DBP time (DBP less) |", "|" + "---|" * 10]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        runs, _ = per_run(tidy(load(folder)), target)
+        runs["fraction"] = runs["hyperparameters.dbp.sample_fraction"].where(runs["method"] == "dbp")
+        bp = runs[runs["method"] == "bp"]
+        for (method, fraction), group in runs.groupby(["method", "fraction"], dropna=False, sort=True):
+            row = [folder.name, method.upper(), _shown(fraction, "{:g}"),
+                   f"{int(group['reached'].sum())}/{len(group)}",
+                   _shown(group["steps_to_target"].median(), "{:g}"),
+                   _shown(1000 * group["time_to_target"].median(), "{:.0f} ms"),
+                   _shown(1000 * group["step_time_s"].median(), "{:.2f} ms"),
+                   _shown(100 * group["final_accuracy"].where(group["scored"]).median(), "{:.1f} %")]
+            if method == "dbp":
+                row += [_shown(bp[column].median() / group[column].median(), "{:.2f}×")
+                        + f" ({seed_by_seed(bp, group, column)})" for column in MEASURES]
+            lines.append("| " + " | ".join(row + [""] * (10 - len(row))) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1]), float(sys.argv[2])))
