@@ -160,8 +160,9 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
                  "ratio": None}]
         mixed = not_one_experiment(by_method) if pair else []
         for column, label, kind, with_ratio in METRICS:
-            shown = None if not (pair and with_ratio) else _text("—", "not given: " + "; ".join(mixed)) if mixed \
-                else _ratio_cell(by_method, column)
+            shown = None
+            if pair and with_ratio:
+                shown = _text("—", "not given: " + "; ".join(mixed)) if mixed else _ratio_cell(by_method, column)
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         nothing = "" if group["evals"].any() else ("No run here reached its first eval point, so nothing was "
@@ -419,6 +420,8 @@ def not_one_experiment(by_method: dict[str, pd.DataFrame]) -> list[str]:
 
 
 def _pooled(runs: pd.DataFrame) -> list[str]:
+    """A note per method whose medians and spreads mix experiments (results of different settings reported
+    together, or the same seed twice)."""
     out = []
     for (dataset, model, method), part in by_group(runs, [*GROUP, "method"]):
         name = f"{dataset} · {model} · {method.upper()}"
