@@ -236,7 +236,7 @@ def test_results_of_different_settings_or_repeated_seeds_reported_together_are_n
             "swept). Accuracy: not judged, for the same reason.") in claim
     assert "×" not in claim.split("Time:")[0]
     assert "×" not in row(card(page, "digits", "mlp"), "time to target")  # nor a ratio in the summary: why not
-    assert "not given: DBP's runs are of different settings" in row(card(page, "digits", "mlp"), "time to target")
+    assert "not given: settings or seeds pooled (notes)" in row(card(page, "digits", "mlp"), "time to target")
 
     page = html.unescape(render_report(sorted((tmp_path / "k1").rglob("*.jsonl")), tmp_path / "r.html").read_text())
     assert "different settings" not in claim_text(page, "digits · mlp")  # one setting's files: judged

@@ -158,11 +158,12 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         pair = {"bp", "dbp"} <= set(present)
         rows = [{"label": "runs", "cells": [_text(str(len(p)), problem_note(p)) for p in by_method.values()],
                  "ratio": None}]
-        mixed = not_one_experiment(by_method) if pair else []
+        mixed = pair and bool(not_one_experiment(by_method))  # said in the notes and the claim check
         for column, label, kind, with_ratio in METRICS:
             shown = None
             if pair and with_ratio:
-                shown = _text("—", "not given: " + "; ".join(mixed)) if mixed else _ratio_cell(by_method, column)
+                shown = _text("—", "not given: settings or seeds pooled (notes)") if mixed \
+                    else _ratio_cell(by_method, column)
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         nothing = "" if group["evals"].any() else ("No run here reached its first eval point, so nothing was "
