@@ -11,6 +11,15 @@ from pathlib import Path
 SCRIPT = "reports/scripts/gpu_step_cost.py"
 
 
+def study_tables(name: str, monkeypatch, capsys) -> str:
+    """What reports/scripts/<name>.py prints for its published study (reports/cpu/<name>) at the 95 % target, run as
+    a script is: its helpers lie beside it."""
+    monkeypatch.syspath_prepend("reports/scripts")
+    monkeypatch.setattr(sys, "argv", [f"reports/scripts/{name}.py", f"reports/cpu/{name}", "0.95"])
+    runpy.run_path(f"reports/scripts/{name}.py", run_name="__main__")
+    return capsys.readouterr().out
+
+
 def test_gpu_step_cost_writes_both_methods_per_case_and_says_why_energy_is_missing(tmp_path, monkeypatch):
     out = tmp_path / "step_cost"
     monkeypatch.setattr(sys, "argv", [SCRIPT, "--out", str(out), "--depths", "small-cnn", "--batches", "8",
@@ -66,10 +75,7 @@ def test_gpu_session_skips_a_phase_it_has_no_time_for_and_still_bundles(tmp_path
 
 
 def test_lr_tta_table_gives_the_published_numbers_from_the_published_results(capsys, monkeypatch):
-    monkeypatch.syspath_prepend("reports/scripts")  # as running it does: its helpers lie beside it
-    monkeypatch.setattr(sys, "argv", ["reports/scripts/lr_tta.py", "reports/cpu/lr_tta", "0.95"])
-    runpy.run_path("reports/scripts/lr_tta.py", run_name="__main__")
-    test, validation, picked = capsys.readouterr().out.split("\n\n")[1::2]
+    test, validation, picked = study_tables("lr_tta", monkeypatch, capsys).split("\n\n")[1::2]
     assert "| mlp | 0.003 | DBP | 5/5 | 24 | 58 ms | 98.2 % | 1.38× (4 of 5) | 0.77× (0 of 5) |" in test
     assert "| small-cnn | 0.001 | DBP | 5/5 | 36 | 455 ms | 99.6 % | 1.08× (5 of 5) | 0.85× (0 of 5) |" in test
     assert "| mlp | 0.0003 | DBP | 1/5 | 186 | 416 ms | 94.9 % | 0.90× (no seed reached it with both) |" in test
@@ -83,10 +89,7 @@ def test_lr_tta_table_gives_the_published_numbers_from_the_published_results(cap
 
 
 def test_dbp_tune_tables_give_the_published_numbers_from_the_published_results(capsys, monkeypatch):
-    monkeypatch.syspath_prepend("reports/scripts")
-    monkeypatch.setattr(sys, "argv", ["reports/scripts/dbp_tune.py", "reports/cpu/dbp_tune", "0.95"])
-    runpy.run_path("reports/scripts/dbp_tune.py", run_name="__main__")
-    validation, test = capsys.readouterr().out.strip().split("\n\n")[1::2]
+    validation, test = study_tables("dbp_tune", monkeypatch, capsys).strip().split("\n\n")[1::2]
     picked = "| mlp | DBP | dbp.lr 0.01; dbp.kappa 0.01 | 5/5 | 18 | 38.1 ms | 97.03 % | by time and by steps |"
     assert picked in validation
     assert "| small-cnn | DBP | dbp.lr 0.01; dbp.kappa 0.01 | 0/5 | — | — | — |  |" in validation  # diverged
@@ -101,10 +104,7 @@ def test_dbp_tune_tables_give_the_published_numbers_from_the_published_results(c
 
 
 def test_batchnorm_tables_give_the_published_numbers_from_the_published_results(capsys, monkeypatch):
-    monkeypatch.syspath_prepend("reports/scripts")
-    monkeypatch.setattr(sys, "argv", ["reports/scripts/batchnorm.py", "reports/cpu/batchnorm", "0.95"])
-    runpy.run_path("reports/scripts/batchnorm.py", run_name="__main__")
-    lr, dbp, test = capsys.readouterr().out.strip().split("\n\n")[1::2]
+    lr, dbp, test = study_tables("batchnorm", monkeypatch, capsys).strip().split("\n\n")[1::2]
     assert "| small-cnn | BP | train.lr 0.003 | 3/5 | 108 | 622 ms | 94.42 % |  |" in lr  # no BP lr marked best
     assert lr.count("\n") == 2 + 10 - 1 and dbp.count("\n") == 2 + 9 - 1
     assert "| small-cnn | DBP | dbp.lr 0.01; dbp.kappa 0.01 | 5/5 | 48 | 487 ms | 97.77 % | by steps |" in dbp
@@ -116,10 +116,7 @@ def test_batchnorm_tables_give_the_published_numbers_from_the_published_results(
 
 
 def test_sample_fraction_table_gives_the_published_numbers_from_the_published_results(capsys, monkeypatch):
-    monkeypatch.syspath_prepend("reports/scripts")
-    monkeypatch.setattr(sys, "argv", ["reports/scripts/sample_fraction.py", "reports/cpu/sample_fraction", "0.95"])
-    runpy.run_path("reports/scripts/sample_fraction.py", run_name="__main__")
-    table = capsys.readouterr().out.strip()
+    table = study_tables("sample_fraction", monkeypatch, capsys).strip()
     assert "| mlp | BP | — | 5/5 | 39 | 47 ms | 1.20 ms | 96.3 % |  |  |" in table
     assert ("| small-cnn | DBP | 1 | 5/5 | 18 | 411 ms | 23.05 ms | 98.5 % | 1.50× (5 of 5) | 0.42× (0 of 5) |"
             in table)
