@@ -16,9 +16,7 @@ import pandas as pd
 from decorbench.report.runs import per_run, tidy
 from decorbench.report.sweep import sweeps
 from decorbench.results import load
-from seeds import seed_by_seed  # beside this script
-
-MEASURES = {"steps": "steps_to_target", "time": "time_to_target"}
+from seeds import bp_over_dbp, shown  # beside this script
 
 
 def swept(folder: Path, target: float) -> str:
@@ -39,10 +37,6 @@ def _setting(run: pd.Series) -> str:
             f"κ {run['hyperparameters.dbp.kappa']:g}")
 
 
-def _shown(value: float, spec: str) -> str:
-    return "—" if pd.isna(value) else spec.format(value)
-
-
 def compared(folder: Path, target: float) -> str:
     """Per model (a results directory each under `folder`), BP's runs against each DBP setting's, on the test set."""
     runs, _ = per_run(tidy(load(sorted(p for p in folder.iterdir() if p.is_dir()))), target)
@@ -54,12 +48,11 @@ def compared(folder: Path, target: float) -> str:
         for (method, setting), group in sorted(part.groupby(["method", "setting"])):
             finished = group["final_accuracy"].where(group["scored"])  # not of diverged runs
             row = [model, method.upper(), setting, f"{int(group['reached'].sum())}/{len(group)}",
-                   _shown(group["steps_to_target"].median(), "{:g}"),
-                   _shown(1000 * group["time_to_target"].median(), "{:.0f} ms"),
-                   _shown(100 * finished.median(), "{:.1f} %")]
+                   shown(group["steps_to_target"].median(), "{:g}"),
+                   shown(1000 * group["time_to_target"].median(), "{:.0f} ms"),
+                   shown(100 * finished.median(), "{:.1f} %")]
             if method == "dbp":
-                row += [_shown(bp[column].median() / group[column].median(), "{:.2f}×")
-                        + f" ({seed_by_seed(bp, group, column)})" for column in MEASURES.values()]
+                row += bp_over_dbp(bp, group)
             lines.append("| " + " | ".join(row + [""] * (9 - len(row))) + " |")
     return "\n".join(lines)
 

@@ -10,17 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from decorbench.report.runs import per_run, tidy
 from decorbench.results import load
-from seeds import seed_by_seed  # beside this script
-
-MEASURES = ("steps_to_target", "time_to_target")
-
-
-def _shown(value: float, spec: str) -> str:
-    return "—" if pd.isna(value) else spec.format(value)
+from seeds import bp_over_dbp, shown  # beside this script
 
 
 def table(root: Path, target: float) -> str:
@@ -31,15 +23,14 @@ def table(root: Path, target: float) -> str:
         runs["fraction"] = runs["hyperparameters.dbp.sample_fraction"].where(runs["method"] == "dbp")
         bp = runs[runs["method"] == "bp"]
         for (method, fraction), group in runs.groupby(["method", "fraction"], dropna=False, sort=True):
-            row = [folder.name, method.upper(), _shown(fraction, "{:g}"),
+            row = [folder.name, method.upper(), shown(fraction, "{:g}"),
                    f"{int(group['reached'].sum())}/{len(group)}",
-                   _shown(group["steps_to_target"].median(), "{:g}"),
-                   _shown(1000 * group["time_to_target"].median(), "{:.0f} ms"),
-                   _shown(1000 * group["step_time_s"].median(), "{:.2f} ms"),
-                   _shown(100 * group["final_accuracy"].where(group["scored"]).median(), "{:.1f} %")]
+                   shown(group["steps_to_target"].median(), "{:g}"),
+                   shown(1000 * group["time_to_target"].median(), "{:.0f} ms"),
+                   shown(1000 * group["step_time_s"].median(), "{:.2f} ms"),
+                   shown(100 * group["final_accuracy"].where(group["scored"]).median(), "{:.1f} %")]
             if method == "dbp":
-                row += [_shown(bp[column].median() / group[column].median(), "{:.2f}×")
-                        + f" ({seed_by_seed(bp, group, column)})" for column in MEASURES]
+                row += bp_over_dbp(bp, group)
             lines.append("| " + " | ".join(row + [""] * (10 - len(row))) + " |")
     return "\n".join(lines)
 
