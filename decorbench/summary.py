@@ -64,11 +64,12 @@ def format_sweeps(evals: pd.DataFrame, target: float | None = None) -> str:
     runs, goals = per_run(tidy(evals), target)
     blocks = []
     for swept in sweeps(runs, goals):
-        table = pd.DataFrame(swept["rows"]).rename(columns={
-            "time": "time_to_target", "steps": "steps_to_target", "accuracy": "final_accuracy",
-            "bp_over_steps": "bp/dbp_steps", "bp_over_time": "bp/dbp_time"})
+        table = pd.DataFrame(swept["rows"]).drop(columns=[] if swept["by_images"] else ["images"]).rename(columns={
+            "time": "time_to_target", "steps": "steps_to_target", "images": "images_to_target",
+            "accuracy": "final_accuracy", "bp_over_steps": "bp/dbp_steps", "bp_over_time": "bp/dbp_time"})
         table["best"] = table["best"].map(lambda by: " and ".join(f"by {what}" for what in by) or "-")
+        by = " (by images seen, steps × batch size, not steps: the batch size is swept)" if swept["by_images"] else ""
         blocks.append(f"{swept['group']}: {swept['swept']} swept, accuracies on {swept['on']}, target "
                       f"{swept['target']}; best = the lowest median to the target among the settings at which every "
-                      f"run reached it\n{table.to_string(index=False)}")
+                      f"run reached it{by}\n{table.to_string(index=False)}")
     return "\n".join(blocks)

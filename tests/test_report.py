@@ -18,7 +18,7 @@ from decorbench.report import render_report
 from decorbench.report.stats import CI, RANGE, median, ratio
 from decorbench.report.tables import fmt, span
 from decorbench.results import EVAL_FIELDS, RunWriter, load, provenance, read_run, run_path
-from decorbench.summary import format_summary, summarize
+from decorbench.summary import format_summary, format_sweeps, summarize
 
 EVIL = "<script>alert(1)</script>$x^2$"
 PROVENANCE = provenance("cpu")  # once: it runs git
@@ -1008,6 +1008,23 @@ def test_a_sweep_of_dbps_own_settings_compares_each_with_bps_runs(tmp_path):
     assert "BP — 2/2 30 3 s 90.00 % DBP" in text  # no DBP settings, and its one setting is not "best"
     assert "DBP dbp.kappa 0.01 2/2 20 2 s 95.00 % 1.50× 1.50×" in text
     assert "DBP dbp.kappa 0.5 2/2 10 1 s 95.00 % best by time, steps 3.00× 3.00×" in text
+
+
+def test_a_batch_size_sweep_marks_the_best_by_images_seen_as_its_steps_differ_in_size(tmp_path):
+    """Batch 128 gets there in fewer steps (10 against 20) and less time, but on more images (1,280 against 640)."""
+    for batch, accuracies, step_s in ((32, [0.5, 0.9], 1.0), (128, [0.9, 0.95], 1.5)):
+        for seed in range(2):
+            write_points(tmp_path, f"bp-b{batch}-s{seed}", "bp", "mlp", seed, accuracies, step_s,
+                         budget={"max_epochs": 2, "target_accuracy": 0.9},
+                         hyperparameters={"train": {"batch_size": batch}})
+    text = sweep_text(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert "images seen (steps × batch size) stand for steps" in text
+    assert text.split("BP / DBP time ")[1].strip() == (
+        "BP train.batch_size 32 2/2 20 640 2 s 90.00 % best by images "
+        "BP train.batch_size 128 2/2 10 1,280 1.5 s 95.00 % best by time")
+    printed = format_sweeps(load(tmp_path), 0.9)
+    assert "(by images seen, steps × batch size, not steps: the batch size is swept)" in printed
+    assert re.search(r"train.batch_size 32 +2/2 +20 +640 .* by images +\n", printed)
 
 
 def test_no_sweep_section_for_runs_of_one_setting_per_method(suite):
