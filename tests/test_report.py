@@ -517,16 +517,16 @@ def test_peak_table_prefers_the_specific_name_and_never_guesses():
 
 
 def write_points(out, run_id, method, model, seed, accuracies, step_s, dataset="digits", status="completed",
-                 totals=None, **run_fields):
-    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds; `totals`: more of
-    its end record's totals."""
+                 totals=None, batch=None, **run_fields):
+    """A run with exactly these eval accuracies, one eval point every `step_s` training seconds (10 steps); `totals`:
+    more of its end record's totals; `batch`: its batch size, recorded with the images seen."""
     run = {**PROVENANCE, "run_id": run_id, "suite": "claim", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": 10}, "hyperparameters": {}, "country_iso_code": "NLD",
            **run_fields}
     with RunWriter(run_path(out, run_id), run) as writer:
         for i, accuracy in enumerate(accuracies, start=1):
             writer.eval({**dict.fromkeys(EVAL_FIELDS), "step": 10 * i, "epoch": i, "train_time_s": step_s * i,
-                         "eval_accuracy": accuracy, "flops": 10**9 * i})
+                         "eval_accuracy": accuracy, "flops": 10**9 * i, "samples": batch and 10 * i * batch})
         if status:
             writer.end(status, f"{status} done", {"steps": 10 * len(accuracies), **(totals or {})})
 
@@ -968,6 +968,20 @@ def test_a_group_whose_runs_all_failed_before_an_eval_says_nothing_was_measured(
     card = card[:card.index("</details>")]
     assert "No run here reached its first eval point, so nothing was measured" in card
     assert "not reached" not in card and "to target" not in card  # not "not reached": never evaluated
+
+
+def test_bp_and_dbp_at_different_batch_sizes_are_compared_by_images_not_steps(tmp_path):
+    """BP at batch 32 gets there in 30 steps (960 images), DBP at batch 128 in 20 (2,560): fewer steps, more data."""
+    for seed in range(2):
+        for method, batch, accuracies in (("bp", 32, [0.5, 0.8, 0.95]), ("dbp", 128, [0.6, 0.95, 0.96])):
+            write_points(tmp_path, f"{method}-s{seed}", method, "mlp", seed, accuracies, 1.0, batch=batch,
+                         budget={"max_epochs": 3, "target_accuracy": 0.9},
+                         hyperparameters={"train": {"batch_size": batch}})
+    shown = card(render_report([tmp_path], tmp_path / "r.html").read_text(), "digits", "mlp")
+    steps = re.sub(r"<[^>]+>|\s+", " ", html.unescape(row(shown, "steps to target")))
+    assert "not given: steps of different sizes (BP 32, DBP 128); compare images" in steps
+    images = row(shown, "images to target").split('<td class="num">')
+    assert "960" in images[1] and "2,560" in images[2] and fmt(960 / 2560, "ratio") in images[3]
 
 
 def sweep_text(html_text: str) -> str:

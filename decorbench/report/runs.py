@@ -17,7 +17,8 @@ from decorbench.gpus import peak_bf16_flops
 GROUP = ["dataset", "model"]
 # name → eval column whose value at the first eval point at or above the target is the cost to get there; steps
 # separate DBP's per-step convergence from its per-step cost
-TO_TARGET = {"steps": "step", "time": "train_time_s", "energy": "energy_j", "co2": "co2_kg", "flops": "flops"}
+TO_TARGET = {"steps": "step", "samples": "samples", "time": "train_time_s", "energy": "energy_j", "co2": "co2_kg",
+             "flops": "flops"}
 PROBLEMS = ("diverged", "failed", "interrupted")
 # an accuracy this close below the target counts as reaching it: the default target, a median of an even number of
 # runs, is a float midpoint that can land an ulp above the very accuracy it came from (distinct accuracies on any
@@ -144,6 +145,6 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     opening = scored.drop_duplicates("run").set_index("run")["step"]
     at_first = first["step"] == opening.reindex(first.index)
     runs["reached_at_first_eval"] = at_first.reindex(runs.index, fill_value=False)
-    for name, column in TO_TARGET.items():
-        runs[f"{name}_to_target"] = first[column]
+    for name, column in TO_TARGET.items():  # a field no record has (results written before it existed): NaN
+        runs[f"{name}_to_target"] = first[column] if column in first else math.nan
     return runs.reset_index(), goal

@@ -37,7 +37,7 @@ def _order(label: tuple) -> tuple:
                  for v, shown in zip(map(_value, label), label))
 
 
-def best(table: pd.DataFrame, costs: tuple[str, ...]) -> dict[str, object]:
+def best(table: pd.DataFrame, costs: tuple[str, ...] = ("time", "steps")) -> dict[str, object]:
     """{cost: setting} per cost in `costs`: of `table`'s rows (index: the settings, in their order; columns `every`,
     whether every run reached the target, and the median of each cost to it), the one with the lowest median
     among those every run reached it at, the first on a tie; None where there is none."""

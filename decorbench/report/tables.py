@@ -26,6 +26,7 @@ UNFINISHED = "no end record"  # the status shown for a run whose file has no end
 # (runs column, label, unit kind, whether BP/DBP is shown)
 METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
            ("steps_to_target", "steps to target", "steps", True),
+           ("samples_to_target", "images to target", "steps", True),  # steps × batch size, recorded per eval
            ("time_to_target", "time to target", "seconds", True),
            ("energy_to_target", "energy to target", "joules", True),
            ("co2_to_target", "CO2e to target", "co2", True),
@@ -148,6 +149,17 @@ def _by_seed(by_method: dict, column: str) -> str:
     return f"DBP less in {less}{f', the same in {same}' if same else ''} of {len(both)} seeds, seed by seed"
 
 
+def _batch_sizes(group: pd.DataFrame, by_method: dict) -> str:
+    """"BP 32, DBP 128" where BP's and DBP's runs differ in batch size (a step of one is not a step of the other);
+    else ""."""
+    column = "hyperparameters.train.batch_size"
+    if column not in group:
+        return ""
+    shown = shown_settings(group, [column])[column]
+    sizes = {m: "/".join(sorted(shown[by_method[m].index].unique(), key=natural)) for m in ("bp", "dbp")}
+    return "" if sizes["bp"] == sizes["dbp"] else f"BP {sizes['bp']}, DBP {sizes['dbp']}"
+
+
 def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
     """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP).
     target_source: where a common target came from; None: each group's is BP's median final accuracy."""
@@ -159,11 +171,13 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         rows = [{"label": "runs", "cells": [_text(str(len(p)), problem_note(p)) for p in by_method.values()],
                  "ratio": None}]
         mixed = pair and bool(not_one_experiment(by_method))  # said in the notes and the claim check
+        batches = _batch_sizes(group, by_method) if pair else ""
         for column, label, kind, with_ratio in METRICS:
             shown = None
             if pair and with_ratio:
                 shown = _text("—", "not given: settings or seeds pooled (notes)") if mixed \
-                    else _ratio_cell(by_method, column)
+                    else _text("—", f"not given: steps of different sizes ({batches}); compare images") \
+                    if batches and column == "steps_to_target" else _ratio_cell(by_method, column)
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
                          "ratio": shown})
         nothing = "" if group["evals"].any() else ("No run here reached its first eval point, so nothing was "
