@@ -1028,7 +1028,7 @@ def test_a_batch_size_sweep_marks_the_best_by_images_seen_as_its_steps_differ_in
     """Batch 128 gets there in fewer steps (10 against 20) and less time, but on more images (1,280 against 640)."""
     for batch, accuracies, step_s in ((32, [0.5, 0.9], 1.0), (128, [0.9, 0.95], 1.5)):
         for seed in range(2):
-            write_points(tmp_path, f"bp-b{batch}-s{seed}", "bp", "mlp", seed, accuracies, step_s,
+            write_points(tmp_path, f"bp-b{batch}-s{seed}", "bp", "mlp", seed, accuracies, step_s, batch=batch,
                          budget={"max_epochs": 2, "target_accuracy": 0.9},
                          hyperparameters={"train": {"batch_size": batch}})
     text = sweep_text(render_report([tmp_path], tmp_path / "r.html").read_text())

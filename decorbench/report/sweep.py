@@ -58,8 +58,9 @@ def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
     differ), on (which set the accuracies are of), target (`goals`' accuracy there), rows}; a row per method and
     setting: runs, how many reached the target, median steps, images (steps × batch size) and time to it,
     median final accuracy (of the runs that ended without a problem), whether it is the method's best by time or
-    by steps (by images where `by_images`: the batch size is swept), and for DBP the ratios BP / DBP of the medians (bp_over_steps, bp_over_time) against BP's runs of the
-    same settings but DBP's own ("" where BP has none: a sweep of DBP's own settings compares each with BP's one)."""
+    by steps (by images where `by_images`: the batch size is swept), and for DBP the ratios BP / DBP of the medians
+    (bp_over_steps, bp_over_time) against BP's runs of the same settings but DBP's own ("" where BP has none: a
+    sweep of DBP's own settings compares each with BP's one); `by_images`: whether the batch size is swept."""
     columns = [c for c in setting_columns(runs) if c not in NOT_SWEPT]
     out = []
     for (dataset, model), group in by_group(runs):
@@ -75,11 +76,9 @@ def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
         tables = {}
         for method, part in parts:
             label = shown[method][swept].apply(tuple, axis=1)
-            batch = shown[method][BATCH].map(_value) if BATCH in columns else math.nan
-            table = part.assign(label=label, accuracy=part["final_accuracy"].where(part["scored"]),
-                                images=part["steps_to_target"] * batch).groupby(
+            table = part.assign(label=label, accuracy=part["final_accuracy"].where(part["scored"])).groupby(
                 "label").agg(runs=("run", "size"), reached=("reached", "sum"), every=("reached", "all"),
-                             steps=("steps_to_target", "median"), images=("images", "median"),
+                             steps=("steps_to_target", "median"), images=("samples_to_target", "median"),
                              time=("time_to_target", "median"), accuracy=("accuracy", "median"))
             tables[method] = table.loc[sorted(table.index, key=_order)]
         shared = [i for i, c in enumerate(swept) if not c.startswith("hyperparameters.dbp.")]  # BP's settings too
