@@ -145,6 +145,6 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     opening = scored.drop_duplicates("run").set_index("run")["step"]
     at_first = first["step"] == opening.reindex(first.index)
     runs["reached_at_first_eval"] = at_first.reindex(runs.index, fill_value=False)
-    for name, column in TO_TARGET.items():  # a field no record has (results written before it existed): NaN
-        runs[f"{name}_to_target"] = first[column] if column in first else math.nan
+    for name, column in TO_TARGET.items():
+        runs[f"{name}_to_target"] = first[column]
     return runs.reset_index(), goal

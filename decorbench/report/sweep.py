@@ -16,11 +16,10 @@ import math
 import pandas as pd
 
 from .runs import by_group, validation
-from .tables import METHOD_ORDER, fmt, setting_columns, shown_settings
+from .tables import BATCH, METHOD_ORDER, fmt, setting_columns, shown_settings
 
 NOT_APPLICABLE = "—"
 NOT_SWEPT = ("hyperparameters.dbp", "hyperparameters.data.root")  # the dbp table itself (null for BP); where data lay
-BATCH = "hyperparameters.train.batch_size"
 
 
 def _value(shown: str):

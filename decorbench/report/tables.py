@@ -22,6 +22,7 @@ from .stats import Estimate, median, ratio
 METHOD_ORDER = {"bp": 0, "dbp": 1}
 LOADER_BOUND = 0.1  # a run that waited for its batches longer than this share of its training time is flagged
 SOURCES = {"nvml-counter": "its energy counter", "nvml-power": "power readings sampled every 0.1 s, integrated"}
+BATCH = "hyperparameters.train.batch_size"  # a step of one batch size is not a step of another
 UNFINISHED = "no end record"  # the status shown for a run whose file has no end record
 # (runs column, label, unit kind, whether BP/DBP is shown)
 METRICS = [("final_accuracy", "final accuracy", "accuracy", False),
@@ -152,10 +153,9 @@ def _by_seed(by_method: dict, column: str) -> str:
 def _batch_sizes(group: pd.DataFrame, by_method: dict) -> str:
     """"BP 32, DBP 128" where BP's and DBP's runs differ in batch size (a step of one is not a step of the other);
     else ""."""
-    column = "hyperparameters.train.batch_size"
-    if column not in group:
+    if BATCH not in group:
         return ""
-    shown = shown_settings(group, [column])[column]
+    shown = shown_settings(group, [BATCH])[BATCH]
     sizes = {m: "/".join(sorted(shown[by_method[m].index].unique(), key=natural)) for m in ("bp", "dbp")}
     return "" if sizes["bp"] == sizes["dbp"] else f"BP {sizes['bp']}, DBP {sizes['dbp']}"
 
