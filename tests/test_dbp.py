@@ -31,8 +31,10 @@ def correlated_images(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Every input patch of the conv as a row, via F.unfold (zero padding)."""
-    unf = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    """Every input patch of the conv as a row, via F.pad and F.unfold."""
+    (ph, pw), mode = layer.padding, "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    unf = F.unfold(F.pad(x, (pw, pw, ph, ph), mode=mode), layer.kernel_size, dilation=layer.dilation,
+                   stride=layer.stride)
     return unf.transpose(1, 2).reshape(-1, unf.shape[1])
 
 
@@ -84,23 +86,28 @@ def test_linear_forward_and_weight_grad_match_explicit_form(batch):
     torch.testing.assert_close(layer.weight.grad, w.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("out", [5, 200])  # 2 images' patches (≤ 198) outnumber 5 outputs (fused A), not 200
 @pytest.mark.parametrize(
-    "kernel, stride, padding, dilation",
-    [(3, 1, 1, 1), ((3, 2), 2, (1, 0), 1), (3, 1, 2, 2), (1, 2, 0, 1), (5, 3, 2, 1)],
+    "kernel, stride, padding, dilation, padding_mode",
+    [(3, 1, 1, 1, "zeros"), ((3, 2), 2, (1, 0), 1, "zeros"), (3, 1, 2, 2, "zeros"), (1, 2, 0, 1, "zeros"),
+     (5, 3, 2, 1, "zeros"), (3, 1, 1, 1, "reflect")],
 )
-def test_conv_forward_and_weight_grad_match_unfold_form(kernel, stride, padding, dilation):
+def test_conv_forward_and_grads_match_unfold_form(out, kernel, stride, padding, dilation, padding_mode):
     torch.manual_seed(0)
-    layer = DecorConv2d(3, 5, kernel, stride=stride, padding=padding, dilation=dilation)
+    layer = DecorConv2d(3, out, kernel, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     layer.R.copy_(near_identity(layer.decor_dim))
-    x = torch.randn(2, 3, 11, 9)
+    x = torch.randn(2, 3, 11, 9, requires_grad=True)
     y = layer(x)
     w = layer.weight.detach().clone().requires_grad_()
-    z = patches(layer, x) @ layer.R.T  # (n·L, d)
-    expected = (z @ w.reshape(5, -1).T + layer.bias.detach()).reshape(2, -1, 5).transpose(1, 2).reshape(y.shape)
+    x_ref = x.detach().clone().requires_grad_()
+    z = patches(layer, x_ref) @ layer.R.T  # (n·L, d)
+    expected = (z @ w.reshape(out, -1).T + layer.bias.detach()).reshape(2, -1, out).transpose(1, 2).reshape(y.shape)
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
     y.square().sum().backward()
     expected.square().sum().backward()
     torch.testing.assert_close(layer.weight.grad, w.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(x[0].detach()), y[0].detach(), rtol=1e-4, atol=1e-5)  # one unbatched image
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
@@ -211,7 +218,8 @@ def test_resnet18_conversion_keeps_outputs_weights_and_keys():
     layers = decor_layers(model)
     assert len(layers) == 21
     assert {type(m) for m in layers.values()} == {DecorConv2d, DecorLinear}
-    assert torch.equal(model(x), before_out)
+    # R = I: the same function; layer4's 2×2 maps (8 patches < 512 outputs) go unfused, so up to rounding
+    torch.testing.assert_close(model(x), before_out)
     state = model.state_dict()
     assert set(state) - set(before_state) == {f"{name}.R" for name in layers}
     assert all(torch.equal(state[k], v) for k, v in before_state.items())

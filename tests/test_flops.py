@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from decorbench.dbp import decorrelate
+from decorbench.dbp import DecorConv2d, decorrelate
 from decorbench.meters import count_flops, peak_memory_bytes, reset_peak_memory
 
 
@@ -27,6 +27,15 @@ def test_training_step_counts_backward_and_dbp_adds_formation_and_update():
                     for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert dbp_step - step > formation  # plus the update and the unfused head
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # counting leaves the model alone
+
+
+def test_a_conv_on_small_feature_maps_decorrelates_its_patches_instead_of_forming_w_r():
+    layer = DecorConv2d(64, 512, 3, padding=1, bias=False)  # d = 576
+    d = 576
+    # 4 images × 2×2 positions: 16 patch rows < 512 outputs, so z = R·patches (rows·d² MACs) then W·z
+    assert count_flops(layer, torch.zeros(4, 64, 2, 2), backward=False) == 2 * 16 * d * d + 2 * 16 * d * 512
+    # 128 images: 512 rows, as many as outputs, so A = W·R (out·d²) and the convolution
+    assert count_flops(layer, torch.zeros(128, 64, 2, 2), backward=False) == 2 * 512 * d * d + 2 * 512 * d * 512
 
 
 def test_counting_does_not_copy_the_weights():
