@@ -61,9 +61,11 @@ class DBPConfig:
     skip: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None
     update_every: int = 1  # steps per R update (the steps between sample nothing and leave R alone)
+    schedule: str = "constant"  # constant | train (dbp.lr scaled by the factor train.lr's schedule is at)
 
     def __post_init__(self) -> None:
         _check_choice("dbp.rule", self.rule, ("standard", "normalized"))
+        _check_choice("dbp.schedule", self.schedule, ("constant", "train"))
         if self.update_every < 1:
             raise ValueError(f"dbp.update_every must be at least 1, got {self.update_every}")
         if not 0 <= self.lr < math.inf or not 0 <= self.kappa <= 1 or not 0 < self.sample_fraction <= 1:

@@ -274,7 +274,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     opt = _optimizer(net.parameters(), spec.train)
     t = spec.train
     train_step = make_step(model, opt, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
-                           dbp_lr=spec.dbp.lr if dbp else None, distributed=distributed.active(), decorrelated=net)
+                           dbp_lr=spec.dbp.lr if dbp else None, dbp_lr_follows_schedule=spec.dbp.schedule == "train",
+                           distributed=distributed.active(), decorrelated=net)
     steps_per_epoch = data.steps_per_epoch()
     eval_every = spec.train.eval_every or steps_per_epoch
     length = planned_steps(spec.budget, steps_per_epoch)

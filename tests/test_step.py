@@ -55,6 +55,21 @@ def test_a_step_without_decorrelation_samples_nothing_and_leaves_r_alone():
     assert decor.item() > 0 and all(not torch.equal(m.R, torch.eye(m.decor_dim)) for m in layers)
 
 
+@pytest.mark.parametrize("follows", [False, True])
+def test_the_decorrelation_lr_follows_the_schedule_only_when_asked(follows):
+    torch.manual_seed(0)
+    net = decorrelate(create_model("small-cnn", 10, input_shape=(3, 16, 16)), kappa=0.5)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.0)  # the schedule's end: train.lr scaled to 0
+    step = make_step(net, opt, dbp_lr=1e-3, dbp_lr_follows_schedule=follows)
+    layers = list(decor_layers(net).values())
+    assert opt.param_groups[0]["lr"] == 0.0 and scheduler.base_lrs == [1e-3]
+    _, decor = step(torch.randn(32, 3, 16, 16), torch.randint(10, (32,)))
+    assert decor.item() > 0  # the layers sampled and the loss was measured either way
+    unchanged = [torch.equal(m.R, torch.eye(m.decor_dim)) for m in layers]
+    assert all(unchanged) if follows else not any(unchanged)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["bp", "dbp"])
 def test_gpu_step_never_waits_for_the_device(method):

@@ -272,9 +272,11 @@ def test_a_window_without_an_update_has_no_decorrelation_loss_and_is_not_diverge
     assert [r["decor_loss"] is not None for r in evals] == [True, False, True, False]
 
 
-def test_update_every_must_be_positive():
+def test_update_every_must_be_positive_and_the_dbp_schedule_a_known_one():
     with pytest.raises(ValueError, match="update_every"):
         DBPConfig(update_every=0)
+    with pytest.raises(ValueError, match="dbp.schedule must be one of constant, train, got 'cosine'"):
+        DBPConfig(schedule="cosine")
 
 
 def _lrs_and_groups(monkeypatch, optimizer_class, **train) -> tuple[list[float], dict]:
