@@ -110,6 +110,19 @@ def test_conv_forward_and_grads_match_unfold_form(out, kernel, stride, padding, 
     torch.testing.assert_close(layer(x[0].detach()), y[0].detach(), rtol=1e-4, atol=1e-5)  # one unbatched image
 
 
+def test_conv_on_small_maps_runs_under_bf16_autocast_and_channels_last():
+    torch.manual_seed(0)
+    layer = DecorConv2d(8, 64, 3, padding=1)  # 2 images × 2×2 positions: 8 patch rows < 64 outputs, unfused
+    layer.R.copy_(near_identity(layer.decor_dim))
+    x = torch.randn(2, 8, 2, 2)
+    expected = layer(x)
+    layer.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y.dtype == torch.bfloat16 and layer.R.dtype == torch.float32
+    torch.testing.assert_close(y.float(), expected, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
 def test_conv_samples_all_patches_of_a_fraction_of_the_images(padding_mode):
     torch.manual_seed(0)
