@@ -45,6 +45,12 @@ class DecorMixin:
     def _num_samples(self, n_rows: int) -> int:
         return max(1, round(self.sample_fraction * n_rows))
 
+    def _unfused(self, rows: int) -> bool:
+        """Whether to compute W·(R·x) rather than form A = W·R: A costs out·d² (and as much in backward), R·x costs
+        rows·d² (and as much for grad_x), so fewer input rows than outputs favour R·x (a classifier head at small
+        batch, a convolution on small feature maps). Eval forwards with an A formed once keep using it."""
+        return rows < self.weight.shape[0] and (self.fused is None or self.training)
+
     def _fused_weight(self) -> torch.Tensor:
         """A = W·R with W flattened to (out, d). Autograd gives grad_W = grad_A·Rᵀ, costing out·d²."""
         if self.fused is not None and not self.training:
@@ -68,9 +74,7 @@ class DecorLinear(DecorMixin, nn.Linear):
         if self.training and self.sampling:
             self.sample = self._sample_inputs(x.detach())
         rows = x.reshape(-1, self.in_features)
-        # Fused A = W·R costs out·d² (plus the same in backward); z = R·x costs rows·d² (plus the
-        # same for grad_x). Pick the cheaper per call: the classifier head at small batch goes unfused.
-        if rows.shape[0] < self.out_features and (self.fused is None or self.training):
+        if self._unfused(rows.shape[0]):
             return F.linear(F.linear(x, self.R.to(x.dtype)), self.weight, self.bias)
         return F.linear(x, self._fused_weight(), self.bias)
 
@@ -101,9 +105,7 @@ class DecorConv2d(DecorMixin, nn.Conv2d):
             self.sample = self._sample_inputs(x.detach())
         images = x if x.dim() == 4 else x.unsqueeze(0)
         out_h, out_w = self._output_size(images)
-        # As in DecorLinear: where there are fewer patches than output channels (small feature maps, e.g. a
-        # ResNet's last stage on 8×8 images) z = R·patches costs less than forming A = W·R.
-        if images.shape[0] * out_h * out_w < self.out_channels and (self.fused is None or self.training):
+        if self._unfused(images.shape[0] * out_h * out_w):  # rows: one per patch (e.g. a ResNet's 1×1 last stage)
             rows = F.linear(F.linear(self._patch_rows(images), self.R.to(x.dtype)), self.weight.flatten(1), self.bias)
             y = rows.reshape(images.shape[0], out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
             return y if x.dim() == 4 else y.squeeze(0)
