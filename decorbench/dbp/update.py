@@ -57,34 +57,37 @@ def _coefficients(layer: DecorMixin) -> tuple[float, float]:
     return a, b
 
 
-def _moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(C·R, diag(C), ‖C‖²_F) for C = mean of z·zᵀ over the n sampled rows, z = R·x, formed the cheapest way.
+def _moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, Q, diag(C), ‖C‖²_F) with C·R = P·Q, for C = mean of z·zᵀ over the n sampled rows, z = R·x, formed the
+    cheapest way. Q is never R itself, so the step can accumulate P·Q into R in place.
 
-    MACs of each equivalent form: low-rank Zᵀ(Z·R)/n with ‖C‖ = ‖ZZᵀ‖/n: 3·n·d² + n²·d; dense in z,
+    MACs of each equivalent form: low-rank Zᵀ(Z·R/n) with ‖C‖ = ‖ZZᵀ‖/n: 3·n·d² + n²·d; dense in z,
     C = ZᵀZ/n: 2·n·d² + d³; dense in x, C = R·(XᵀX/n)·Rᵀ: n·d² + 3·d³. Few samples pick the first, many
-    (the early conv layers, n ≫ d) the last, which halves their cost against forming z.
+    (the early conv layers, n ≫ d) the last, which halves their cost against forming z. The low-rank form keeps
+    every d×d pass out of it but the step's own one: 1/n scales the n×d factor, and P·Q is never formed.
     """
     n, d = x.shape
     costs = {"low_rank": 3 * n * d * d + n * n * d, "dense_z": 2 * n * d * d + d**3, "dense_x": n * d * d + 3 * d**3}
     form = min(costs, key=costs.get)
     if form == "low_rank":
         z = x @ R.T
-        return z.T @ (z @ R) / n, (z * z).mean(0), ((z @ z.T) / n).square().sum()
+        return z.T, (z @ R).div_(n), (z * z).mean(0), ((z @ z.T) / n).square().sum()
     if form == "dense_z":
         z = x @ R.T
         return _of_c(z.T @ z / n, R)
     return _of_c(R @ (x.T @ x / n) @ R.T, R)
 
 
-def _of_c(c: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return c @ R, c.diagonal(), c.square().sum()
+def _of_c(c: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # a copy of R costs d² against C·R's d³
+    return c, R.clone(), c.diagonal(), c.square().sum()
 
 
 # torch 2.13 renamed all_gather_into_tensor (the old name warns there); torch 2.11 and 2.12 have only the old one.
 _all_gather_rows = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def _pooled_moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pooled_moments(x: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_moments` over the rows every rank sampled (each rank the same number), identical on every rank."""
     w, (n, d) = dist.get_world_size(), x.shape
     if w * n < 2 * d:  # the rows are the smaller message (ring all-gather vs ring all-reduce traffic)
@@ -104,9 +107,9 @@ def _step(layer: DecorMixin, lr: float, distributed: bool) -> torch.Tensor:
     G·R = a·C·R + diag((b−a)·diag(C) − b)·R, so R ← diag(scale)·R − η·a·C·R.
     """
     R = layer.R
-    c_r, var, c_sq = _pooled_moments(layer.sample, R) if distributed else _moments(layer.sample.to(R.dtype), R)
+    p, q, var, c_sq = _pooled_moments(layer.sample, R) if distributed else _moments(layer.sample.to(R.dtype), R)
     a, b = _coefficients(layer)
-    R.mul_((1.0 - lr * ((b - a) * var - b))[:, None]).add_(c_r, alpha=-lr * a)
+    R.mul_((1.0 - lr * ((b - a) * var - b))[:, None]).addmm_(p, q, alpha=-lr * a)
     d = R.shape[0]
     offdiag_sq = c_sq - var.square().sum()
     return ((1.0 - layer.kappa) * offdiag_sq + layer.kappa * (var - 1.0).square().sum()) / d**2
