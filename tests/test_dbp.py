@@ -336,15 +336,27 @@ def test_diagnostics_report_correlation_of_the_current_sample():
     assert stats["mean_variance"] == pytest.approx(1.0, abs=0.1)
 
 
-def test_compiled_model_matches_eager_and_still_samples():
+@pytest.mark.parametrize("width, batch, image", [
+    (8, 32, 8),  # more rows than outputs (conv 32·36 > 8, linear 32 > 10): both layers form A = W·R
+    (64, 2, 4),  # fewer (conv 2·4 < 64, linear 2 < 10): both compute W·(R·x), as a ResNet's last stage on 8×8 digits
+])
+def test_compiled_model_matches_eager_and_still_samples(width, batch, image):
     torch.manual_seed(0)
-    model = decorrelate(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)))
+    model = decorrelate(nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.Flatten(),
+                                      nn.Linear(width * (image - 2) ** 2, 10)))
     for m in decor_layers(model).values():
         m.R.copy_(near_identity(m.decor_dim))
-    x = torch.randn(32, 3, 8, 8)
+    x = torch.randn(batch, 3, image, image)
     out = torch.compile(model)(x)
     assert all(m.sample is not None for m in decor_layers(model).values())
-    torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    compiled_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    eager = model(x)
+    eager.square().sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+    for compiled, p in zip(compiled_grads, model.parameters()):
+        torch.testing.assert_close(compiled, p.grad, rtol=1e-4, atol=1e-4)
     assert update(model, 1e-3) > 0
 
 
