@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from decorbench.dbp import DecorConv2d, decorrelate
+from decorbench.dbp import DecorConv2d, DecorLinear, decorrelate
 from decorbench.meters import count_flops, peak_memory_bytes, reset_peak_memory
 
 
@@ -36,6 +36,18 @@ def test_a_conv_on_small_feature_maps_decorrelates_its_patches_instead_of_formin
     assert count_flops(layer, torch.zeros(4, 64, 2, 2), backward=False) == 2 * 16 * d * d + 2 * 16 * d * 512
     # 128 images: 512 rows, as many as outputs, so A = W·R (out·d²) and the convolution
     assert count_flops(layer, torch.zeros(128, 64, 2, 2), backward=False) == 2 * 512 * d * d + 2 * 512 * d * 512
+
+
+@pytest.mark.parametrize("rows, macs", [  # d = 32; 10 % sampled: n = 2, 40, 200 rows
+    (20, lambda n, d: 3 * n * d * d + n * n * d),  # low-rank Zᵀ(Z·R): few samples
+    (400, lambda n, d: 2 * n * d * d + d**3),  # dense in z
+    (2000, lambda n, d: n * d * d + 3 * d**3),  # dense in x: many samples
+])
+def test_the_update_counts_every_product_of_its_form(rows, macs):
+    layer = DecorLinear(32, 4, sample_fraction=0.1)
+    x = torch.zeros(rows, 32)
+    update_flops = count_flops(layer, x) - count_flops(layer, x, update_r=False)
+    assert update_flops == 2 * macs(rows // 10, 32)
 
 
 def test_counting_does_not_copy_the_weights():

@@ -109,7 +109,8 @@ def _step(layer: DecorMixin, lr: float, distributed: bool) -> torch.Tensor:
     R = layer.R
     p, q, var, c_sq = _pooled_moments(layer.sample, R) if distributed else _moments(layer.sample.to(R.dtype), R)
     a, b = _coefficients(layer)
-    R.mul_((1.0 - lr * ((b - a) * var - b))[:, None]).addmm_(p, q, alpha=-lr * a)
+    R.mul_((1.0 - lr * ((b - a) * var - b))[:, None])
+    torch.addmm(R, p, q, alpha=-lr * a, out=R)  # in place; FlopCounterMode counts addmm, not addmm_
     d = R.shape[0]
     offdiag_sq = c_sq - var.square().sum()
     return ((1.0 - layer.kappa) * offdiag_sq + layer.kappa * (var - 1.0).square().sum()) / d**2
