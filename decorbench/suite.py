@@ -42,7 +42,7 @@ from decorbench.results import RunWriter, begins_as_written, code_state, provena
 from decorbench.settings import (NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, resolved_options, stored_settings,
                                  swept_value)
 from decorbench.step import make_step
-from decorbench.train import METHODS, RunSpec, continues, train_run
+from decorbench.train import CONVERTED, METHODS, RunSpec, continues, train_run
 
 FINISHED = ("completed", "budget", "target", "diverged")
 SUITE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # it starts every run_id, so every file name
@@ -107,7 +107,8 @@ class SuiteConfig:
         they run as separate jobs (`seeds=[0]`, `seeds=[1]`; by position in the list, each such job ran BP first),
         and across models and swept settings within one seed. A BP run carries the default [dbp] table: DBP's
         settings are not part of what it is (nor of its results record), so a sweep of dbp.* settings runs BP once
-        per seed."""
+        per seed. So does it run bp-converted, with the first setting's [dbp] table (its layers use sample_fraction,
+        skip and only; never the update's lr)."""
         specs, variants = {}, self.variants()
         for seed in self.seeds:
             for index, variant in enumerate(variants):
@@ -115,7 +116,7 @@ class SuiteConfig:
                     for method in self.methods if (seed + index + place) % 2 == 0 else self.methods[::-1]:
                         swept = tuple(key for key in self.sweep if method == "dbp" or not key.startswith("dbp."))
                         spec = RunSpec(self.name, method, model, self.dataset, seed, variant.of_method(method).train,
-                                       variant.dbp if method == "dbp" else DBPConfig(), self.budget, self.data.root,
+                                       variant.dbp if method in CONVERTED else DBPConfig(), self.budget, self.data.root,
                                        self.data.options, swept)
                         specs.setdefault(spec.run_id, spec)
         return list(specs.values())
@@ -351,7 +352,7 @@ def _check_models(config: SuiteConfig) -> None:
                 size = "×".join(map(str, shape))
                 raise ConfigError(f"model {model} cannot train on {config.dataset} inputs of {size} in batches of "
                                   f"{config.train.batch_size} ({str(e).splitlines()[0]})") from e
-        if "dbp" in config.methods:
+        if set(CONVERTED) & set(config.methods):
             try:
                 decorrelate(net, skip=d.skip, only=d.only)
             except ValueError as e:
@@ -374,7 +375,7 @@ def _settings(spec: RunSpec, config: SuiteConfig) -> dict:
     return json.loads(json.dumps({
         "budget": dataclasses.asdict(spec.budget),
         "hyperparameters": {"train": dataclasses.asdict(spec.train),
-                            "dbp": dataclasses.asdict(spec.dbp) if spec.method == "dbp" else None,
+                            "dbp": dataclasses.asdict(spec.dbp) if spec.method in CONVERTED else None,
                             "data": data},
         "country_iso_code": config.carbon.country_iso_code}))  # whose grid intensity co2_kg is of
 

@@ -757,6 +757,14 @@ def test_a_sweep_runs_every_combination_once_and_bp_once_per_dbp_only_setting():
     assert [s.seed for s in config.runs()] == [0] * 6 + [1] * 6  # a stopped sweep has its first seeds whole
 
 
+def test_a_sweep_of_dbp_settings_runs_bp_converted_once_per_seed_with_the_first_settings_layers():
+    config = load_config("smoke", ['models=["mlp"]', "seeds=[0]", 'methods=["bp", "bp-converted", "dbp"]',
+                                   "sweep.dbp.sample_fraction=[0.2, 0.5]"])
+    converted = [s for s in config.runs() if s.method == "bp-converted"]
+    assert [(s.run_id, s.dbp.sample_fraction) for s in converted] == [("smoke-digits-mlp-bp-converted-s0", 0.2)]
+    assert len(config.runs()) == 1 + 1 + 2
+
+
 def test_a_sweep_records_its_settings_reports_each_and_grows_on_resume(tmp_path, capsys):
     args = [*ONE_PAIR, "--set", "budget.max_steps=6", "--set", "train.eval_every=3", "--out", str(tmp_path)]
     assert main(["run", "smoke", *args, "--set", "sweep.train.lr=[1e-3, 1e-2]"]) == 0

@@ -27,14 +27,15 @@ PROVENANCE = provenance("cpu")  # once: it runs git
 def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, status="completed",
               reason="max_epochs 5 done", energy=True, energy_lost_at=None, energy_warnings=(),
               energy_source="nvml-counter", **run_fields):
-    """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's.
+    """A run whose accuracy rises with the step (seed- and method-dependent); DBP steps cost 1.3× BP's, BP-CONVERTED's
+    1.15× (it learns as BP).
     `energy_lost_at`: the eval from which the energy meter has failed (its reason in the end record);
     `energy_warnings`: the meter's warnings, in the end record."""
     rng = np.random.default_rng([seed, len(model), method == "dbp"])
     run = {**PROVENANCE, "run_id": run_id, "suite": "test", "method": method, "model": model, "dataset": dataset,
            "seed": seed, "budget": {"max_epochs": evals}, "hyperparameters": {"lr": 1e-3}, "country_iso_code": "NLD",
            "energy_unavailable_reason": None if energy else "no energy meter is wired in yet", **run_fields}
-    step_s = 0.01 * (1.3 if method == "dbp" else 1.0) * rng.uniform(0.8, 1.2)
+    step_s = 0.01 * {"dbp": 1.3, "bp-converted": 1.15}.get(method, 1.0) * rng.uniform(0.8, 1.2)
     with RunWriter(run_path(out, run_id), run) as writer:
         for i in range(1, evals + 1):
             measured = energy and (energy_lost_at is None or i < energy_lost_at)
@@ -195,6 +196,28 @@ def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suit
     ids = re.findall(r' id="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "figures inside one page must not share ids"
     assert not re.search(r"(src|href)=\"(?!#)", html) and "@import" not in html and "url(http" not in html
+
+
+def test_bp_converted_gets_its_own_ratio_to_dbp_in_the_summary_the_claim_check_and_the_run_summary(tmp_path):
+    for seed in range(3):
+        for method in ("bp", "bp-converted", "dbp"):
+            write_run(tmp_path, f"{method}-s{seed}", method, "mlp", seed, budget={"target_accuracy": 0.7})
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    evals = load(tmp_path)
+    tta, methods = time_to_target(evals, 0.7), evals.groupby("run_id")["method"].first()
+    speedup = {m: tta[methods == m].median() / tta[methods == "dbp"].median() for m in ("bp", "bp-converted")}
+    assert speedup["bp-converted"] > speedup["bp"]  # its steps cost more: the two ratios are told apart
+    shown = card(page, "digits", "mlp")
+    assert re.findall(r'<th class="num ([\w-]+)">', shown) == ["bp", "bp-converted", "dbp"]
+    assert re.findall(r'<th class="num">([^<]+)<small>', shown) == ["BP / DBP", "BP-CONVERTED / DBP"]
+    time_row = row(shown, "time to target")
+    assert time_row.index(fmt(speedup["bp"], "ratio")) < time_row.index(fmt(speedup["bp-converted"], "ratio"))
+    assert "BP-CONVERTED</b>: BP as the DBP paper's code timed it" in page
+    assert (f"median time to target BP-CONVERTED / DBP: {fmt(speedup['bp-converted'], 'ratio')}"
+            in claim_text(page, "digits · mlp"))
+    table = summarize(evals, 0.7).set_index("method")
+    for m in ("bp", "bp-converted"):
+        assert table[f"speedup_{m.replace('-', '_')}_over_dbp"].iloc[0] == pytest.approx(speedup[m])
 
 
 def test_the_target_the_runs_were_given_is_the_default_as_in_the_run_summary(tmp_path):

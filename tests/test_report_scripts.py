@@ -20,7 +20,7 @@ def study_tables(name: str, monkeypatch, capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_gpu_step_cost_writes_both_methods_per_case_and_says_why_energy_is_missing(tmp_path, monkeypatch):
+def test_gpu_step_cost_writes_every_method_per_case_and_says_why_energy_is_missing(tmp_path, monkeypatch):
     out = tmp_path / "step_cost"
     monkeypatch.setattr(sys, "argv", [SCRIPT, "--out", str(out), "--depths", "small-cnn", "--batches", "8",
                                       "--windows", "2", "--window-s", "0.01", "--idle-s", "0.01", "--device", "cpu"])
@@ -28,12 +28,12 @@ def test_gpu_step_cost_writes_both_methods_per_case_and_says_why_energy_is_missi
     saved = json.loads(out.with_suffix(".json").read_text())
     (case,) = saved["results"]
     assert (case["depth"], case["batch"], case["path"]) == ("small-cnn", 8, "eager")
-    for method in ("bp", "dbp"):
+    for method in ("bp", "bp-converted", "dbp"):
         r = case[method]
         assert len(r["windows"]) == 2 and all(w["steps"] >= 1 and w["seconds"] > 0 for w in r["windows"])
         assert r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
         assert r["counter_j_per_step"] is None and r["mfu"] is None  # no GPU: nothing invented
-    assert case["dbp"]["flops_per_step"] > case["bp"]["flops_per_step"] > 0
+    assert case["dbp"]["flops_per_step"] > case["bp-converted"]["flops_per_step"] > case["bp"]["flops_per_step"] > 0
     assert saved["energy_unavailable"] == {"counter": "device is cpu: no GPU energy meter"}
     assert saved["energy_warnings"] == {"counter": []}
     assert saved["provenance"]["device"] == "cpu" and "--depths small-cnn" in saved["provenance"]["command"]

@@ -112,6 +112,16 @@ def test_dbp_counts_its_extra_flops():
     assert dbp_flops > bp_flops
 
 
+def test_bp_converted_learns_as_bp_and_pays_for_forming_w_times_r_but_no_update():
+    budget, conv = Budget(max_steps=6), dict(model="small-cnn", eval_every=3)
+    bp, converted, dbp = (run(method, budget=budget, **conv)[3] for method in ("bp", "bp-converted", "dbp"))
+    for of_bp, of_converted in zip(bp, converted):  # R stays the identity: W·R is W, up to rounding
+        for key in ("train_loss", "eval_loss", "eval_accuracy"):
+            assert of_converted[key] == pytest.approx(of_bp[key], rel=1e-5)
+    assert converted[-1]["decor_loss"] is None
+    assert bp[-1]["flops"] < converted[-1]["flops"] < dbp[-1]["flops"]
+
+
 def test_target_ends_the_run_when_asked():
     status, reason, _, evals = run(budget=Budget(max_epochs=20, target_accuracy=0.5, stop_at_target=True))
     assert status == "target" and "0.5" in reason

@@ -102,7 +102,8 @@ def render_report(paths, output: Path | str, target: float | None = None) -> Pat
         notes=tables.notes(runs), summary=tables.summary(runs, goals, None if target is None else source),
         sweeps=sweep.sweeps(runs, goals), claim=claim.check(runs, goals, target, source),
         no_accuracy=runs["final_accuracy"].isna().all(), figures=_figures(evals, runs, goals),
-        statuses=tables.status_counts(runs), runs=tables.run_rows(runs))
+        statuses=tables.status_counts(runs), runs=tables.run_rows(runs),
+        converted=bool((runs["method"] == "bp-converted").any()))
     partial = output.with_name(f".{output.name}.partial")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from ..settings import NOT_THE_EXPERIMENT, setting_defaults
 from .runs import GROUP, PROBLEMS, busy, by_group, chance, natural, validation
 from .stats import Estimate, median, ratio
 
-METHOD_ORDER = {"bp": 0, "dbp": 1}
+METHOD_ORDER = {"bp": 0, "bp-converted": 1, "dbp": 2}
+BASELINES = ("bp", "bp-converted")  # what DBP's costs are divided by: BP, and BP as the DBP authors' code timed it
 LOADER_BOUND = 0.1  # a run that waited for its batches longer than this share of its training time is flagged
 SOURCES = {"nvml-counter": "its energy counter", "nvml-power": "power readings sampled every 0.1 s, integrated"}
 BATCH = "hyperparameters.train.batch_size"  # a step of one batch size is not a step of another
@@ -42,8 +43,8 @@ _PREFIXES = [(1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e
 
 
 def methods(runs: pd.DataFrame) -> list[str]:
-    """Methods present, BP first, then DBP, then any other in name order."""
-    return sorted(runs["method"].unique(), key=lambda m: (METHOD_ORDER.get(m, 2), m))
+    """Methods present, BP first, then BP-CONVERTED and DBP, then any other in name order."""
+    return sorted(runs["method"].unique(), key=lambda m: (METHOD_ORDER.get(m, len(METHOD_ORDER)), m))
 
 
 def _si(value: float, unit: str) -> tuple[str, str]:
@@ -118,68 +119,66 @@ def _metric_cell(part: pd.DataFrame, column: str, kind: str) -> dict:
     return _cell(median(reached[column]), kind, note)
 
 
-def _ratio_cell(by_method: dict, column: str) -> dict:
-    """BP / DBP over the runs that reached the target, saying so when not all did (runs that diverged or never got
-    there are not in it, which flatters their method); none when some of those lack the measure (a meter that
-    failed for some seeds), since a ratio of medians over different seeds of each method could mislead."""
-    hit = {m: by_method[m].loc[by_method[m]["reached"], column] for m in ("bp", "dbp")}
+def _ratio_cell(by_method: dict, column: str, base: str) -> dict:
+    """base / DBP (base: BP or BP-CONVERTED) over the runs that reached the target, saying so when not all did (runs
+    that diverged or never got there are not in it, which flatters their method); none when some of those lack the
+    measure (a meter that failed for some seeds), since a ratio of medians over different seeds of each method could
+    mislead."""
+    hit = {m: by_method[m].loc[by_method[m]["reached"], column] for m in (base, "dbp")}
     unmeasured = sum(int(h.isna().sum()) for h in hit.values())
     if unmeasured and any(h.notna().any() for h in hit.values()):
         return _text("—", f"{unmeasured} of the runs that reached the target not measured")
-    notes = [_by_seed(by_method, column)]
+    notes = [_by_seed(by_method, column, base)]
     if any(len(hit[m]) < len(by_method[m]) for m in hit):
         notes.append("over the runs that reached it: " + ", ".join(f"{m.upper()} {len(hit[m])}/{len(by_method[m])}"
                                                                   for m in hit))
-    return _cell(ratio(hit["bp"], hit["dbp"]), "ratio", "; ".join(n for n in notes if n))
+    return _cell(ratio(hit[base], hit["dbp"]), "ratio", "; ".join(n for n in notes if n))
 
 
-def _by_seed(by_method: dict, column: str) -> str:
-    """A BP and a DBP run of one seed start from the same weights and see the same batches: compared seed by seed,
-    a method's consistent edge shows even where the spread over all pairs of runs hides it. "" without 2 such
+def _by_seed(by_method: dict, column: str, base: str) -> str:
+    """A base (BP) and a DBP run of one seed start from the same weights and see the same batches: compared seed by
+    seed, a method's consistent edge shows even where the spread over all pairs of runs hides it. "" without 2 such
     pairs, or where a method repeats a seed (results of different settings pooled)."""
     cost = {}
-    for m in ("bp", "dbp"):
+    for m in (base, "dbp"):
         part = by_method[m][by_method[m]["reached"] & by_method[m][column].notna()]
         if part["seed"].duplicated().any():
             return ""
         cost[m] = part.set_index("seed")[column]
-    both = cost["bp"].index.intersection(cost["dbp"].index)
+    both = cost[base].index.intersection(cost["dbp"].index)
     if len(both) < 2:
         return ""
-    less, same = (int(op(cost["dbp"][both], cost["bp"][both]).sum()) for op in (operator.lt, operator.eq))
+    less, same = (int(op(cost["dbp"][both], cost[base][both]).sum()) for op in (operator.lt, operator.eq))
     return f"DBP less in {less}{f', the same in {same}' if same else ''} of {len(both)} seeds, seed by seed"
 
 
-def _batch_sizes(group: pd.DataFrame, by_method: dict) -> str:
-    """"BP 32, DBP 128" where BP's and DBP's runs differ in batch size (a step of one is not a step of the other);
+def _batch_sizes(group: pd.DataFrame, by_method: dict, base: str) -> str:
+    """"BP 32, DBP 128" where base's and DBP's runs differ in batch size (a step of one is not a step of the other);
     else ""."""
     if BATCH not in group:
         return ""
     shown = shown_settings(group, [BATCH])[BATCH]
-    sizes = {m: "/".join(sorted(shown[by_method[m].index].unique(), key=natural)) for m in ("bp", "dbp")}
-    return "" if sizes["bp"] == sizes["dbp"] else f"BP {sizes['bp']}, DBP {sizes['dbp']}"
+    sizes = {m: "/".join(sorted(shown[by_method[m].index].unique(), key=natural)) for m in (base, "dbp")}
+    return "" if sizes[base] == sizes["dbp"] else f"{base.upper()} {sizes[base]}, DBP {sizes['dbp']}"
 
 
 def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> list[dict]:
-    """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, BP/DBP).
-    target_source: where a common target came from; None: each group's is BP's median final accuracy."""
+    """Per (dataset, model): target, method columns and one row per metric (median over seeds, spread, and a ratio
+    to DBP of each baseline present: BP / DBP, BP-CONVERTED / DBP). target_source: where a common target came from;
+    None: each group's is BP's median final accuracy."""
     groups, floor = [], chance(runs)
     for (dataset, model), group in by_group(runs):
         present = methods(group)
         by_method = {m: group[group["method"] == m] for m in present}
-        pair = {"bp", "dbp"} <= set(present)
+        bases = [m for m in BASELINES if m in by_method] if "dbp" in by_method else []
         rows = [{"label": "runs", "cells": [_text(str(len(p)), problem_note(p)) for p in by_method.values()],
-                 "ratio": None}]
-        mixed = pair and bool(not_one_experiment(by_method))  # said in the notes and the claim check
-        batches = _batch_sizes(group, by_method) if pair else ""
+                 "ratios": [None for _ in bases]}]
+        mixed = bool(bases) and bool(not_one_experiment(by_method))  # said in the notes and the claim check
+        batches = {base: _batch_sizes(group, by_method, base) for base in bases}
         for column, label, kind, with_ratio in METRICS:
-            shown = None
-            if pair and with_ratio:
-                shown = _text("—", "not given: settings or seeds pooled (notes)") if mixed \
-                    else _text("—", f"not given: steps of different sizes ({batches}); compare images") \
-                    if batches and column == "steps_to_target" else _ratio_cell(by_method, column)
             rows.append({"label": label, "cells": [_metric_cell(p, column, kind) for p in by_method.values()],
-                         "ratio": shown})
+                         "ratios": [_ratio_or_why(by_method, column, base, mixed, batches[base]) if with_ratio
+                                    else None for base in bases]})
         nothing = "" if group["evals"].any() else ("No run here reached its first eval point, so nothing was "
                                                      "measured: the runs list says why.")
         if nothing:
@@ -191,8 +190,17 @@ def summary(runs: pd.DataFrame, goals: pd.Series, target_source: str | None) -> 
         groups.append({"dataset": dataset, "model": model, "methods": present, "rows": rows, "nothing": nothing,
                        "settings": settings(group),
                        "target": fmt(target, "accuracy"), "target_source": source,
-                       "at_chance": at_chance(target, floor.get((dataset, model), math.nan)), "has_ratio": pair})
+                       "at_chance": at_chance(target, floor.get((dataset, model), math.nan)),
+                       "ratios": [f"{base.upper()} / DBP" for base in bases]})
     return groups
+
+
+def _ratio_or_why(by_method: dict, column: str, base: str, mixed: bool, batches: str) -> dict:
+    if mixed:
+        return _text("—", "not given: settings or seeds pooled (notes)")
+    if batches and column == "steps_to_target":
+        return _text("—", f"not given: steps of different sizes ({batches}); compare images")
+    return _ratio_cell(by_method, column, base)
 
 
 def at_chance(target: float, chance_accuracy: float) -> str:
@@ -466,7 +474,7 @@ def _file(run: dict, base: str) -> str:
 
 def run_rows(runs: pd.DataFrame) -> list[dict]:
     """Every run, unfinished ones first (flagged), then by dataset, model, method, seed."""
-    order = runs.assign(_m=runs["method"].map(METHOD_ORDER).fillna(2))
+    order = runs.assign(_m=runs["method"].map(METHOD_ORDER).fillna(len(METHOD_ORDER)))
     order = order.sort_values(["problem", *GROUP, "_m", "method", "seed", "run_id"], kind="stable",
                               ascending=[False, True, True, True, True, True, True],
                               key=lambda column: column.map(natural) if column.name in GROUP else column)

@@ -1,6 +1,7 @@
 """What does a decorrelated-backprop (DBP) training step cost relative to plain backprop (BP), and why?
 
-Times a full ResNet-18 training step on CPU for BP and DBP (same seed, weights and batch), then times and
+Times a full ResNet-18 training step on CPU for BP, DBP and BP as the DBP authors' code timed it ("bp-converted":
+the DBP model with the update off, still forming A = W·R and sampling; same seed, weights and batch), then times and
 FLOP-counts in isolation the three things DBP adds -- the decorrelation matmul (A = W·R; z = R·x where a
 DecorLinear's forward goes unfused), the input sampling in the forward, and the R update -- so that the
 DBP/BP overhead can be attributed to them.
@@ -114,11 +115,13 @@ def flops_by_group(model: nn.Module, layers: list[nn.Module], inputs: list[torch
 def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     bp_model = create_model("resnet18", case["classes"], input_shape=(3, case["size"], case["size"]))
-    dbp_model = decorrelate(copy.deepcopy(bp_model))
+    dbp_model, converted_model = (decorrelate(copy.deepcopy(bp_model)) for _ in range(2))
     x = torch.randn(case["batch"], 3, case["size"], case["size"])
     y = torch.randint(case["classes"], (case["batch"],))
     bp_step, dbp_step = fixed_batch_step(bp_model, x, y, False), fixed_batch_step(dbp_model, x, y, True)
-    step_s = median_seconds({"bp": lambda: clock(bp_step), "dbp": lambda: clock(dbp_step)}, warmup, steps)
+    converted_step = fixed_batch_step(converted_model, x, y, False)
+    step_s = median_seconds({"bp": lambda: clock(bp_step), "dbp": lambda: clock(dbp_step),
+                             "converted": lambda: clock(converted_step)}, warmup, steps)
 
     layers = list(decor_layers(dbp_model).values())
     inputs = capture_inputs(dbp_model, layers, x)
@@ -144,7 +147,7 @@ def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
     }, warmup, steps)
 
     flops = {"bp_step": count_flops(bp_step), "dbp_step": count_flops(dbp_step),
-             "product_fwd_bwd": count_flops(product_fwd_bwd)}
+             "converted_step": count_flops(converted_step), "product_fwd_bwd": count_flops(product_fwd_bwd)}
     refill_samples()
     flops["update"] = count_flops(lambda: update(dbp_model, DECOR_LR))
     flops["by_group"] = flops_by_group(dbp_model, layers, inputs, grads, refill_samples)
@@ -153,6 +156,7 @@ def measure_case(case: dict, warmup: int, steps: int, seed: int) -> dict:
     flops |= {"dbp_over_bp": flops["dbp_step"] / flops["bp_step"],
               "extra_pct_of_bp": {k: 100 * v / flops["bp_step"] for k, v in extra.items()}}
     seconds = {"bp_step": step_s["bp"], "dbp_step": step_s["dbp"], "dbp_over_bp": step_s["dbp"] / step_s["bp"],
+               "converted_step": step_s["converted"], "dbp_over_converted": step_s["dbp"] / step_s["converted"],
                **piece_s}
     return {**case, "decor_layers": len(layers), "seconds": seconds, "flops": flops}
 
@@ -180,6 +184,15 @@ def markdown(prov: dict, results: dict) -> str:
         lines.append(f"| {r['label']} | {s['bp_step']:.3f} | {s['dbp_step']:.3f} | {s['dbp_over_bp']:.2f} | "
                      f"{s['dbp_step'] - s['bp_step']:.3f} | {s['product_fwd_bwd']:.3f} | {s['sampling']:.4f} | "
                      f"{s['update']:.3f} | {pieces:.3f} |")
+    lines += ["", "BP-CONVERTED: the DBP model with the update off (R stays the identity), as the DBP authors' code "
+              "timed BP; it learns as BP does.", "",
+              "| case | BP step s | BP-CONVERTED step s | BP-CONVERTED/BP | DBP step s | DBP/BP-CONVERTED "
+              "| BP-CONVERTED step GFLOP |", "|---|---|---|---|---|---|---|"]
+    for r in results.values():
+        s, f = r["seconds"], r["flops"]
+        lines.append(f"| {r['label']} | {s['bp_step']:.3f} | {s['converted_step']:.3f} | "
+                     f"{s['converted_step'] / s['bp_step']:.2f} | {s['dbp_step']:.3f} | {s['dbp_over_converted']:.2f} "
+                     f"| {f['converted_step'] / 1e9:.1f} |")
     lines += ["", "| case | BP step GFLOP | DBP step GFLOP | DBP/BP | A=W·R fwd+bwd GFLOP (% BP) | update GFLOP (% BP) "
               "| DBP−BP (% BP) |", "|---|---|---|---|---|---|---|"]
     for r in results.values():

@@ -35,9 +35,9 @@ from decorbench.meters import EnergyMeter, Stopwatch, count_flops, peak_memory_b
 from decorbench.models import create_model
 from decorbench.results import provenance, uncommitted
 from decorbench.step import make_step, prepare_model
-from decorbench.train import resolve_device
+from decorbench.train import CONVERTED, resolve_device
 
-METHODS = ("bp", "dbp")
+METHODS = ("bp", "bp-converted", "dbp")  # bp-converted: BP as the DBP authors' code timed it (decorbench.train)
 PATHS = ("eager", "compiled")
 DBP = {"kappa": 0.01, "sample_fraction": 0.1, "lr": 1e-4}  # the authors' CIFAR recipe (artcogsys/decorbp)
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator; torch.compile compiles in the first
@@ -73,7 +73,7 @@ class Case:
         reset_peak_memory(device)
         torch.manual_seed(seed)
         net = create_model(depth, 10, input_shape=(3, 32, 32))
-        if method == "dbp":
+        if method in CONVERTED:
             decorrelate(net, kappa=DBP["kappa"], sample_fraction=DBP["sample_fraction"])
         prepare_model(net.to(device).train(), channels_last=True)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -81,7 +81,7 @@ class Case:
                               dbp_lr=DBP["lr"] if method == "dbp" else None)
         self.x = torch.randn(batch, 3, 32, 32, device=device)
         self.y = torch.randint(10, (batch,), device=device)
-        self.flops = count_flops(net, self.x)
+        self.flops = count_flops(net, self.x, update_r=method == "dbp")
         self.run(WARMUP_STEPS)
         # its own peak: weights, optimizer state, R, activations (not the other method's model beside it)
         self.peak_memory_bytes = None if resident is None else peak_memory_bytes(device) - resident
@@ -120,7 +120,7 @@ def idle_power(device: torch.device, energy: dict[str, EnergyMeter], seconds: fl
 
 def measure(depth: str, batch: int, path: str, device: torch.device, energy: dict[str, EnergyMeter],
             windows: int, window_s: float, seed: int) -> dict:
-    """BP and DBP of one (depth, batch, path): `windows` windows each, taking turns."""
+    """Each method of one (depth, batch, path): `windows` windows each, taking turns."""
     cases = {m: Case(m, depth, batch, path, device, seed) for m in METHODS}
     stopwatch = Stopwatch(device)
     for case in cases.values():
@@ -162,12 +162,15 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
              "channels_last; ResNet CIFAR stem, 3×32×32, "
              f"10 classes; DBP κ {DBP['kappa']}, sample fraction {DBP['sample_fraction']}. Step time: median over "
              "windows (min–max); energy and power: NVML energy counter over all windows; MFU: FLOPs per step "
-             "(DBP's extra work included) / median step time / datasheet dense bf16 peak.", "",
+             "(DBP's extra work included) / median step time / datasheet dense bf16 peak. BP-CONVERTED: BP as the "
+             "DBP authors' code timed it, the DBP model with the update off (it learns as BP, but forms A = W·R and "
+             "samples every step).", "",
              "| model | batch | path | BP ms/step | DBP ms/step | DBP/BP time | BP J/step | DBP J/step | DBP/BP energy "
-             "| BP W | DBP W | BP MFU | DBP MFU | BP GFLOP | DBP GFLOP | BP / DBP peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| BP W | DBP W | BP MFU | DBP MFU | BP GFLOP | DBP GFLOP | BP / DBP peak GiB "
+             "| BP-CONVERTED ms/step | BP-CONVERTED/BP time | DBP/BP-CONVERTED time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        bp, dbp = r["bp"], r["dbp"]
+        bp, dbp, converted = r["bp"], r["dbp"], r["bp-converted"]
         e_bp, e_dbp = bp["counter_j_per_step"], dbp["counter_j_per_step"]
         lines.append(
             f"| {r['depth']} | {r['batch']} | {r['path']} "
@@ -178,7 +181,9 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
             f"| {_f(bp['counter_watts'], '.0f')} | {_f(dbp['counter_watts'], '.0f')} "
             f"| {_f(bp['mfu'], '.1%')} | {_f(dbp['mfu'], '.1%')} "
             f"| {bp['flops_per_step'] / 1e9:.0f} | {dbp['flops_per_step'] / 1e9:.0f} "
-            f"| {_f(bp['peak_memory_bytes'], '.2f', 2**-30)} / {_f(dbp['peak_memory_bytes'], '.2f', 2**-30)} |")
+            f"| {_f(bp['peak_memory_bytes'], '.2f', 2**-30)} / {_f(dbp['peak_memory_bytes'], '.2f', 2**-30)} "
+            f"| {_f(converted['step_s'], '.2f', 1e3)} | {converted['step_s'] / bp['step_s']:.2f} "
+            f"| {dbp['step_s'] / converted['step_s']:.2f} |")
     lines += ["", f"Idle GPU power: counter {_f(idle.get('counter'), '.1f')} W, sampled "
                   f"{_f(idle.get('sampled'), '.1f')} W. The energy counter moves every "
                   f"{_f(prov.get('nvml_counter_interval_s'), '.0f', 1e3)} ms (median, idle)."]
