@@ -63,7 +63,8 @@ def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, chance_accu
     verdicts = ({"speedup": "—", "speedup_spread": "", "speedup_note": "", "speed_verdict": mixed,
                  "accuracy": "—", "accuracy_note": [], "accuracy_verdict": "not judged, for the same reason"}
                 if mixed else {**_speedup(bp, dbp, goal, chance_accuracy, target), **_accuracy(bp, dbp)})
-    converted = "" if mixed else _against_converted(group[group["method"] == "bp-converted"], dbp)
+    given = verdicts["speedup"] != "—"  # as BP / DBP: not over pooled settings, a target at chance, no BP accuracy
+    converted = _against_converted(group[group["method"] == "bp-converted"], dbp) if given else ""
     return {"group": f"{dataset} · {model}", **verdicts, "converted": converted,
             "caveats": _caveats(dataset, model, group, target, source)}
 

@@ -63,7 +63,8 @@ def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
     columns = [c for c in setting_columns(runs) if c not in NOT_SWEPT]
     out = []
     for (dataset, model), group in by_group(runs):
-        parts = sorted(group.groupby("method"), key=lambda item: (METHOD_ORDER.get(item[0], len(METHOD_ORDER)), item[0]))
+        parts = sorted(group.groupby("method"),
+                       key=lambda item: (METHOD_ORDER.get(item[0], len(METHOD_ORDER)), item[0]))
         shown = {method: shown_settings(part, columns) for method, part in parts}
         for method, settings in shown.items():  # not the [dbp] defaults: BP runs have no DBP settings
             if method != "dbp":

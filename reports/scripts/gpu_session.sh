@@ -9,8 +9,8 @@
 #   tests      the step, meter and env tests, here with a GPU and NVML (the step never waits for the device; the
 #              real NVML counter finds the board torch uses and reads plausible joules)
 #   overhead   benchmarks/meter_overhead.py on the GPU: the instrumented loop (NVML, codecarbon) vs a bare one
-#   step-cost  reports/scripts/gpu_step_cost.py: DBP vs BP step time, NVML energy by counter and by sampled power,
-#              idle power, MFU; ResNet-10/18/34/50 at batch 128 and 256
+#   step-cost  reports/scripts/gpu_step_cost.py: DBP vs BP (and BP-CONVERTED) step time, NVML energy by counter and
+#              by sampled power, idle power, MFU; ResNet-18/34/50, then ResNet-10, at batch 128 and 256
 #   reference  the gpu-reference suite on ResNet-18, 2 seeds, each run's training capped so the four fit the time
 #              left, then its report
 # Writes OUT/session.log and OUT/gpu-session.tar.gz (everything: env.txt, nvidia-smi.txt, tests.txt,
