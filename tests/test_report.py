@@ -219,6 +219,13 @@ def test_bp_converted_gets_its_own_ratio_to_dbp_in_the_summary_the_claim_check_a
     for m in ("bp", "bp-converted"):
         assert table[f"speedup_{m.replace('-', '_')}_over_dbp"].iloc[0] == pytest.approx(speedup[m])
 
+    write_run(tmp_path, "dbp-every4-s0", "dbp", "mlp", 0, budget={"target_accuracy": 0.7},
+              hyperparameters={"dbp": {"update_every": 4}})  # DBP's runs now pool two settings: neither ratio
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert row(card(page, "digits", "mlp"), "time to target").count("not given: settings or seeds pooled") == 2
+    assert "BP-CONVERTED / DBP:" not in claim_text(page, "digits · mlp")
+    assert summarize(load(tmp_path), 0.7)["speedup_bp_converted_over_dbp"].isna().all()
+
 
 def test_the_target_the_runs_were_given_is_the_default_as_in_the_run_summary(tmp_path):
     for seed in range(2):

@@ -1,9 +1,10 @@
 """What does a DBP training step cost next to a BP one on a GPU, in time, energy and FLOP utilisation?
 
-For each depth × batch, builds the BP and the DBP ResNet (CIFAR stem, 3×32×32, 10 classes; same seed, same random
-batch) and times decorbench's own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16
-autocast and channels_last, optionally torch.compile) in windows of about `--window-s` seconds, BP and DBP windows
-taking turns so drifts in clocks and temperature hit both. Per window: CUDA-synchronised wall time, and the GPU's
+For each depth × batch, builds the BP, the BP-CONVERTED (BP as the DBP authors' code timed it: the DBP model with the
+update off) and the DBP ResNet (CIFAR stem, 3×32×32, 10 classes; same seed, same random batch) and times
+decorbench's own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16 autocast and
+channels_last, optionally torch.compile) in windows of about `--window-s` seconds, the methods' windows taking turns
+so drifts in clocks and temperature hit all alike. Per window: CUDA-synchronised wall time, and the GPU's
 energy read two ways at once — NVML's energy counter and NVML power readings (instantaneous where the driver has
 them) sampled every 0.1 s and integrated — so the two meters are checked against each other on the same work. Before
 the sweep, the idle GPU's power over `--idle-s` seconds. FLOPs per step are counted exactly (torch.utils.flop_counter,
