@@ -34,7 +34,7 @@ from decorbench.step import make_step, prepare_model
 
 METHODS = ("bp", "dbp", "bp-converted")
 # bp-converted: BP as the DBP authors' code timed it, the DBP model with R never updated (it stays the identity, so it
-# learns as BP does) whose forwards still form A = W·R and sample their inputs: the baseline their speed-ups are over.
+# learns as BP does) whose forwards still form A = W·R and sample their inputs: the baseline of their public code.
 CONVERTED = ("dbp", "bp-converted")  # the methods whose model goes through decorrelate()
 
 
