@@ -57,8 +57,9 @@ def format_summary(table: pd.DataFrame) -> str:
             "end), of all; final_accuracy = their median; time = training seconds to the first eval at or above the "
             "target, median over the runs that reached it (reached: how many did); "
             "co2e_g = grams CO2e of a run's training (codecarbon's estimate), median over seeds; "
-            "speed-up > 1: DBP got there sooner (bp_converted: BP as the DBP paper's code timed it)\n"
-            + shown.to_string(index=False) + warnings)
+            "speed-up > 1: DBP got there sooner"
+            + (" (bp_converted: BP as the DBP paper's code timed it)" if "bp-converted" in set(table["method"]) else "")
+            + "\n" + shown.to_string(index=False) + warnings)
 
 
 def format_sweeps(evals: pd.DataFrame, target: float | None = None) -> str:

@@ -216,6 +216,7 @@ def test_bp_converted_gets_its_own_ratio_to_dbp_in_the_summary_the_claim_check_a
     assert "bp-converted as well" not in page
     assert (f"median time to target BP-CONVERTED / DBP: {fmt(speedup['bp-converted'], 'ratio')}"
             in claim_text(page, "digits · mlp"))
+    assert "(bp_converted: BP as the DBP paper's code timed it)" in format_summary(summarize(evals, 0.7))
     table = summarize(evals, 0.7).set_index("method")
     for m in ("bp", "bp-converted"):
         assert table[f"speedup_{m.replace('-', '_')}_over_dbp"].iloc[0] == pytest.approx(speedup[m])
@@ -834,6 +835,7 @@ def test_a_target_no_better_than_chance_is_flagged_and_its_speedup_not_judged(tm
     assert table["speedup_bp_over_dbp"].isna().tolist() == [False, False, True, True]  # mlp, then resnet18
     assert format_summary(table).endswith("digits · resnet18: target 0.100 is no better than chance (0.100): no "
                                           "speed-up shown")
+    assert "bp_converted" not in format_summary(table)  # explained only where it ran
 
 
 def test_runs_that_waited_for_their_input_are_flagged_as_timing_the_loader(tmp_path):
