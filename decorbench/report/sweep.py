@@ -16,7 +16,7 @@ import math
 import pandas as pd
 
 from .runs import by_group, validation
-from .tables import BATCH, METHOD_ORDER, fmt, setting_columns, shown_settings
+from .tables import BATCH, fmt, methods, setting_columns, shown_settings
 
 NOT_APPLICABLE = "—"
 NOT_SWEPT = ("hyperparameters.dbp", "hyperparameters.data.root")  # the dbp table itself (null for BP); where data lay
@@ -63,8 +63,7 @@ def sweeps(runs: pd.DataFrame, goals: pd.Series) -> list[dict]:
     columns = [c for c in setting_columns(runs) if c not in NOT_SWEPT]
     out = []
     for (dataset, model), group in by_group(runs):
-        parts = sorted(group.groupby("method"),
-                       key=lambda item: (METHOD_ORDER.get(item[0], len(METHOD_ORDER)), item[0]))
+        parts = [(method, group[group["method"] == method]) for method in methods(group)]
         shown = {method: shown_settings(part, columns) for method, part in parts}
         for method, settings in shown.items():  # not the [dbp] defaults: BP runs have no DBP settings
             if method != "dbp":
