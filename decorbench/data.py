@@ -7,6 +7,8 @@ live as tensors on the device and are batched by index, with augmentation done o
 
 Datasets (input C×H×W; augmentation with augment=True, none otherwise):
 - digits: scikit-learn's bundled 8×8 digits, 1×8×8, fixed stratified 75/25 split (1347/450); no augmentation.
+  Option image_size resizes them (bilinear): the same task with more pixels, so every conv layer does more work
+  per image while DBP's per-layer cost (the W·R formation, the R update) stays what it was.
 - cifar10, cifar100: 3×32×32, held as uint8 on the device; random crop with 4-pixel zero padding + horizontal flip.
 - imagenet, imagenette: image folders, 3×224×224 (options image_size); RandomResizedCrop + horizontal flip
   (test: Resize 256/224·size + CenterCrop). Decoded by DataLoader workers (options num_workers).
@@ -56,6 +58,7 @@ DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "image
 # training images per data set where the name (and options) alone say it: digits is sklearn's 1,797 images less the
 # 25 % held out for testing; image folders are only known once read
 _TRAIN_SIZE = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}
+_DIGITS_IMAGES = 1797
 _OPTION_MINIMUM = {"image_size": 1, "num_workers": 0, "data_seed": 0, "num_classes": 2, "channels": 1,
                    "train_size": 1, "test_size": 1, "noise": 0, "validation": 0}
 _VALIDATION_SPLIT = 2405_02385  # seeds which training images validation holds out: one split for every run
@@ -77,18 +80,22 @@ def check_options(name: str, options: dict) -> None:
         if key == "validation" and value >= 1:
             raise ValueError(f"data.options.validation is the share of the training set held out, in [0, 1), got "
                              f"{value!r}")
-    if name == "synthetic":
-        _check_synthetic_fits(resolved_options(name, options))
+    if name in ("synthetic", "digits"):
+        _check_fits(name, resolved_options(name, options))
 
 
-def _check_synthetic_fits(opts: dict) -> None:
-    """Synthetic data is drawn whole in host memory (float32): a size that cannot fit would fail every run."""
-    images = opts["train_size"] + opts["test_size"] + opts["num_classes"]  # and the class means
-    need = 4 * images * opts["channels"] * opts["image_size"] ** 2
+def _check_fits(name: str, opts: dict) -> None:
+    """Synthetic data and digits are prepared whole in host memory: a size that cannot fit would fail every run."""
+    if name == "synthetic":  # float32, with the class means
+        images = opts["train_size"] + opts["test_size"] + opts["num_classes"]
+        channels, value_bytes = opts["channels"], 4
+    else:  # float64 while resized and normalised, two copies
+        images, channels, value_bytes = _DIGITS_IMAGES, 1, 16
+    need = value_bytes * images * channels * opts["image_size"] ** 2
     have = host_memory_bytes()
     if need > have:
-        raise ValueError(f"synthetic data of {images} images of {opts['channels']}×{opts['image_size']}² floats "
-                         f"needs {need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB of memory")
+        raise ValueError(f"{name} data of {images} images of {channels}×{opts['image_size']}² values needs "
+                         f"{need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB of memory")
 
 
 _CIFAR = {  # folder, train files, test file, label key, per-channel mean and std of the training images
@@ -133,11 +140,10 @@ def _scored(x_train, y_train, x_test, y_test, share: float) -> tuple:
 def input_shape(name: str, options: dict) -> tuple[int, int, int]:
     """(C, H, W) of one model input of data set `name` with `options`, known without reading any file."""
     opts = resolved_options(name, options)
-    if name == "digits":
-        return 1, 8, 8
     if name in _CIFAR:
         return 3, 32, 32
-    return opts.get("channels", 3), opts["image_size"], opts["image_size"]
+    channels = 1 if name == "digits" else opts.get("channels", 3)
+    return channels, opts["image_size"], opts["image_size"]
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -308,17 +314,26 @@ class LoaderData(Data):
         yield from self._to_device(self._test)
 
 
-def _digits(validation: float, **meta) -> Data:
+def _digits(validation: float, image_size: int, **meta) -> Data:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x / 16, y, test_size=0.25, random_state=0, stratify=y)
     x_train, y_train, x_test, y_test = _scored(x_train, y_train, x_test, y_test, validation)
-    mean, std = x_train.mean(), x_train.std()
-    x_train, x_test = (torch.tensor((a - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8) for a in (x_train, x_test))
+    if image_size != 8:
+        x_train, x_test = (_resized(a, image_size) for a in (x_train, x_test))
+    mean, std = x_train.mean(), x_train.std()  # of the images as trained on
+    x_train, x_test = (torch.tensor((a - mean) / std, dtype=torch.float32).view(-1, 1, image_size, image_size)
+                       for a in (x_train, x_test))
     return TensorData(x_train, torch.tensor(y_train), x_test, torch.tensor(y_test), crop_flip=False, num_classes=10,
                       **meta)
+
+
+def _resized(rows: np.ndarray, size: int) -> np.ndarray:
+    """(n, 64) 8×8 images as (n, size²) rows, resized bilinearly (antialiased when shrunk, as torchvision does)."""
+    images = torch.from_numpy(rows).view(-1, 1, 8, 8)
+    return F.interpolate(images, size=size, mode="bilinear", antialias=size < 8).flatten(1).numpy()
 
 
 def _files_root(name: str, root: str | Path | None) -> Path:

@@ -84,7 +84,7 @@ def swept_value(holder, key: str):
 _VALIDATION = {"validation": 0.0}
 _FOLDER_OPTIONS = {"image_size": 224, "num_workers": None, **_VALIDATION}  # None: the CPUs less one (decorbench.data)
 OPTIONS: dict[str, dict] = {  # valid `options` keys per dataset, with their defaults
-    "digits": _VALIDATION, "cifar10": _VALIDATION, "cifar100": _VALIDATION,
+    "digits": {"image_size": 8, **_VALIDATION}, "cifar10": _VALIDATION, "cifar100": _VALIDATION,
     "imagenet": _FOLDER_OPTIONS, "imagenette": _FOLDER_OPTIONS,
     "synthetic": {"data_seed": 0, "num_classes": 10, "image_size": 32, "channels": 3, "train_size": 2048,
                   "test_size": 512, "noise": None, **_VALIDATION},  # None: 5·sqrt(C·H·W / 3072), i.e. 5 at 3×32×32

@@ -133,7 +133,9 @@ def test_a_run_without_out_writes_a_new_timestamped_directory_under_results(tmp_
     (["run", "smoke", "--device", "meta"], "unknown device 'meta'"),
     (["run", "smoke", "--device", "cpu:5"], "unknown device 'cpu:5'"),
     (["run", "smoke", "--set", "dataset=synthetic", "--set", "data.options.image_size=100000"],
-     "synthetic data of 2570 images of 3×100000² floats needs"),
+     "synthetic data of 2570 images of 3×100000² values needs"),
+    (["run", "smoke", "--set", "data.options.image_size=100000"],
+     "digits data of 1797 images of 1×100000² values needs"),
     (["run", "smoke", "--set", "dataset=cifar10", "--set", "data.root=\"no-data\""],
      "cifar10 not found: expected no-data/cifar-10-batches-py/"),
     (["run", "smoke", "--set", "dataset=imagenette", "--set", 'models=["small-cnn"]'],
@@ -447,7 +449,7 @@ def test_a_suite_scored_on_a_validation_set_says_so_in_its_records_and_report(tm
     assert held_out.chance_accuracy != test_set.chance_accuracy
     for method in ("bp", "dbp"):
         records = read_run(run_path(tmp_path, f"smoke-digits-mlp-{method}-s0"))
-        assert records["run"]["hyperparameters"]["data"]["options"] == {"validation": 0.2}
+        assert records["run"]["hyperparameters"]["data"]["options"] == {"image_size": 8, "validation": 0.2}
         assert records["end"]["totals"]["chance_accuracy"] == held_out.chance_accuracy  # the scored set's
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()

@@ -37,6 +37,22 @@ def test_digits_shapes_sizes_and_normalisation():
     assert (torch.bincount(y_test) - per_class / 3).abs().max() <= 1  # stratified 75/25
 
 
+def test_digits_resized_are_the_same_images_over_more_pixels():
+    small, large = (load_data("digits", batch_size=64, seed=0, options=options) for options in ({}, {"image_size": 32}))
+    assert large.input_shape == input_shape("digits", {"image_size": 32}) == (1, 32, 32)
+    assert (large.train_size, large.test_size) == (1347, 450)
+    (x_small, y_small), (x_large, y_large) = (batches(d.train_batches(0)) for d in (small, large))
+    assert torch.equal(y_small, y_large) and x_large.shape == (21 * 64, 1, 32, 32)
+    assert abs(x_large.mean().item()) < 0.05 and abs(x_large.std().item() - 1) < 0.05  # normalised as trained on
+    # each 4×4 block averages back to its pixel, up to the blur at the edges: a correlation, image by image
+    back = torch.nn.functional.avg_pool2d(x_large, 4).flatten(1)
+    back, orig = (a - a.mean(1, keepdim=True) for a in (back, x_small.flatten(1)))
+    corr = (back * orig).sum(1) / (back.norm(dim=1) * orig.norm(dim=1))
+    assert corr.min() > 0.9
+    shrunk = load_data("digits", batch_size=64, seed=0, options={"image_size": 4})
+    assert batches(shrunk.test_batches())[0].shape == (450, 1, 4, 4)
+
+
 def test_digits_split_is_fixed_whatever_the_seed():
     (xa, ya), (xb, yb) = (batches(load_data("digits", batch_size=b, seed=s).test_batches())
                           for b, s in ((50, 0), (32, 7)))
@@ -472,8 +488,8 @@ def test_bad_names_options_and_batch_sizes_are_value_errors():
         load_data("mnist", batch_size=8, seed=0)
     with pytest.raises(ValueError, match="noize.*valid: " + ", ".join(OPTIONS["synthetic"])):
         load_data("synthetic", batch_size=8, seed=0, options={"noize": 1.0})
-    with pytest.raises(ValueError, match="'image_size' for digits; valid: validation$"):
-        load_data("digits", batch_size=8, seed=0, options={"image_size": 8})
+    with pytest.raises(ValueError, match="'noise' for digits; valid: image_size, validation$"):
+        load_data("digits", batch_size=8, seed=0, options={"noise": 1.0})
     for options, message in [({"num_classes": 1}, "num_classes must be an integer ≥ 2, got 1"),
                              ({"image_size": 2.5}, "image_size must be an integer ≥ 1"),
                              ({"train_size": 0}, "train_size must be an integer ≥ 1"),
