@@ -7,8 +7,8 @@ live as tensors on the device and are batched by index, with augmentation done o
 
 Datasets (input C×H×W; augmentation with augment=True, none otherwise):
 - digits: scikit-learn's bundled 8×8 digits, 1×8×8, fixed stratified 75/25 split (1347/450); no augmentation.
-  Option image_size resizes them (bilinear): the same task with more pixels, so every conv layer does more work
-  per image while DBP's per-layer cost (the W·R formation, the R update) stays what it was.
+  Option image_size resizes them (bilinear): the same task over more pixels, so every conv layer does more work
+  per image while the part of DBP's extra work that no input size changes (forming W·R, the R update's d³) does not.
 - cifar10, cifar100: 3×32×32, held as uint8 on the device; random crop with 4-pixel zero padding + horizontal flip.
 - imagenet, imagenette: image folders, 3×224×224 (options image_size); RandomResizedCrop + horizontal flip
   (test: Resize 256/224·size + CenterCrop). Decoded by DataLoader workers (options num_workers).
