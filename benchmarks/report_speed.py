@@ -17,6 +17,12 @@ from decorbench.results import RunWriter, run_path
 DATASETS, MODELS, SEEDS, EVALS = ("cifar10", "imagenette"), ("resnet10", "resnet18", "resnet34", "mlp", "vit"), 1 if TINY else 50, 5
 
 
+def layers(epoch: int) -> dict[str, float]:
+    """A ResNet-18's 21 decorrelated layers' losses."""
+    names = ["conv1", *(f"layer{i}.{j}.conv{k}" for i in range(1, 5) for j in range(2) for k in (1, 2)), "fc"]
+    return {name: 0.1 / epoch / (1 + i) for i, name in enumerate(names)}
+
+
 def write_runs(out: Path) -> int:
     """Synthetic but well-formed results (the §4.3 format, written by RunWriter); returns the number of runs."""
     rng = np.random.default_rng(0)
@@ -41,7 +47,8 @@ def write_runs(out: Path) -> int:
                                          "flops": 10**12 * epoch, "energy_j": 300.0 * step_s * epoch,
                                          "energy_source": "nvml-counter", "co2_kg": 1e-4 * epoch,
                                          "peak_memory_bytes": 2**30,
-                                         "decor_loss": 0.1 / epoch if method == "dbp" else None})
+                                         "decor_loss": 0.1 / epoch if method == "dbp" else None,
+                                         "decor_loss_by_layer": layers(epoch) if method == "dbp" else None})
                         writer.end("completed", "max_epochs done", {"steps": 100 * EVALS})
                     runs += 1
     return runs

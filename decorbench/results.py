@@ -27,10 +27,11 @@ RUN_FIELDS = ("run_id", "suite", "method", "model", "dataset", "seed", "budget",
               "decorbench_version", "git_commit", "python", "torch", "cuda", "device", "gpu_name", "gpu_driver",
               "cpu", "host", "country_iso_code", "started_at")
 EVAL_FIELDS = ("step", "epoch", "samples", "train_time_s", "wall_time_s", "train_loss", "eval_loss", "eval_accuracy",
-               "flops", "energy_j", "energy_source", "co2_kg", "peak_memory_bytes", "decor_loss")
+               "flops", "energy_j", "energy_source", "co2_kg", "peak_memory_bytes", "decor_loss", "decor_loss_by_layer")
 END_FIELDS = ("status", "reason", "totals")
 STATUSES = ("completed", "budget", "target", "diverged", "interrupted", "failed")
-_NUMERIC = tuple(f for f in EVAL_FIELDS if f != "energy_source")
+_WHOLE = ("decor_loss_by_layer",)  # {layer: loss}: one cell, in module order (as columns, depths would interleave)
+_NUMERIC = tuple(f for f in EVAL_FIELDS if f not in ("energy_source", *_WHOLE))
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -336,7 +337,7 @@ def read_run(path: Path | str) -> dict:
 def _flatten(record: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in record.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in _WHOLE:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from decorbench.dbp import set_sampling, update
 
-Step = Callable[..., tuple[Tensor, Tensor | None]]
+Step = Callable[..., tuple[Tensor, dict[str, Tensor] | None]]
 
 
 def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
@@ -27,10 +27,11 @@ def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False, channels_last: bool = False,
               compile: bool = False, dbp_lr: float | None = None, dbp_lr_follows_schedule: bool = False,
               distributed: bool = False, decorrelated: nn.Module | None = None) -> Step:
-    """`step(x, y, decorrelate=True) -> (loss, decor_loss)`: forward, backward, optimizer step and, when `dbp_lr` is
-    given and `decorrelate` is true, the decorrelation update of `decorrelated` (default: `model`; pass the bare
+    """`step(x, y, decorrelate=True) -> (loss, decor_losses)`: forward, backward, optimizer step and, when `dbp_lr`
+    is given and `decorrelate` is true, the decorrelation update of `decorrelated` (default: `model`; pass the bare
     network when `model` is its DDP wrapper). With `decorrelate=False` the layers sample nothing and R stays as it is
-    (DBP's update_every). decor_loss is None without an update. Both losses are detached device tensors.
+    (DBP's update_every). decor_losses: each layer's decorrelation loss ({name: loss}, module order), None without an
+    update. Every loss is a detached device tensor.
     dbp_lr_follows_schedule: the update's lr is dbp_lr times the factor by which a scheduler has moved the
     optimizer's lr from its initial one, so R settles as the weights do instead of moving on alone at the end.
 
@@ -51,7 +52,7 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
         group = opt.param_groups[0]
         return dbp_lr * group["lr"] / group.get("initial_lr", group["lr"]) if dbp_lr_follows_schedule else dbp_lr
 
-    def step(x: Tensor, y: Tensor, decorrelate: bool = True) -> tuple[Tensor, Tensor | None]:
+    def step(x: Tensor, y: Tensor, decorrelate: bool = True) -> tuple[Tensor, dict[str, Tensor] | None]:
         nonlocal sampling
         dbp = dbp_lr is not None and decorrelate
         if dbp_lr is not None and sampling is not dbp:
@@ -63,7 +64,7 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        decor = update(net, dbp_lr_now(), as_tensor=True, distributed=distributed) if dbp else None
+        decor = update(net, dbp_lr_now(), as_tensor=True, by_layer=True, distributed=distributed) if dbp else None
         return loss.detach(), decor
 
     return step

@@ -201,6 +201,35 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class _LayerLosses:
+    """Each decorrelation layer's loss summed over an eval window's updates, kept on the device (read only at eval
+    points). Every rank holds the same sums under DDP: the update pools the ranks' samples."""
+
+    def __init__(self, saved: dict | None = None, device: torch.device | None = None):
+        self.names, self.sums, self.count = None, None, 0
+        if saved:  # a checkpoint's open window; an older decorbench's has none: the means cover the later updates
+            self.names, self.count = saved["names"], saved["count"]
+            self.sums = torch.tensor(saved["sums"], device=device)
+
+    def add(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Add one update's losses; return them stacked."""
+        stacked = torch.stack(list(losses.values()))
+        if self.sums is None:
+            self.names, self.sums = list(losses), stacked.clone()
+        else:
+            self.sums += stacked
+        self.count += 1
+        return stacked
+
+    def means(self) -> dict[str, float | None] | None:
+        if not self.count:
+            return None
+        return {name: _finite_or_none(total / self.count) for name, total in zip(self.names, self.sums.tolist())}
+
+    def state(self) -> dict | None:
+        return {"names": self.names, "sums": self.sums.tolist(), "count": self.count} if self.count else None
+
+
 def _energy_warnings(energy: EnergyMeter | None) -> list[str]:
     """Every rank's meter warnings (a shared or MIG-split board on any rank makes the summed energy suspect),
     each prefixed with its rank when there are several."""
@@ -296,6 +325,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     stopwatch, wall_start = Stopwatch(device), time.perf_counter()
     step, train_loss, decor_loss, window = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
     updates = 0  # R updates in the current window
+    layer_losses = _LayerLosses()
     saved = distributed.broadcast(resume_from if distributed.is_main() else None)
     resumed = saved is not None
     if resumed:
@@ -308,6 +338,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         wall_start -= saved["wall_time_s"]
         window, updates = saved["window"]["steps"], saved["window"]["updates"]
         train_loss[()], decor_loss[()] = saved["window"]["losses"][distributed.rank()]
+        layer_losses = _LayerLosses(saved["window"].get("layer_losses"), device)
         if saved["end"] is not None:  # it had ended, and was stopped before it could say so
             return (*saved["end"], carried_totals)
     # A resumed run continues its totals (rank 0 carries them; the other ranks add what they measure from now on);
@@ -372,7 +403,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         if distributed.is_main():
             save_checkpoint(checkpoint, {"spec": dataclasses.asdict(spec), "step": step,
                                          "wall_time_s": time.perf_counter() - wall_start, "totals": totals,
-                                         "window": {"steps": window, "updates": updates, "losses": losses},
+                                         "window": {"steps": window, "updates": updates, "losses": losses,
+                                                    "layer_losses": layer_losses.state()},
                                          "end": end, **state})
 
     before = carried_totals if carried else {}  # an older decorbench's checkpoint has none: from now on
@@ -386,7 +418,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
             if scheduler is not None:
                 scheduler.step()
             if decor is not None:
-                decor_loss += decor
+                decor_loss += layer_losses.add(decor).mean()
                 updates += 1
             train_loss += loss
             step, window = step + 1, window + 1
@@ -414,11 +446,13 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                 "co2_kg": totals["co2_kg"],
                 "peak_memory_bytes": _peak_memory(device),
                 "decor_loss": _finite_or_none(decor_sum / updates / ranks) if updates else None,
+                "decor_loss_by_layer": layer_losses.means(),
             }
             totals["final_accuracy"] = accuracy
             sink.eval(record)  # before the checkpoint: a resumed run never lacks a record before its checkpoint
             train_loss.zero_()
             decor_loss.zero_()
+            layer_losses = _LayerLosses()
             window = 0
             end = _end(spec.budget, record, totals, steps_per_epoch, had_updates=updates > 0)
             updates = 0

@@ -194,6 +194,20 @@ def test_update_follows_the_rule(rule, rows):
     assert loss == pytest.approx(expected_loss.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_update_by_layer_gives_each_layers_loss_in_module_order(as_tensor):
+    torch.manual_seed(0)
+    model = decorrelate(nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 2)), kappa=0.3, sample_fraction=0.5)
+    model[2].R.copy_(near_identity(8))
+    model(torch.randn(64, 12) * 3)
+    expected = {name: reference_update(m.R.clone(), m.sample.clone(), 0.01, 0.3, "standard")[1].item()
+                for name, m in decor_layers(model).items()}
+    losses = update(model, 0.01, as_tensor=as_tensor, by_layer=True)
+    assert list(losses) == ["0", "2"]
+    got = {name: float(v) for name, v in losses.items()}
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert got["0"] != pytest.approx(got["2"], rel=0.1)  # two different layers: the mean would hide which is which
+
 def test_kappa_one_normalises_variance_and_keeps_correlations_kappa_zero_decorrelates():
     gen = torch.Generator().manual_seed(1)
     held_out = correlated_vectors(10_000, gen) * 2.0

@@ -261,5 +261,5 @@ def test_resume_continues_the_interrupted_ddp_run_exactly(interrupted, two_ranks
     expected = {e["step"]: e for e in two_ranks[0]["straight"]}
     after = [e for e in resumed["evals"] if e["step"] > stopped_at]
     for e in after:  # the same R, weights, optimizer, schedule, per-rank random state, batches and loss sums
-        for key in ("eval_loss", "eval_accuracy", "flops", "train_loss", "decor_loss"):
+        for key in ("eval_loss", "eval_accuracy", "flops", "train_loss", "decor_loss", "decor_loss_by_layer"):
             assert e[key] == pytest.approx(expected[e["step"]][key], rel=1e-5), (e["step"], key)

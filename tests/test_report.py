@@ -45,7 +45,8 @@ def write_run(out, run_id, method, model, seed, dataset="digits", evals=5, statu
                          "energy_j": 50.0 * step_s * i if measured else None,
                          "energy_source": energy_source if measured else None,
                          "co2_kg": 1e-6 * i if energy else None,
-                         "peak_memory_bytes": 2**20, "decor_loss": 0.1 / i if method == "dbp" else None})
+                         "peak_memory_bytes": 2**20, "decor_loss": 0.1 / i if method == "dbp" else None,
+                         "decor_loss_by_layer": {"fc1": 0.15 / i, "fc2": 0.05 / i} if method == "dbp" else None})
         if status:
             lost = {"energy_unavailable_reason": "NVML: GPU is lost"} if energy_lost_at else {}
             warned = {"energy_warnings": list(energy_warnings)} if energy_warnings else {}
@@ -190,12 +191,14 @@ def test_report_states_provenance_notes_and_one_panel_per_dataset_and_model(suit
     assert f"<th>Python</th><td>{PROVENANCE['python']}</td>" in html
     assert "Energy is unknown for 16 of 16 runs: no energy meter is wired in yet." in html
     assert "Not drawn: no run recorded its energy" in html  # and no energy figure
-    assert html.count("<svg") == 4  # time, FLOPs, step time, decorrelation loss
+    assert html.count("<svg") == 5  # time, FLOPs, step time, decorrelation loss in all and by layer
     time_figure = html.split("<h3>Accuracy vs training time</h3>")[1].split("</svg>")[0]
     assert time_figure.count("digits · mlp") == 1 and time_figure.count("digits · cnn") == 1
     ids = re.findall(r' id="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "figures inside one page must not share ids"
-    assert not re.search(r"(src|href)=\"(?!#)", html) and "@import" not in html and "url(http" not in html
+    # nothing fetched: links within the page, images inline (a heatmap is one PNG, as data:)
+    assert not re.search(r"(src|href)=\"(?!#|data:image/png;base64,)", html)
+    assert "@import" not in html and "url(http" not in html
 
 
 def test_bp_converted_gets_its_own_ratio_to_dbp_in_the_summary_the_claim_check_and_the_run_summary(tmp_path):
@@ -322,7 +325,7 @@ def test_given_target_applies_to_every_group_and_energy_is_reported_when_measure
     assert fmt(speedup, "ratio") in row(card(html, "digits", "mlp"), "time to target")
     assert "not measured" not in card(html, "digits", "mlp")
     assert "<h3>Accuracy vs energy</h3>" in html and "Not drawn: no run recorded its energy" not in html
-    assert html.count("<svg") == 5
+    assert html.count("<svg") == 6
 
 
 def test_every_string_from_the_results_shows_as_text_in_tables_and_figures(tmp_path):
@@ -353,7 +356,7 @@ def test_a_corrupt_file_is_skipped_with_a_visible_warning_and_the_rest_renders(t
     assert "3 problems while reading the results" in skipped
     assert "garbage.jsonl: skipped unreadable line 1" in skipped and "garbage.jsonl: no run record" in skipped
     assert "mlp-bp-s0.jsonl: skipped unreadable line 8 (truncated last line" in skipped
-    assert "16 runs in 2 (dataset, model) groups" in html and html.count("<svg") == 4
+    assert "16 runs in 2 (dataset, model) groups" in html and html.count("<svg") == 5
 
 
 def test_a_run_record_that_does_not_say_which_run_it_is_is_skipped_with_a_warning(tmp_path):
@@ -462,7 +465,7 @@ def test_a_thousand_runs_render(tmp_path, monkeypatch):
                   evals=3)
     html = render_report([tmp_path], tmp_path / "r.html").read_text()
     assert "1000 runs in 10 (dataset, model) groups" in html
-    assert html.split('<section id="runs">')[1].count("<tr>") == 1001 and html.count("<svg") == 5
+    assert html.split('<section id="runs">')[1].count("<tr>") == 1001 and html.count("<svg") == 6
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -499,7 +502,7 @@ def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_
             boxes = [svg.bounding_box() for svg in page.locator("figure svg").all()]
             assert all(page.locator("figure svg").nth(i).is_visible() for i in range(len(boxes)))
             labels = page.locator('figure [role="img"]').evaluate_all("els => els.map(e => e.ariaLabel)")
-            assert len(labels) == 5 and labels[0].startswith("Accuracy vs training time: Further left")
+            assert len(labels) == 6 and labels[0].startswith("Accuracy vs training time: Further left")
             colors = page.locator("span.bp, span.dbp").evaluate_all("els => els.map(e => getComputedStyle(e).color)")
             assert all(_contrast_on_white(c) >= 4.5 for c in colors), colors  # WCAG AA for text
             shot = tmp_path / "report.png"
@@ -510,7 +513,7 @@ def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_
             browser.close()
     assert problems == []
     assert requests == [page_file.resolve().as_uri()], "the report loads nothing but itself"
-    assert len(boxes) == 5 and all(b["width"] > 300 and b["height"] > 100 for b in boxes), boxes
+    assert len(boxes) == 6 and all(b["width"] > 300 and b["height"] > 100 for b in boxes), boxes
     image = Image.open(shot).convert("L")
     assert image.height > 2000 and ImageStat.Stat(image).stddev[0] > 10, "screenshot is blank"
 
@@ -1077,3 +1080,41 @@ def test_a_batch_size_sweep_marks_the_best_by_images_seen_as_its_steps_differ_in
 
 def test_no_sweep_section_for_runs_of_one_setting_per_method(suite):
     assert '<section id="sweep">' not in suite[1]
+
+
+def _layer_run(out, run_id, model, seed, layers, losses_at):
+    """A DBP run whose layers' losses at steps 10 and 20 are `losses_at(step)` (None: non-finite)."""
+    run = {**PROVENANCE, "run_id": run_id, "suite": "layers", "method": "dbp", "model": model, "dataset": "digits",
+           "seed": seed, "budget": {"max_epochs": 2}, "hyperparameters": {}, "country_iso_code": "NLD"}
+    with RunWriter(run_path(out, run_id), run) as writer:
+        for step in (10, 20):
+            by_layer = dict(zip(layers, losses_at(step)))
+            writer.eval({**dict.fromkeys(EVAL_FIELDS), "step": step, "epoch": step / 10, "train_time_s": step / 10,
+                         "eval_accuracy": 0.5, "flops": 10**9 * step, "decor_loss_by_layer": by_layer,
+                         "decor_loss": 0.01})
+        writer.end("completed", "done", {"steps": 20})
+
+
+def test_each_layers_decorrelation_loss_is_drawn_in_module_order_for_every_model(tmp_path):
+    """Two depths share most layer names: the deeper one's extra blocks must not land below the shallower's head."""
+    shallow = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "fc"]
+    deep = ["conv1", "layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.1.conv1", "fc"]
+    for seed in range(2):
+        _layer_run(tmp_path, f"shallow-{seed}", "resnet10", seed, shallow, lambda s: [0.1 / s, 0.2, 0.3, None])
+        _layer_run(tmp_path, f"deep-{seed}", "resnet18", seed, deep, lambda s: [0.01 * s] * 6)
+    evals = load(tmp_path)
+    assert list(evals.loc[evals["model"] == "resnet18", "decor_loss_by_layer"].iloc[0]) == deep  # one cell per row
+    page = render_report([tmp_path], tmp_path / "r.html").read_text()
+    figure = page.split("<h3>Decorrelation loss by layer (DBP)")[1].split("</svg>")[0]
+    parts = figure.split("digits · ")  # each panel's tick labels come before its title
+    assert [p.split("<")[0] for p in parts[1:]] == ["resnet10", "resnet18"]
+    for part, layers in zip(parts, (shallow, deep)):
+        assert re.findall(r">((?:conv|layer|fc)[\w.]*)<", part) == layers
+    assert "decorrelation loss (median over runs)" in figure
+
+
+def test_results_without_layer_losses_say_why_that_figure_is_missing(tmp_path):
+    for seed in range(2):
+        write_points(tmp_path, f"dbp-{seed}", "dbp", "mlp", seed, [0.5, 0.9], 1)  # every eval field null
+    page = html.unescape(render_report([tmp_path], tmp_path / "r.html").read_text())
+    assert "Not drawn: no run recorded its layers' decorrelation losses" in page

@@ -29,7 +29,8 @@ def eval_record(step: int, **overrides) -> dict:
     record = {"step": step, "epoch": step / 10, "samples": 64 * step, "train_time_s": 0.5 * step,
               "wall_time_s": 0.6 * step, "train_loss": float(rng.uniform(0.1, 2)),
               "eval_loss": float(rng.uniform(0.1, 2)), "eval_accuracy": float(rng.uniform(0, 1)), "flops": 10**9 * step, "energy_j": None,
-              "energy_source": None, "co2_kg": None, "peak_memory_bytes": 2**20, "decor_loss": None}
+              "energy_source": None, "co2_kg": None, "peak_memory_bytes": 2**20, "decor_loss": None,
+              "decor_loss_by_layer": None}
     return {**record, **overrides}
 
 

@@ -49,6 +49,12 @@ def test_eval_records_carry_every_field_and_grow_monotonically(method):
     assert last["energy_j"] is None and last["co2_kg"] is None and last["energy_source"] is None
     assert last["peak_memory_bytes"] > 0
     assert (last["decor_loss"] is not None) == (method == "dbp")
+    if method == "dbp":  # each layer's, in module order; decor_loss is their mean
+        by_layer = last["decor_loss_by_layer"]
+        assert list(by_layer) == ["1", "3", "5"] and all(v > 0 for v in by_layer.values())
+        assert last["decor_loss"] == pytest.approx(sum(by_layer.values()) / 3, rel=1e-6)
+    else:
+        assert last["decor_loss_by_layer"] is None
     assert totals["chance_accuracy"] == 46 / 450  # digits' test split: its most frequent class, 46 of 450 images
     assert totals["data_wait_s"] == 0  # held on the device: no loader to wait for
     assert totals["other_cpu_s"] >= 0 and totals["other_cpu_span_s"] >= last["train_time_s"]  # evals included
@@ -181,7 +187,7 @@ def test_a_stopped_run_continues_from_its_checkpoint_exactly(method, tmp_path):
     assert second.evals[0]["train_time_s"] > first.evals[-1]["train_time_s"]
 
     expected = {r["step"]: r for r in straight.evals}
-    window_means = ("train_loss", "decor_loss") if method == "dbp" else ("train_loss",)
+    window_means = ("train_loss", "decor_loss", "decor_loss_by_layer") if method == "dbp" else ("train_loss",)
     for record in second.evals:  # the same weights, R, optimizer, schedule, RNG, batches and loss sums
         for key in ("eval_loss", "eval_accuracy", "flops", *window_means):
             assert record[key] == pytest.approx(expected[record["step"]][key], rel=1e-5), (record["step"], key)
@@ -280,6 +286,7 @@ def test_a_window_without_an_update_has_no_decorrelation_loss_and_is_not_diverge
     status, evals = _dbp_run(update_every=2, steps=4, eval_every=1)
     assert status == "completed"
     assert [r["decor_loss"] is not None for r in evals] == [True, False, True, False]
+    assert [r["decor_loss_by_layer"] is not None for r in evals] == [True, False, True, False]
 
 
 def test_update_every_must_be_positive_and_the_dbp_schedule_a_known_one():

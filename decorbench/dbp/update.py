@@ -116,15 +116,17 @@ def _step(layer: DecorMixin, lr: float, distributed: bool) -> torch.Tensor:
     return ((1.0 - layer.kappa) * offdiag_sq + layer.kappa * (var - 1.0).square().sum()) / d**2
 
 
-def update(model: nn.Module, lr: float, *, as_tensor: bool = False,
-           distributed: bool = False) -> float | torch.Tensor:
+def update(model: nn.Module, lr: float, *, as_tensor: bool = False, by_layer: bool = False,
+           distributed: bool = False) -> float | torch.Tensor | dict:
     """One decorrelation step for every layer that sampled inputs in the latest training forward.
 
-    Returns the mean decorrelation loss (measured before the step). `as_tensor=True` returns it as a
-    0-dim tensor and skips the finiteness check, so a GPU training loop is not forced to synchronise
-    (a NaN then surfaces in the task loss). Otherwise raises FloatingPointError naming the layers whose
-    R or inputs became NaN/Inf. `distributed=True` (every rank of the default torch.distributed process group
-    calls it, as under DistributedDataParallel): C pools all ranks' samples, so R stays the same on every rank.
+    Returns the mean decorrelation loss (measured before the step); `by_layer=True` returns each layer's instead,
+    as {qualified name: loss} in module order, which shows where decorrelation fails (the mean hides one layer
+    going astray among twenty). `as_tensor=True` returns device tensors and skips the finiteness check, so a GPU
+    training loop is not forced to synchronise (a NaN then surfaces in the task loss). Otherwise raises
+    FloatingPointError naming the layers whose R or inputs became NaN/Inf. `distributed=True` (every rank of the
+    default torch.distributed process group calls it, as under DistributedDataParallel): C pools all ranks'
+    samples, so R, and each loss, are the same on every rank.
     """
     layers = {name: m for name, m in decor_layers(model).items() if m.sample is not None}
     if not layers:
@@ -139,6 +141,8 @@ def update(model: nn.Module, lr: float, *, as_tensor: bool = False,
         bad = [name or type(m).__name__ for (name, m), ok in zip(layers.items(), finite) if not ok]
         if bad:
             raise FloatingPointError(f"decorrelation diverged (NaN/Inf in R or its inputs) in layer(s): {', '.join(bad)}")
+    if by_layer:
+        return dict(zip(layers, losses.unbind() if as_tensor else losses.tolist()))
     mean = losses.mean()
     return mean if as_tensor else mean.item()
 

@@ -66,6 +66,13 @@ def _figures(evals, runs, goals) -> list[dict]:
                 "how": "DBP's decorrelation loss of the sampled layer inputs (log scale): falling means the "
                        "layers' inputs are getting decorrelated. Line: median over seeds; band: min–max.",
                 "missing": "Not drawn: no run recorded a decorrelation loss (no DBP runs)."})
+    out.append({"title": "Decorrelation loss by layer (DBP)", "svg": figures.decor_loss_by_layer(evals),
+                "how": "Each decorrelated layer's loss (rows, the input's layer on top) over training, as colour on "
+                       "a log scale: the mean over the updates since the previous eval point, median over runs. "
+                       "A row that brightens while the rest darken is a layer whose decorrelation is failing; "
+                       "grey: no finite value.",
+                "missing": "Not drawn: no run recorded its layers' decorrelation losses (no DBP runs, or results "
+                           "written before decorbench recorded them)."})
     for figure in out:
         figure["svg"] = Markup(figure["svg"]) if figure["svg"] else None  # matplotlib escaped every text in it
     return out

@@ -1,4 +1,5 @@
-"""The report's figures as inline SVG: accuracy against cost, time per step and DBP's overhead, decorrelation loss.
+"""The report's figures as inline SVG: accuracy against cost, time per step and DBP's overhead, decorrelation loss
+(in all and by layer).
 
 Why this shape: SVG stays sharp at any zoom and lives inside the one HTML file. Figures are built on matplotlib's
 Agg canvas without pyplot (no GUI backend, no global figure state) under a seaborn style applied only here. Text is
@@ -11,6 +12,7 @@ step) and drawn once per method and facet, so 1,000 runs cost about as much to d
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 from functools import wraps
@@ -48,8 +50,12 @@ def _styled(draw):
             fig.savefig(buffer, format="svg", metadata=dict.fromkeys(("Date", "Creator", "Format", "Type")))
         text = buffer.getvalue()
         text = text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG sits inside HTML
-        # matplotlib names its groups line2d_1, xtick_1, ... in every figure: ids must be unique in one page
-        return text.replace('<g id="', f'<g id="{re.sub(r"[^A-Za-z0-9_-]+", "-", salt)}-')
+        # matplotlib names its groups line2d_1, xtick_1, ... in every figure, and an image by a hash of its pixels
+        # (two panels can show the same): ids must be unique in one page
+        prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", salt)
+        images = itertools.count(1)
+        text = re.sub(r'(<image\b[^>]*?) id="[^"]*"', lambda m: f'{m[1]} id="{prefix}-image_{next(images)}"', text)
+        return text.replace('<g id="', f'<g id="{prefix}-')
     return svg
 
 
@@ -59,12 +65,12 @@ def _colors(present: list[str]) -> dict[str, tuple]:
     return {"bp": PALETTE[0], "dbp": PALETTE[1], **{m: PALETTE[(2 + i) % len(PALETTE)] for i, m in enumerate(others)}}
 
 
-def _facets(keys: list[tuple]) -> tuple[Figure, list]:
+def _facets(keys: list[tuple], margins: tuple = MARGINS) -> tuple[Figure, list]:
     """A grid of equal panels, one per (dataset, model), titled. Margins are fixed in inches rather than found by
     constrained layout, which costs ~0.05 s per panel (seconds for a report with many models)."""
     cols = min(len(keys), COLUMNS)
     rows = math.ceil(len(keys) / cols)
-    (w, h), (left, right, top, bottom, gap_x, gap_y) = PANEL, MARGINS
+    (w, h), (left, right, top, bottom, gap_x, gap_y) = PANEL, margins
     width, height = left + cols * w + (cols - 1) * gap_x + right, top + rows * h + (rows - 1) * gap_y + bottom
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
@@ -150,6 +156,54 @@ def decor_loss(evals: pd.DataFrame) -> Figure | None:
         _plain_log_ticks(ax.yaxis)
         ax.set_xlabel("training step")
         ax.set_ylabel("decorrelation loss")
+    return fig
+
+
+def _layer_losses(evals: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """Per (dataset, model) with per-layer losses: a (step × layer) table of the median over runs, the layers in
+    module order (in the order first met, should runs decorrelate different layers)."""
+    data = evals[evals["decor_loss_by_layer"].map(lambda v: isinstance(v, dict) and len(v) > 0)]
+    out = []
+    for key, group in by_group(data):
+        dicts = group["decor_loss_by_layer"].tolist()
+        layers = list(dict.fromkeys(name for d in dicts for name in d))
+        wide = pd.DataFrame(dicts, index=group.index, columns=layers).apply(pd.to_numeric, errors="coerce")
+        out.append((key, wide.groupby(group["step"]).median()))
+    return out
+
+
+@_styled
+def decor_loss_by_layer(evals: pd.DataFrame) -> Figure | None:
+    """Each decorrelated layer's loss (rows, input side on top) at each eval point, as colour on one log scale for
+    every facet; a cell spans the window whose updates it averages. Grey: no finite value."""
+    if "decor_loss_by_layer" not in evals:
+        return None
+    tables = _layer_losses(evals)
+    values = np.concatenate([t.to_numpy().ravel() for _, t in tables]) if tables else np.array([])
+    values = values[np.isfinite(values) & (values > 0)]
+    if not len(values):
+        return None
+    norm = mpl.colors.LogNorm(values.min(), max(values.max(), values.min() * 1.01))
+    cmap = mpl.colormaps["viridis"].with_extremes(bad="0.8")
+    longest = max(len(str(name)) for _, t in tables for name in t.columns)
+    label_in = min(0.3 + 0.045 * longest, 1.6)  # room for the layer names at 5 pt
+    fig, axes = _facets([key for key, _ in tables], (label_in + 0.2, 1.3, 0.45, 0.55, label_in + 0.35, 0.8))
+    for ax, (_, table) in zip(axes, tables):
+        edges = np.concatenate([[0], table.index.to_numpy(float)])
+        masked = np.ma.masked_invalid(np.where(table.to_numpy() > 0, table.to_numpy(), np.nan).T)
+        mesh = ax.pcolormesh(edges, np.arange(len(table.columns) + 1), masked, norm=norm, cmap=cmap,
+                             rasterized=True)  # one image: no hairline seams between the cells in SVG viewers
+        every = max(1, math.ceil(len(table.columns) / 24))
+        ax.set_yticks(np.arange(0, len(table.columns), every) + 0.5, [str(c) for c in table.columns[::every]],
+                      fontsize=5)
+        ax.set_ylim(len(table.columns), 0)
+        ax.grid(False)
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
+    bar = fig.colorbar(mesh, cax=fig.add_axes([1 - 1.05 / fig.get_figwidth(), 0.55 / fig.get_figheight(),
+                                               0.1 / fig.get_figwidth(), 1 - 1.0 / fig.get_figheight()]))
+    _plain_log_ticks(bar.ax.yaxis)
+    bar.set_label("decorrelation loss (median over runs)")
     return fig
 
 
