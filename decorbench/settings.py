@@ -39,6 +39,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile forward + backward (BP and DBP alike; the first steps pay compilation)
     batchnorm: bool = True  # false: no BatchNorm layers (identities), as in the DBP authors' paper-era code
     checkpoint_every: int = 1  # eval points per checkpoint (a stop and the run's end always checkpoint)
+    precise_bn: int = 0  # evals use BatchNorm statistics recomputed over this many training batches; 0: the running ones
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -48,8 +49,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be positive and finite, got {getattr(self, name)}")
         if self.checkpoint_every < 1:
             raise ValueError(f"train.checkpoint_every must be at least 1, got {self.checkpoint_every}")
-        if self.eval_every < 0 or self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError("train.eval_every, train.weight_decay and train.momentum must not be negative")
+        if self.eval_every < 0 or self.weight_decay < 0 or self.momentum < 0 or self.precise_bn < 0:
+            raise ValueError("train.eval_every, train.weight_decay, train.momentum and train.precise_bn must not be "
+                             "negative")
 
 
 @dataclass(frozen=True)

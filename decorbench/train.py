@@ -7,7 +7,9 @@ DistributedDataParallel; every number that ends a run or goes into a record is f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decorbench import distributed
+from decorbench.batchnorm import recomputed_statistics
 from decorbench.budget import Budget
 from decorbench.checkpoint import save_checkpoint
 from decorbench.data import Data, load_data
@@ -121,11 +124,17 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
 def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.device) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) over the whole eval set (the test set, or the validation set of
     data.options.validation): each rank its shard, summed over the ranks. Precision and memory format as in
-    training (`train.amp`, `train.channels_last`); a DBP model's A = W·R formed once, not per batch."""
-    model.eval()
+    training (`train.amp`, `train.channels_last`); a DBP model's A = W·R formed once, not per batch. With
+    `train.precise_bn`, BatchNorm normalises with statistics recomputed over the first that many training batches
+    (of epoch 0: the same images at every eval), its running averages put back afterwards."""
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    with fused_for_eval(model):
+    waited, statistics = data.waited_s, contextlib.nullcontext()  # recomputing is no wait of the training's
+    if train.precise_bn:
+        batches = (x for x, _ in itertools.islice(data.train_batches(0), train.precise_bn))
+        statistics = recomputed_statistics(model, batches, amp=train.amp, channels_last=train.channels_last)
+    with statistics, fused_for_eval(model):
+        model.eval()
         for x, y in data.test_batches():
             if train.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -133,7 +142,8 @@ def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.dev
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-    model.train()
+        model.train()
+    data.waited_s = waited
     loss, hits = distributed.sum_over_ranks([loss_sum.item(), correct.item()])
     return loss / data.test_size, hits / data.test_size
 

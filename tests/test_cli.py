@@ -157,6 +157,7 @@ def test_a_run_without_out_writes_a_new_timestamped_directory_under_results(tmp_
     (["run", "smoke", "--set", "sweep.budget.max_epochs=[1, 2]"], "sweep.budget: only train.* and dbp.* settings"),
     (["run", "smoke", "--set", "sweep.dbp.skip=[[\"fc\"]]"], "sweep.dbp.skip cannot be swept"),
     (["run", "smoke", "--set", "sweep.train.checkpoint_every=[1, 2]"], "sweep.train.checkpoint_every cannot be swept"),
+    (["run", "smoke", "--set", "train.precise_bn=-1"], "train.precise_bn must not be negative"),
     (["run", "smoke", "--set", "sweep.train=[1]"], "sweep.train must be a table of settings"),
     (["run", "smoke", "--set", "sweep=1"], "sweep must be a table, got 1"),
     (["run", "smoke", "--set", "sweep.train.batch_size=[64, 5000]"],

@@ -346,3 +346,22 @@ def test_a_checkpoint_continues_across_settings_of_how_a_run_is_carried_out_and_
     assert not continues(saved, dataclasses.replace(spec, train=TrainConfig(lr=0.1)))
     assert not continues(saved, dataclasses.replace(spec, dbp=DBPConfig(update_every=2)))
     assert not continues(saved, dataclasses.replace(spec, seed=1))
+
+
+def test_precise_bn_changes_what_evals_measure_and_nothing_of_the_training(tmp_path):
+    """Early at a high lr BatchNorm's running averages lag the weights: recomputed ones score the model as it is."""
+    runs = {}
+    for batches in (0, 5):
+        spec = RunSpec("t", "dbp", "small-cnn", "digits", 0, TrainConfig(batch_size=64, eval_every=3, lr=1e-2,
+                                                                         precise_bn=batches),
+                       DBPConfig(lr=1e-3, kappa=0.5), Budget(max_steps=9))
+        sink, ckpt = Records(), tmp_path / f"{batches}.pt"
+        train_run(spec, sink, device=torch.device("cpu"), checkpoint=ckpt)
+        runs[batches] = sink.evals, load_checkpoint(ckpt, torch.device("cpu"))["model"]
+    (plain, plain_model), (precise, precise_model) = runs[0], runs[5]
+    for a, b in zip(plain, precise, strict=True):
+        for key in ("train_loss", "decor_loss", "decor_loss_by_layer", "flops"):
+            assert a[key] == b[key], (a["step"], key)
+    assert all(torch.equal(plain_model[k], v) for k, v in precise_model.items())  # running averages included
+    assert [a["eval_accuracy"] for a in plain] != [b["eval_accuracy"] for b in precise]
+    assert precise[0]["eval_accuracy"] > plain[0]["eval_accuracy"] + 0.1

@@ -203,7 +203,7 @@ def decor_loss_by_layer(evals: pd.DataFrame) -> Figure | None:
     bar = fig.colorbar(mesh, cax=fig.add_axes([1 - 1.05 / fig.get_figwidth(), 0.55 / fig.get_figheight(),
                                                0.1 / fig.get_figwidth(), 1 - 1.0 / fig.get_figheight()]))
     _plain_log_ticks(bar.ax.yaxis)
-    bar.set_label("decorrelation loss (median over runs)")
+    bar.set_label("decorrelation loss")
     return fig
 
 

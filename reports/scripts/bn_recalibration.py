@@ -5,7 +5,8 @@ The runs score the eval set in eval mode, where BatchNorm normalises with runnin
 averages describe a network that no longer exists. This script trains runs of a suite with decorbench's own
 `train_run` (so each is the recorded run: same weights, batches, R and schedule), stops at given eval steps and
 scores the eval set twice: as the run did, and with the running statistics recomputed for the current weights over
-one pass of the training set (train-mode forwards, no gradient, R untouched; "BatchNorm recalibration").
+one pass of the training set (`train.precise_bn` set to an epoch's batches: train-mode forwards, no gradient, R
+untouched).
 
     python reports/scripts/bn_recalibration.py SUITE --steps 6 9 12 15 [--set key=value ...] [--json out.json]
 
@@ -15,6 +16,7 @@ Prints one line per (run, step); the "as run" accuracy equals the run's recorded
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -22,11 +24,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from decorbench.checkpoint import load_checkpoint
 from decorbench.data import load_data
-from decorbench.dbp import decorrelate, set_sampling
+from decorbench.dbp import decorrelate
 from decorbench.models import create_model
 from decorbench.results import provenance
 from decorbench.suite import load_config
@@ -39,20 +40,6 @@ class Records:
 
     def eval(self, record: dict) -> None:
         self.evals.append(record)
-
-
-@torch.no_grad()
-def recalibrate(net: nn.Module, data) -> None:
-    """BatchNorm's running statistics as the plain average over one epoch of training batches, for these weights."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average
-    set_sampling(net, False)  # DBP layers keep no sample; R is never touched here
-    net.train()
-    for x, _ in data.train_batches(0):
-        net(x)
-    set_sampling(net, True)
 
 
 def scores(spec, steps: list[int], device: torch.device) -> list[dict]:
@@ -78,8 +65,8 @@ def scores(spec, steps: list[int], device: torch.device) -> list[dict]:
             net.to(device).load_state_dict(saved["model"])
             loss, accuracy = evaluate(net, data, spec.train, device)
             assert accuracy == record["eval_accuracy"], (accuracy, record["eval_accuracy"])
-            recalibrate(net, data)
-            loss_re, accuracy_re = evaluate(net, data, spec.train, device)
+            every_batch = dataclasses.replace(spec.train, precise_bn=data.steps_per_epoch())  # one whole epoch
+            loss_re, accuracy_re = evaluate(net, data, every_batch, device)
             out.append({"run_id": spec.run_id, "method": spec.method, "seed": spec.seed, "step": stop_at,
                         "train_loss": record["train_loss"], "eval_loss": loss, "eval_accuracy": accuracy,
                         "recalibrated_eval_loss": loss_re, "recalibrated_eval_accuracy": accuracy_re})
