@@ -176,8 +176,6 @@ def _layer_losses(evals: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 def decor_loss_by_layer(evals: pd.DataFrame) -> Figure | None:
     """Each decorrelated layer's loss (rows, input side on top) at each eval point, as colour on one log scale for
     every facet; a cell spans the window whose updates it averages. Grey: no finite value."""
-    if "decor_loss_by_layer" not in evals:
-        return None
     tables = _layer_losses(evals)
     values = np.concatenate([t.to_numpy().ravel() for _, t in tables]) if tables else np.array([])
     values = values[np.isfinite(values) & (values > 0)]
