@@ -4,7 +4,7 @@ Why: in eval mode BatchNorm normalises with running averages of past training ba
 last ~10 steps, each taken under older weights, and for DBP under an older R). While the weights move fast, early
 in training or at a high learning rate, those averages describe a network that no longer exists, and the eval
 accuracy can sit far below what the weights can do (on digits at 32×32, a ResNet-10 at 38 % with its running
-averages and 96 % with recomputed ones, `reports/cpu/resnet10_image_size.md`). A time-to-accuracy measured
+averages and 96 % with recomputed ones, `reports/cpu/bn_eval_lag.md`). A time-to-accuracy measured
 through them times the averages catching up as much as the learning, and more so for the method whose weights move
 faster. Recomputing is cheap (forwards of a few batches) and changes what an evaluation measures, never the
 training: the running averages are put back afterwards.

@@ -148,6 +148,16 @@ def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.dev
     return loss / data.test_size, hits / data.test_size
 
 
+def build_network(spec: RunSpec, data: Data) -> nn.Module:
+    """The run's network, randomly initialised on the CPU: the model for `data`, decorrelated for DBP and
+    BP-CONVERTED, so a checkpoint's state_dict loads into it."""
+    net = create_model(spec.model, data.num_classes, input_shape=data.input_shape, batchnorm=spec.train.batchnorm)
+    if spec.method in CONVERTED:
+        d = spec.dbp
+        decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
+    return net
+
+
 def _rng(device: torch.device) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -305,11 +315,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
                      root=spec.data_root, options=spec.data_options, rank=distributed.rank(),
                      world_size=distributed.world_size())
-    net = create_model(spec.model, data.num_classes, input_shape=data.input_shape, batchnorm=spec.train.batchnorm)
+    net = build_network(spec, data)
     dbp = spec.method == "dbp"
-    if spec.method in CONVERTED:
-        d = spec.dbp
-        decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip, only=d.only)
     prepare_model(net.to(device).train(), channels_last=spec.train.channels_last)
     _warm_up(net, spec, device, data)  # before DDP's hooks are on the parameters
     model = distributed.wrap(net, device)

@@ -27,11 +27,9 @@ import torch
 
 from decorbench.checkpoint import load_checkpoint
 from decorbench.data import load_data
-from decorbench.dbp import decorrelate
-from decorbench.models import create_model
 from decorbench.results import provenance
 from decorbench.suite import load_config
-from decorbench.train import CONVERTED, evaluate, train_run
+from decorbench.train import build_network, evaluate, train_run
 
 
 class Records:
@@ -56,13 +54,8 @@ def scores(spec, steps: list[int], device: torch.device) -> list[dict]:
             assert record["step"] == saved["step"] == stop_at, f"--steps must be eval steps, {stop_at} is not"
             data = load_data(spec.dataset, batch_size=spec.train.batch_size, seed=spec.seed, device=device,
                              root=spec.data_root, options=spec.data_options)
-            net = create_model(spec.model, data.num_classes, input_shape=data.input_shape,
-                               batchnorm=spec.train.batchnorm)
-            if spec.method in CONVERTED:
-                d = spec.dbp
-                decorrelate(net, kappa=d.kappa, sample_fraction=d.sample_fraction, rule=d.rule, skip=d.skip,
-                            only=d.only)
-            net.to(device).load_state_dict(saved["model"])
+            net = build_network(spec, data).to(device)
+            net.load_state_dict(saved["model"])
             loss, accuracy = evaluate(net, data, spec.train, device)
             assert accuracy == record["eval_accuracy"], (accuracy, record["eval_accuracy"])
             every_batch = dataclasses.replace(spec.train, precise_bn=data.steps_per_epoch())  # one whole epoch
@@ -70,9 +63,8 @@ def scores(spec, steps: list[int], device: torch.device) -> list[dict]:
             out.append({"run_id": spec.run_id, "method": spec.method, "seed": spec.seed, "step": stop_at,
                         "train_loss": record["train_loss"], "eval_loss": loss, "eval_accuracy": accuracy,
                         "recalibrated_eval_loss": loss_re, "recalibrated_eval_accuracy": accuracy_re})
-            row = out[-1]
             print(f"{spec.run_id} step {stop_at:>3}: accuracy {100 * accuracy:5.1f} % -> {100 * accuracy_re:5.1f} % "
-                  f"recalibrated; eval loss {loss:.2f} -> {loss_re:.2f}; train loss {row['train_loss']:.2f}",
+                  f"recalibrated; eval loss {loss:.2f} -> {loss_re:.2f}; train loss {record['train_loss']:.2f}",
                   flush=True)
     return out
 
