@@ -799,9 +799,10 @@ def test_per_method_settings_give_each_method_its_own_and_resume_holds_them(tmp_
         pending_runs(load_config("smoke", tuned[:-1]), tmp_path, resume=True)
 
 
-def test_gpu_reference_runs_the_fast_path_on_learnable_cifar_shaped_data():
+def test_gpu_reference_runs_the_fast_path_on_learnable_cifar_shaped_data_and_scores_with_recomputed_bn():
     config = load_config("gpu-reference")
     assert config.train.amp and config.train.channels_last and len(config.seeds) >= 2
+    assert config.train.precise_bn > 0
     assert {"resnet18", "resnet34"} <= set(config.models)
     data = load_data(config.dataset, batch_size=config.train.batch_size, seed=0, options=config.data.options)
     assert data.input_shape == (3, 32, 32) and data.num_classes == 10
