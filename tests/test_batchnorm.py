@@ -1,5 +1,6 @@
 """BatchNorm statistics recomputed for an evaluation: what they are, and that nothing of the training changes."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -39,3 +40,20 @@ def test_a_network_without_batchnorm_is_left_alone():
     net = nn.Sequential(nn.Linear(4, 2))
     with recomputed_statistics(net, iter([torch.randn(2, 4)])) as inside:
         assert inside is net
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_with_bf16_and_channels_last_the_statistics_are_the_float32_ones_and_the_averages_come_back():
+    """The GPU reference suite scores this way (train.amp, train.channels_last): the statistics must be the
+    batches' own, not bf16 noise, and the running averages left as exact as on the CPU."""
+    cpu = _net()
+    gpu = _net().cuda().to(memory_format=torch.channels_last)
+    batches = [torch.randn(64, 3, 8, 8) * (i + 1) for i in range(3)]
+    before = {k: v.clone() for k, v in gpu.state_dict().items()}
+    with recomputed_statistics(cpu, iter(batches)):
+        expected = cpu[1].running_mean.clone(), cpu[1].running_var.clone()
+    with recomputed_statistics(gpu, (x.cuda() for x in batches), amp=True, channels_last=True):
+        got = gpu[1].running_mean.cpu(), gpu[1].running_var.cpu()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)  # bf16 convolutions, float32 statistics
+    assert all(torch.equal(gpu.state_dict()[k], v) for k, v in before.items())

@@ -6,8 +6,9 @@
 #
 # PHASE (default all five, in this order):
 #   env        `decorbench env` and `nvidia-smi -q` (the GPU's state: clocks, power limit, temperature)
-#   tests      the step, meter and env tests, here with a GPU and NVML (the step never waits for the device; the
-#              real NVML counter finds the board torch uses and reads plausible joules)
+#   tests      the step, meter, env and BatchNorm tests, here with a GPU and NVML (the step never waits for the
+#              device; the real NVML counter finds the board torch uses and reads plausible joules; the reference's
+#              recomputed BatchNorm statistics hold under bf16 and channels_last)
 #   overhead   benchmarks/meter_overhead.py on the GPU: the instrumented loop (NVML, codecarbon) vs a bare one
 #   step-cost  reports/scripts/gpu_step_cost.py: DBP vs BP (and BP-CONVERTED) step time, NVML energy by counter and
 #              by sampled power, idle power, MFU; ResNet-18/34/50, then ResNet-10, at batch 128 and 256
@@ -74,7 +75,7 @@ for phase in $phases; do
         ;;
     tests)
         timebox "$(upto 120)" "$python" -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_gpu_meters.py \
-            tests/test_meters.py tests/test_env.py | tee "$work/tests.txt"
+            tests/test_meters.py tests/test_env.py tests/test_batchnorm.py | tee "$work/tests.txt"
         status=$?
         ;;
     overhead)
