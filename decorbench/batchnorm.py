@@ -22,7 +22,8 @@ from decorbench import distributed
 from decorbench.dbp import decor_layers
 
 
-def _norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+def tracked_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers that normalise with running averages in eval mode (the ones an eval's lag concerns)."""
     return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
@@ -33,7 +34,7 @@ def recomputed_statistics(net: nn.Module, batches: Iterable[torch.Tensor], *, am
     statistics of `batches` (inputs, forwarded in training mode without gradients; DBP layers sample nothing and R
     is not touched), averaged over the ranks under torchrun; on exit its running averages as they were. A network
     without BatchNorm is left as it is."""
-    norms = _norms(net)
+    norms = tracked_norms(net)
     if not norms:
         yield net
         return

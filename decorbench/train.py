@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decorbench import distributed
-from decorbench.batchnorm import recomputed_statistics
+from decorbench.batchnorm import recomputed_statistics, tracked_norms
 from decorbench.budget import Budget
 from decorbench.checkpoint import save_checkpoint
 from decorbench.data import Data, load_data
@@ -316,6 +316,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
                      root=spec.data_root, options=spec.data_options, rank=distributed.rank(),
                      world_size=distributed.world_size())
     net = build_network(spec, data)
+    batchnorm_layers = len(tracked_norms(net))  # the report says when evals scored them by running averages
     dbp = spec.method == "dbp"
     prepare_model(net.to(device).train(), channels_last=spec.train.channels_last)
     _warm_up(net, spec, device, data)  # before DDP's hooks are on the parameters
@@ -391,7 +392,8 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
         co2_kg = distributed.sum_measured(carbon.end_window() if carbon else None, carbon is not None)
         totals = {"steps": step, "train_time_s": stopwatch.total_s, "flops": flops_after(step),
                   "flops_per_step": flops_after(step) / step, "final_accuracy": None, "energy_j": energy_j,
-                  "co2_kg": co2_kg, "chance_accuracy": data.chance_accuracy, "data_wait_s": waited}
+                  "co2_kg": co2_kg, "chance_accuracy": data.chance_accuracy, "data_wait_s": waited,
+                  "batchnorm_layers": batchnorm_layers}
         if energy is not None and energy.unavailable_reason:
             totals["energy_unavailable_reason"] = energy.unavailable_reason  # it may have failed mid-run
         elif energy is not None and energy_j is None:

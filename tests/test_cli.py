@@ -462,6 +462,19 @@ def test_a_suite_scored_on_a_validation_set_says_so_in_its_records_and_report(tm
     assert left in capsys.readouterr().err
 
 
+def test_the_report_says_which_runs_scored_batchnorm_through_its_running_averages(tmp_path):
+    tiny = [*ONE_PAIR[:2], "--set", 'methods=["bp"]', "--set", "budget.max_steps=2"]
+    for model, precise in (("small-cnn", 0), ("small-cnn", 2), ("mlp", 0)):
+        out = tmp_path / f"{model}-{precise}"
+        assert main(["run", "smoke", "--out", str(out), *tiny, "--set", f'models=["{model}"]',
+                     "--set", f"train.precise_bn={precise}"]) == 0
+        layers = read_run(run_path(out, f"smoke-digits-{model}-bp-s0"))["end"]["totals"]["batchnorm_layers"]
+        assert (layers > 0) == (model == "small-cnn")
+    note = "1 of 3 runs scored models with BatchNorm through its running averages (train.precise_bn = 0"
+    assert main(["report", *(str(d) for d in sorted(tmp_path.iterdir())), "-o", str(tmp_path / "r.html")]) == 0
+    assert note in " ".join((tmp_path / "r.html").read_text().split())
+
+
 def test_each_compiled_run_of_a_suite_compiles_its_own_step(tmp_path, monkeypatch):
     """A later run reusing an earlier one's compiled graph would not pay for compilation in its train_time_s."""
     from torch._dynamo.utils import counters

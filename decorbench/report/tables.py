@@ -269,6 +269,7 @@ def notes(runs: pd.DataFrame) -> list[str]:
                    "their training set held out and never trained on (data.options.validation). Their accuracies are "
                    "for choosing settings such as train.lr; compare the methods at the chosen settings on the test "
                    "set (validation 0).")
+    out += _running_averages(runs)
     slowed, cores = busy(runs)
     if len(slowed):
         out.append(f"Times of {len(slowed)} of {len(runs)} runs ({_named(slowed['run_id'])}) were measured on a busy "
@@ -402,6 +403,24 @@ def mismatches(group: pd.DataFrame) -> list[str]:
     if len({tuple(v) for v in seeds.values()}) > 1:
         out.append(f"seeds ({', '.join(f'{m.upper()} ' + ' / '.join(f'{s:g}' for s in v) for m, v in seeds.items())})")
     return out
+
+
+def _running_averages(runs: pd.DataFrame) -> list[str]:
+    """Runs whose evals normalised with BatchNorm's running averages, which trail fast-moving weights
+    (reports/cpu/bn_eval_lag.md). Runs recorded before totals.batchnorm_layers existed are not judged."""
+    if "totals.batchnorm_layers" not in runs:
+        return []
+    layers = pd.to_numeric(runs["totals.batchnorm_layers"], errors="coerce")
+    precise = pd.to_numeric(runs.get("hyperparameters.train.precise_bn", pd.Series(0, index=runs.index)),
+                            errors="coerce").fillna(0)
+    lagging = runs[(layers > 0) & (precise == 0)]
+    if lagging.empty:
+        return []
+    return [f"{len(lagging)} of {len(runs)} runs scored models with BatchNorm through its running averages "
+            "(train.precise_bn = 0, PyTorch's eval mode). Early in training or at a high train.lr those lag the "
+            "weights, so the eval accuracy, and a time to target, can trail what the weights already do, and not "
+            "alike for BP and DBP; train.precise_bn = k scores with statistics recomputed over k training batches "
+            "and changes nothing of the training."]
 
 
 def _unmatched(runs: pd.DataFrame) -> list[str]:
