@@ -51,12 +51,16 @@ def busy(runs: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     return flagged, float(cores.max()) if len(flagged) else math.nan
 
 
+def numbers(runs: pd.DataFrame, column: str, missing: float = float("nan")) -> pd.Series:
+    """A run column as numbers; `missing` where a run has no number there (or its results predate the column)."""
+    values = runs[column] if column in runs else pd.Series(missing, index=runs.index)
+    return pd.to_numeric(values, errors="coerce").fillna(missing)
+
+
 def validation(runs: pd.DataFrame) -> pd.Series:
     """Per run, the share of its training set held out and scored instead of the test set (data.options.validation;
     0 for records of an older decorbench, which had no such option)."""
-    column = "hyperparameters.data.options.validation"
-    shares = runs[column] if column in runs else pd.Series(0.0, index=runs.index)
-    return pd.to_numeric(shares, errors="coerce").fillna(0.0)
+    return numbers(runs, "hyperparameters.data.options.validation", 0.0)
 
 
 def tidy(evals: pd.DataFrame) -> pd.DataFrame:
@@ -88,9 +92,7 @@ def chance(runs: pd.DataFrame) -> pd.Series:
     """Per (dataset, model): the accuracy of always guessing the eval set's most frequent class, as the runs
     recorded it (NaN where none did: results of an older decorbench, or no run ended). A target at or below it is
     reached without learning anything."""
-    recorded = runs["totals.chance_accuracy"] if "totals.chance_accuracy" in runs else pd.Series(
-        float("nan"), index=runs.index)
-    return pd.to_numeric(recorded, errors="coerce").groupby([runs[c] for c in GROUP]).max()
+    return numbers(runs, "totals.chance_accuracy").groupby([runs[c] for c in GROUP]).max()
 
 
 # What makes the parts of a resumed run measurements of different things when they differ
@@ -124,7 +126,7 @@ def per_run(evals: pd.DataFrame, target: float | None = None) -> tuple[pd.DataFr
     gpu = runs["gpu_name"] if "gpu_name" in runs else pd.Series(None, index=runs.index, dtype=object)
     peak = gpu.map({name: peak_bf16_flops(name) for name in gpu.dropna().unique()}).astype(float)
     # `flops` is the whole job's (torchrun: all its processes'), so the peak is that of all its GPUs
-    gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1) if "world_size" in runs else 1
+    gpus = numbers(runs, "world_size", 1)
     runs["mfu"] = runs["flops"] / runs["train_time_s"].where(runs["train_time_s"] > 0) / (peak * gpus)
     changed = resumed_elsewhere(evals)
     runs["resumed_elsewhere"] = changed.reindex(runs.index)

@@ -16,7 +16,7 @@ import pandas as pd
 from ..gpus import peak_bf16_flops, why_no_peak
 from ..results import uncommitted
 from ..settings import NOT_THE_EXPERIMENT, setting_defaults
-from .runs import GROUP, PROBLEMS, busy, by_group, chance, natural, validation
+from .runs import GROUP, PROBLEMS, busy, by_group, chance, natural, numbers, validation
 from .stats import Estimate, median, ratio
 
 METHOD_ORDER = {"bp": 0, "bp-converted": 1, "dbp": 2}
@@ -408,12 +408,8 @@ def mismatches(group: pd.DataFrame) -> list[str]:
 def _running_averages(runs: pd.DataFrame) -> list[str]:
     """Runs whose evals normalised with BatchNorm's running averages, which trail fast-moving weights
     (reports/cpu/bn_eval_lag.md). Runs recorded before totals.batchnorm_layers existed are not judged."""
-    if "totals.batchnorm_layers" not in runs:
-        return []
-    layers = pd.to_numeric(runs["totals.batchnorm_layers"], errors="coerce")
-    precise = pd.to_numeric(runs.get("hyperparameters.train.precise_bn", pd.Series(0, index=runs.index)),
-                            errors="coerce").fillna(0)
-    lagging = runs[(layers > 0) & (precise == 0)]
+    lagging = runs[(numbers(runs, "totals.batchnorm_layers") > 0)
+                   & (numbers(runs, "hyperparameters.train.precise_bn", 0) == 0)]
     if lagging.empty:
         return []
     return [f"{len(lagging)} of {len(runs)} runs scored models with BatchNorm through its running averages "
