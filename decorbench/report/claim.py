@@ -58,15 +58,12 @@ def _target_sentence(target: float | None, source: str) -> str:
 
 def _row(dataset: str, model: str, group: pd.DataFrame, goal: float, chance_accuracy: float, target: float | None,
          source: str) -> dict:
-    bp, dbp = (group[group["method"] == m] for m in ("bp", "dbp"))
+    bp, dbp, converted = (group[group["method"] == m] for m in ("bp", "dbp", "bp-converted"))
     mixed = _mixed(bp, dbp)
-    verdicts = ({"speedup": "—", "speedup_spread": "", "speedup_note": "", "speed_verdict": mixed,
+    verdicts = ({"speedup": "—", "speedup_spread": "", "speedup_note": "", "speed_verdict": mixed, "converted": "",
                  "accuracy": "—", "accuracy_note": [], "accuracy_verdict": "not judged, for the same reason"}
-                if mixed else {**_speedup(bp, dbp, goal, chance_accuracy, target), **_accuracy(bp, dbp)})
-    given = verdicts["speedup"] != "—"  # as BP / DBP: not over pooled settings, a target at chance, no BP accuracy
-    converted = _against_converted(group[group["method"] == "bp-converted"], dbp) if given else ""
-    return {"group": f"{dataset} · {model}", **verdicts, "converted": converted,
-            "caveats": _caveats(dataset, model, group, target, source)}
+                if mixed else {**_speedup(bp, dbp, converted, goal, chance_accuracy, target), **_accuracy(bp, dbp)})
+    return {"group": f"{dataset} · {model}", **verdicts, "caveats": _caveats(dataset, model, group, target, source)}
 
 
 def _against_converted(converted: pd.DataFrame, dbp: pd.DataFrame) -> str:
@@ -95,13 +92,14 @@ def _mixed(bp: pd.DataFrame, dbp: pd.DataFrame) -> str:
             "settings swept)") if why else ""
 
 
-def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, chance_accuracy: float, target: float | None
-             ) -> dict:
+def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, converted: pd.DataFrame, goal: float, chance_accuracy: float,
+             target: float | None) -> dict:
     """Median BP / median DBP time to target over the runs that reached it, as in the summary's BP / DBP column.
     DBP runs that never got there are left out of its median, which flatters DBP, so the verdict says so (BP runs
-    below the target are the rule, not news: by default it is BP's own median)."""
+    below the target are the rule, not news: by default it is BP's own median). The speed-up over BP-CONVERTED
+    comes with it, only where this one is given."""
     reached = f"reached the target: BP {bp['reached'].sum()}/{len(bp)}, DBP {dbp['reached'].sum()}/{len(dbp)} runs"
-    out = {"speedup": "—", "speedup_spread": "", "speedup_note": reached}
+    out = {"speedup": "—", "speedup_spread": "", "speedup_note": reached, "converted": ""}
     goal_text = ("BP's accuracy" if target is None else "the target") + f" ({fmt(goal, 'accuracy')})"
     if target is None and not bp["scored"].any():
         return {**out, "speed_verdict": "no BP run finished with an eval accuracy, so there is no BP accuracy to "
@@ -130,7 +128,8 @@ def _speedup(bp: pd.DataFrame, dbp: pd.DataFrame, goal: float, chance_accuracy: 
     if early and "between two eval points" not in verdict:  # else said already
         verdict += (f"; runs there at their first eval point ({', '.join(early)}) may have got there any time before "
                     "it, so the eval interval sets their times: evaluate more often (train.eval_every) to tell")
-    return {**out, "speedup": fmt(estimate.value, "ratio"), "speedup_spread": spread, "speed_verdict": verdict}
+    return {**out, "speedup": fmt(estimate.value, "ratio"), "speedup_spread": spread, "speed_verdict": verdict,
+            "converted": _against_converted(converted, dbp)}
 
 
 def _eval_interval_bounds(bp: pd.DataFrame, dbp: pd.DataFrame) -> tuple[float, float]:
