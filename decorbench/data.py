@@ -34,6 +34,7 @@ evaluates its contiguous share of the eval set.
 """
 
 import copy
+import functools
 import itertools
 import math
 import os
@@ -195,6 +196,11 @@ class Data:
         """This rank's shard of the eval set (test or validation) in fixed order, not augmented."""
         raise NotImplementedError
 
+    def calibration_batches(self, count: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The first `count` training batches of epoch 0 (this rank's share), the same at every call, for
+        `train.precise_bn`'s statistics; called mid-epoch, so it must leave the epoch in progress as it was."""
+        return itertools.islice(self.train_batches(0), count)
+
 
 def _upload(t: Tensor, device: torch.device) -> Tensor:
     """A host tensor on `device`; to a GPU through pinned memory, so the host does not wait for the GPU's queue."""
@@ -286,12 +292,16 @@ class LoaderData(Data):
         # DistributedSampler seeds its order with seed + epoch: a mixed seed keeps run seeds s and s+1 from sharing
         # epochs' orders. drop_last: every rank gets the same number of samples, floor(n / world_size).
         mixed = int(np.random.SeedSequence(self.seed).generate_state(1, np.uint32)[0])
-        self._sampler = _SeededSampler(train_set, self.world_size, self.rank, shuffle=True, seed=mixed, drop_last=True)
-        kw = dict(batch_size=self.local_batch_size, num_workers=num_workers, pin_memory=self.device.type == "cuda",
-                  persistent_workers=num_workers > 0)  # own generators: without, DataLoader draws from the global RNG
+        self._shuffled = functools.partial(_SeededSampler, train_set, self.world_size, self.rank, shuffle=True,
+                                           seed=mixed, drop_last=True)
+        self._sampler = self._shuffled()
+        self._loader = dict(batch_size=self.local_batch_size, num_workers=num_workers,
+                            pin_memory=self.device.type == "cuda")
+        persistent = num_workers > 0  # own generators below: without, DataLoader draws from the global RNG
         self._train = DataLoader(_Seeded(train_set), sampler=self._sampler, drop_last=True,
-                                 generator=torch.Generator(), **kw)
-        self._test = DataLoader(Subset(test_set, self.test_shard()), generator=torch.Generator(), **kw)
+                                 generator=torch.Generator(), persistent_workers=persistent, **self._loader)
+        self._test = DataLoader(Subset(test_set, self.test_shard()), generator=torch.Generator(),
+                                persistent_workers=persistent, **self._loader)
 
     def _to_device(self, loader: DataLoader, timed: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         batches = iter(loader)
@@ -312,6 +322,14 @@ class LoaderData(Data):
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         yield from self._to_device(self._test)
+
+    def calibration_batches(self, count: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """On a loader of their own, over just those samples: asking the training loader would reset its
+        persistent workers and its sampler, and the epoch in progress would go on with epoch 0's batches."""
+        first = list(itertools.islice(self._shuffled(), count * self.local_batch_size))
+        loader = DataLoader(self._train.dataset, sampler=first, drop_last=True, generator=torch.Generator(),
+                            **self._loader)
+        yield from self._to_device(loader)
 
 
 def _digits(validation: float, image_size: int, **meta) -> Data:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -129,9 +128,9 @@ def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.dev
     (of epoch 0: the same images at every eval), its running averages put back afterwards."""
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    waited, statistics = data.waited_s, contextlib.nullcontext()  # recomputing is no wait of the training's
+    statistics = contextlib.nullcontext()
     if train.precise_bn:
-        batches = (x for x, _ in itertools.islice(data.train_batches(0), train.precise_bn))
+        batches = (x for x, _ in data.calibration_batches(train.precise_bn))
         statistics = recomputed_statistics(model, batches, amp=train.amp, channels_last=train.channels_last)
     with statistics, fused_for_eval(model):
         model.eval()
@@ -143,7 +142,6 @@ def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.dev
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         model.train()
-    data.waited_s = waited
     loss, hits = distributed.sum_over_ranks([loss_sum.item(), correct.item()])
     return loss / data.test_size, hits / data.test_size
 

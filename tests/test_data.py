@@ -307,6 +307,28 @@ def test_an_epoch_from_a_later_batch_is_its_rest_and_the_batches_before_are_neve
     assert len(decoded) == (4 if name == "imagenette" else 0)  # a resumed run does not decode what it skips
 
 
+@pytest.mark.parametrize("name", ["digits", "imagenette"])
+def test_calibration_batches_are_epoch_0s_first_and_leave_an_epoch_in_progress_as_it_was(name, folder_root):
+    """train.precise_bn asks for them at an eval mid-epoch; an image folder's loader keeps its workers between
+    epochs, and asking it again would restart the epoch in progress."""
+    opts = {"image_size": 16, "num_workers": 1} if name == "imagenette" else {}
+
+    def epoch(calibrate: bool) -> tuple[list, list]:
+        data = load_data(name, batch_size=2, seed=4, root=folder_root, options=opts)
+        batches = data.train_batches(1)
+        seen, calibration = [next(batches)], []
+        if calibrate:
+            calibration = list(data.calibration_batches(2))
+        return seen + list(batches), calibration
+
+    (plain, _), (interrupted, calibration) = epoch(False), epoch(True)
+    assert len(interrupted) == len(plain) and all(
+        torch.equal(a, b) for got, want in zip(interrupted, plain) for a, b in zip(got, want))
+    first = list(load_data(name, batch_size=2, seed=4, root=folder_root, options=opts).train_batches(0))[:2]
+    assert len(calibration) == 2 and all(
+        torch.equal(a, b) for got, want in zip(calibration, first) for a, b in zip(got, want))
+
+
 def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DECORBENCH_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "imagenette2")) as err:
