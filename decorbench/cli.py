@@ -57,9 +57,12 @@ class _Signals:
     announced with the command that continues, the current run checkpoints after its step and stops, and a second
     SIGINT ends the process at once. Not by raising KeyboardInterrupt: raised inside a library's lock (codecarbon's
     scheduler takes one without try/finally) it left the lock held and the clean-up waiting on it forever. Every
-    record is on disk already, so exiting loses nothing but the current run's end record."""
+    record is on disk already, so exiting loses nothing but the current run's end record. A terminal's Ctrl-C also
+    reaches the forked DataLoader workers, which inherit this handler: there it does nothing, the stop is this
+    process's to make (and to announce once)."""
 
     def __init__(self) -> None:
+        self.pid = os.getpid()
         self.stop = threading.Event()
         self.hint: str | None = None
         self.announce = False
@@ -70,6 +73,8 @@ class _Signals:
         self.hint, self.announce = resume_hint, announce
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            return
         if self.hint is not None and self.stop.is_set() and signum == signal.SIGINT:
             _say("\ndecorbench: aborted; every record written so far is kept (the current run has no end record: "
                  f"{self.hint} continues it from its last checkpoint)")

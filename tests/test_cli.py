@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import os
 import re
 import signal
 import struct
@@ -686,6 +687,25 @@ def test_a_signal_with_output_to_a_reader_that_is_gone_still_stops_the_run_as_in
     proc.stderr.close()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
+    assert read_run(first)["end"]["status"] == "interrupted"
+
+
+def test_ctrl_c_from_a_terminal_stops_a_run_with_loader_workers_once(tmp_path):
+    """A terminal sends SIGINT to the whole process group, the forked DataLoader workers included."""
+    _image_folder(tmp_path / "data", train_per_class=8)
+    argv = _folder_argv(tmp_path, batch_size=4)
+    argv[argv.index("data.options={image_size=8, num_workers=0}")] = "data.options={image_size=8, num_workers=1}"
+    proc = subprocess.Popen([sys.executable, "-m", "decorbench", *argv, "--set", "budget.max_epochs=40",
+                             "--set", "train.eval_every=5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    first = run_path(tmp_path / "out", "smoke-imagenette-mlp-bp-s0")
+    deadline = time.monotonic() + 60
+    while not (first.exists() and read_run(first)["evals"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.count("SIGINT: saving a checkpoint") == 1
     assert read_run(first)["end"]["status"] == "interrupted"
 
 
