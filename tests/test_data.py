@@ -291,6 +291,11 @@ def test_image_folder_augmentation_depends_on_seed_and_epoch_only(folder_root):
     assert torch.equal(one[1], plain[1]) and not torch.equal(one[0], plain[0])
 
 
+def _same_batches(got: list, want: list) -> bool:
+    """As many (inputs, labels) batches, each equal to its counterpart."""
+    return len(got) == len(want) and all(torch.equal(a, b) for g, w in zip(got, want) for a, b in zip(g, w))
+
+
 @pytest.mark.parametrize("name", ["digits", "imagenette"])
 def test_an_epoch_from_a_later_batch_is_its_rest_and_the_batches_before_are_never_made(name, folder_root,
                                                                                         monkeypatch):
@@ -302,8 +307,7 @@ def test_an_epoch_from_a_later_batch_is_its_rest_and_the_batches_before_are_neve
     decoded = []
     monkeypatch.setattr(folder, "pil_loader", lambda path, load=folder.pil_loader: decoded.append(path) or load(path))
     rest = list(data.train_batches(3, start=1))
-    assert len(rest) == len(whole) - 1
-    assert all(torch.equal(a, b) for got, want in zip(rest, whole[1:]) for a, b in zip(got, want))
+    assert _same_batches(rest, whole[1:])
     assert len(decoded) == (4 if name == "imagenette" else 0)  # a resumed run does not decode what it skips
 
 
@@ -322,11 +326,9 @@ def test_calibration_batches_are_epoch_0s_first_and_leave_an_epoch_in_progress_a
         return seen + list(batches), calibration
 
     (plain, _), (interrupted, calibration) = epoch(False), epoch(True)
-    assert len(interrupted) == len(plain) and all(
-        torch.equal(a, b) for got, want in zip(interrupted, plain) for a, b in zip(got, want))
+    assert _same_batches(interrupted, plain)
     first = list(load_data(name, batch_size=2, seed=4, root=folder_root, options=opts).train_batches(0))[:2]
-    assert len(calibration) == 2 and all(
-        torch.equal(a, b) for got, want in zip(calibration, first) for a, b in zip(got, want))
+    assert len(calibration) == 2 and _same_batches(calibration, first)
 
 
 def test_missing_image_folder_names_the_expected_path(tmp_path, monkeypatch):
