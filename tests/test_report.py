@@ -471,8 +471,6 @@ def test_a_thousand_runs_render(tmp_path, monkeypatch):
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                  "(apt-get install -y chromium; CI installs it)")
 def _contrast_on_white(css_color: str) -> float:
     """WCAG's contrast ratio of an "rgb(r, g, b)" text colour on white."""
     channels = [int(v) / 255 for v in re.findall(r"\d+", css_color)[:3]]
@@ -480,6 +478,8 @@ def _contrast_on_white(css_color: str) -> float:
     return 1.05 / (0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2] + 0.05)
 
 
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                  "(apt-get install -y chromium; CI installs it)")
 def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_path):
     from PIL import Image, ImageStat
     from playwright.sync_api import sync_playwright
@@ -487,6 +487,9 @@ def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_
     out, _ = suite
     shutil.copytree(out, tmp_path / "results")
     write_run(tmp_path / "results", "evil", "dbp", EVIL, 0)  # an alert() would fail the test below
+    for seed, first in enumerate([0.99, 0.5]):  # one seed a side there at its first eval point: the longest notes
+        write_points(tmp_path / "results", f"early-bp-{seed}", "bp", "early", seed, [first, 0.97], 1)
+        write_points(tmp_path / "results", f"early-dbp-{seed}", "dbp", "early", seed, [first, 0.98], 1)
     page_file = render_report([tmp_path / "results"], tmp_path / "report.html")
     problems, requests = [], []
     with sync_playwright() as p:
@@ -505,6 +508,8 @@ def test_a_real_browser_draws_every_figure_without_errors_or_network(suite, tmp_
             assert len(labels) == 6 and labels[0].startswith("Accuracy vs training time: Further left")
             colors = page.locator("span.bp, span.dbp").evaluate_all("els => els.map(e => getComputedStyle(e).color)")
             assert all(_contrast_on_white(c) >= 4.5 for c in colors), colors  # WCAG AA for text
+            cards = page.locator(".card").evaluate_all("els => els.map(e => e.scrollWidth - e.clientWidth)")
+            assert cards and max(cards) == 0, cards  # at a desktop width no summary table scrolls sideways
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
             page.set_viewport_size({"width": 600, "height": 900})  # a phone, a narrow window: nothing cut off
