@@ -55,7 +55,7 @@ def as_trained(device: torch.device) -> torch.autocast:
 
 class Step:
     """One training step of `model` (decorrelated for DBP) on a fixed random batch: decorbench's own step (Adam, then
-    the DBP update). On a GPU with its fast path, bf16 autocast and channels_last, as the GPU suites run it."""
+    the DBP update). On a GPU with its fast path, bf16 autocast, TF32 and channels_last, as the GPU suites run it."""
 
     def __init__(self, method: str, model: str, side: int, batch: int, device: torch.device, num_classes: int = 10):
         torch.manual_seed(0)
@@ -66,7 +66,7 @@ class Step:
         fast = device.type == "cuda"
         prepare_model(self.model.to(device).train(), channels_last=fast)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.step = make_step(self.model, self.opt, amp=fast, channels_last=fast,
+        self.step = make_step(self.model, self.opt, amp=fast, channels_last=fast, tf32=fast,
                               dbp_lr=DBP_LR if self.dbp else None)
         self.x = torch.randn(batch, 3, side, side, device=device)
         self.y = torch.randint(num_classes, (batch,), device=device)

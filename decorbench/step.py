@@ -2,13 +2,15 @@
 
 Why one definition: `train_run`, the asv benchmarks and the measurement scripts under reports/ must all time the
 same step, or their numbers would not describe each other. The GPU fast path lives here, applied to BP and DBP
-alike: bf16 autocast (R stays fp32), channels_last activations, and torch.compile of forward + backward. Nothing in
-the step waits for the GPU: losses come back as device tensors, read by the caller when it chooses to synchronise.
+alike: bf16 autocast (R stays fp32), TF32 float32 matmuls, channels_last activations, and torch.compile of forward +
+backward. Nothing in the step waits for the GPU: losses come back as device tensors, read by the caller when it
+chooses to synchronise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +26,24 @@ def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+@contextlib.contextmanager
+def fp32_matmuls(tf32: bool) -> Iterator[None]:
+    """Inside, float32 matmuls may run on TF32 tensor cores (inputs rounded to 10 mantissa bits, sums kept in fp32;
+    NVIDIA GPUs since Ampere, and oneDNN's like on CPUs that have one) or must run at full precision. PyTorch's
+    default is full precision for matmuls but TF32 for cuDNN's convolutions; under bf16 autocast the R update is
+    then the one large fp32 matmul left, at a fraction of the tensor cores' rate."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False, channels_last: bool = False,
-              compile: bool = False, dbp_lr: float | None = None, dbp_lr_follows_schedule: bool = False,
-              distributed: bool = False, decorrelated: nn.Module | None = None) -> Step:
+              tf32: bool = False, compile: bool = False, dbp_lr: float | None = None,
+              dbp_lr_follows_schedule: bool = False, distributed: bool = False,
+              decorrelated: nn.Module | None = None) -> Step:
     """`step(x, y, decorrelate=True) -> (loss, decor_losses)`: forward, backward, optimizer step and, when `dbp_lr`
     is given and `decorrelate` is true, the decorrelation update of `decorrelated` (default: `model`; pass the bare
     network when `model` is its DDP wrapper). With `decorrelate=False` the layers sample nothing and R stays as it is
@@ -35,6 +52,8 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
     dbp_lr_follows_schedule: the update's lr is dbp_lr times the factor by which a scheduler has moved the
     optimizer's lr from its initial one, so R settles as the weights do instead of moving on alone at the end.
 
+    tf32: float32 matmuls may use TF32 (`fp32_matmuls`): the R update's, and without amp every layer's; the update
+    still accumulates into R in fp32. Otherwise they run at full precision.
     compile: forward + loss + backward go through torch.compile (the DBP layers' sampling included); the optimizer
     step and the decorrelation update stay eager, so BP and DBP get the same treatment of the shared part.
     """
@@ -60,11 +79,12 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
             sampling = dbp
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = loss_of(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        decor = update(net, dbp_lr_now(), as_tensor=True, by_layer=True, distributed=distributed) if dbp else None
+        with fp32_matmuls(tf32):
+            loss = loss_of(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            decor = update(net, dbp_lr_now(), as_tensor=True, by_layer=True, distributed=distributed) if dbp else None
         return loss.detach(), decor
 
     return step

@@ -202,7 +202,7 @@ def _warm_up(net: nn.Module, spec: RunSpec, device: torch.device, data: Data, st
     step still compiles inside the run's time, as it is the run's own cost."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
     rng, t = _rng(device), spec.train
-    step = make_step(net, _optimizer(net.parameters(), t), amp=t.amp, channels_last=t.channels_last,
+    step = make_step(net, _optimizer(net.parameters(), t), amp=t.amp, channels_last=t.channels_last, tf32=t.tf32,
                      dbp_lr=spec.dbp.lr if spec.method == "dbp" else None)
     x = torch.randn(data.local_batch_size, *data.input_shape, device=device)
     y = torch.randint(data.num_classes, (data.local_batch_size,), device=device)
@@ -321,7 +321,7 @@ def train_run(spec: RunSpec, sink: EvalSink, *, device: torch.device, checkpoint
     model = distributed.wrap(net, device)
     opt = _optimizer(net.parameters(), spec.train)
     t = spec.train
-    train_step = make_step(model, opt, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
+    train_step = make_step(model, opt, amp=t.amp, channels_last=t.channels_last, tf32=t.tf32, compile=t.compile,
                            dbp_lr=spec.dbp.lr if dbp else None, dbp_lr_follows_schedule=spec.dbp.schedule == "train",
                            distributed=distributed.active(), decorrelated=net)
     steps_per_epoch = data.steps_per_epoch()

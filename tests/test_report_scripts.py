@@ -23,11 +23,13 @@ def study_tables(name: str, monkeypatch, capsys) -> str:
 def test_gpu_step_cost_writes_every_method_per_case_and_says_why_energy_is_missing(tmp_path, monkeypatch):
     out = tmp_path / "step_cost"
     monkeypatch.setattr(sys, "argv", [SCRIPT, "--out", str(out), "--depths", "small-cnn", "--batches", "8",
-                                      "--windows", "2", "--window-s", "0.01", "--idle-s", "0.01", "--device", "cpu"])
+                                      "--windows", "2", "--window-s", "0.01", "--idle-s", "0.01", "--device", "cpu",
+                                      "--paths", "eager", "fp32"])
     runpy.run_path(SCRIPT, run_name="__main__")
     saved = json.loads(out.with_suffix(".json").read_text())
-    (case,) = saved["results"]
-    assert (case["depth"], case["batch"], case["path"]) == ("small-cnn", 8, "eager")
+    case, fp32 = saved["results"]
+    assert (case["depth"], case["batch"], case["path"], fp32["path"]) == ("small-cnn", 8, "eager", "fp32")
+    assert fp32["dbp"]["flops_per_step"] == case["dbp"]["flops_per_step"]  # the same work, at another precision
     for method in ("bp", "bp-converted", "dbp"):
         r = case[method]
         assert len(r["windows"]) == 2 and all(w["steps"] >= 1 and w["seconds"] > 0 for w in r["windows"])

@@ -98,3 +98,30 @@ def test_gpu_resident_data_never_waits_for_the_device_even_at_an_epoch_start(cif
             assert len(list(data.train_batches(epoch))) == 5
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+class _MatmulPrecisions(torch.overrides.TorchFunctionMode):
+    """The float32 matmul precision in force at every matrix product issued inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.matmul, torch.Tensor.__matmul__, torch.addmm, torch.mm, torch.nn.functional.linear):
+            self.seen.add(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_the_step_runs_its_float32_matmuls_at_the_asked_precision_and_leaves_the_process_as_it_was(tf32):
+    net, step, x, y = _setup("dbp", tf32=tf32)
+    torch.set_float32_matmul_precision("medium")  # whatever the process had: the step's setting wins, then returns
+    try:
+        with _MatmulPrecisions() as mode:
+            _, decor = step(x, y)
+        after = torch.get_float32_matmul_precision()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert decor  # the R update ran, its matmuls among those seen
+    assert mode.seen == {"high" if tf32 else "highest"} and after == "medium"

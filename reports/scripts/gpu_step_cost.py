@@ -2,16 +2,17 @@
 
 For each depth × batch, builds the BP, the BP-CONVERTED (BP as the DBP authors' code timed it: the DBP model with the
 update off) and the DBP ResNet (CIFAR stem, 3×32×32, 10 classes; same seed, same random batch) and times
-decorbench's own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16 autocast and
-channels_last, optionally torch.compile) in windows of about `--window-s` seconds, the methods' windows taking turns
-so drifts in clocks and temperature hit all alike. Per window: CUDA-synchronised wall time, and the GPU's
+decorbench's own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16 autocast, TF32 float32
+matmuls and channels_last, as gpu-reference trains; path `compiled` adds torch.compile, path `fp32` runs the float32
+matmuls, the R update's, at full precision, PyTorch's default) in windows of about `--window-s` seconds, the
+methods' windows taking turns so drifts in clocks and temperature hit all alike. Per window: CUDA-synchronised wall time, and the GPU's
 energy read two ways at once — NVML's energy counter and NVML power readings (instantaneous where the driver has
 them) sampled every 0.1 s and integrated — so the two meters are checked against each other on the same work. Before
 the sweep, the idle GPU's power over `--idle-s` seconds. FLOPs per step are counted exactly (torch.utils.flop_counter,
 DBP's formation and update included); MFU = FLOPs/s ÷ the GPU's datasheet dense bf16 peak (`decorbench.gpus`).
 
     python reports/scripts/gpu_step_cost.py --out reports/gpu/step_cost [--depths resnet18 resnet34]
-        [--batches 128 256] [--paths eager compiled] [--windows 5] [--window-s 2] [--idle-s 5]
+        [--batches 128 256] [--paths eager compiled fp32] [--windows 5] [--window-s 2] [--idle-s 5]
 
 Writes `<out>.json` (every window, provenance) and `<out>.md` (the tables). Runs on a CPU too (no energy there:
 null with the reason), which is how the tests exercise it.
@@ -39,7 +40,7 @@ from decorbench.step import make_step, prepare_model
 from decorbench.train import CONVERTED, resolve_device
 
 METHODS = ("bp", "bp-converted", "dbp")  # bp-converted: BP as the DBP authors' code timed it (decorbench.train)
-PATHS = ("eager", "compiled")
+PATHS = ("eager", "compiled", "fp32")
 DBP = {"kappa": 0.01, "sample_fraction": 0.1, "lr": 1e-4}  # the authors' CIFAR recipe (artcogsys/decorbp)
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator; torch.compile compiles in the first
 
@@ -78,8 +79,8 @@ class Case:
             decorrelate(net, kappa=DBP["kappa"], sample_fraction=DBP["sample_fraction"])
         prepare_model(net.to(device).train(), channels_last=True)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-        self.step = make_step(net, opt, amp=True, channels_last=True, compile=path == "compiled",
-                              dbp_lr=DBP["lr"] if method == "dbp" else None)
+        self.step = make_step(net, opt, amp=True, channels_last=True, tf32=path != "fp32",
+                              compile=path == "compiled", dbp_lr=DBP["lr"] if method == "dbp" else None)
         self.x = torch.randn(batch, 3, 32, 32, device=device)
         self.y = torch.randint(10, (batch,), device=device)
         self.flops = count_flops(net, self.x, update_r=method == "dbp")
@@ -159,8 +160,8 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
              f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, "
              f"commit {prov['git_commit'] or 'unknown'}{uncommitted(prov['git_dirty'])}, "
              f"{prov['started_at']}", "", f"Command: `{prov['command']}`", "",
-             "Step: Adam + (DBP) decorrelation update (in fp32, TF32 off: R's precision), bf16 autocast, "
-             "channels_last; ResNet CIFAR stem, 3×32×32, "
+             "Step: Adam + (DBP) decorrelation update (R and its sums in fp32), bf16 autocast, TF32 float32 matmuls "
+             "(path fp32: full precision), channels_last; ResNet CIFAR stem, 3×32×32, "
              f"10 classes; DBP κ {DBP['kappa']}, sample fraction {DBP['sample_fraction']}. Step time: median over "
              "windows (min–max); energy and power: NVML energy counter over all windows; MFU: FLOPs per step "
              "(DBP's extra work included) / median step time / datasheet dense bf16 peak. BP-CONVERTED: BP as the "
