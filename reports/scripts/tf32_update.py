@@ -84,12 +84,22 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def _batches(data, steps: int):
+    """The first `steps` training batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        for x, y in data.train_batches(epoch):
+            if steps == 0:
+                return
+            steps -= 1
+            yield x, y
+        epoch += 1
+
+
 def increments(model: str, at: list[int], dbp_lr: float, seed: int, batch: int) -> list[dict]:
     data, net, opt = _setup(model, seed, batch)
-    rows, step = [], 0
-    for x, y in data.train_batches(0):
-        if step > max(at):
-            break
+    rows = []
+    for step, (x, y) in enumerate(_batches(data, max(at) + 1)):
         if step in at:
             with torch.no_grad():
                 net(x)  # a second random sample of the same batch, by the same weights
@@ -106,8 +116,9 @@ def increments(model: str, at: list[int], dbp_lr: float, seed: int, batch: int) 
                 m.sample = mine[n]
                 rows.append({"step": step, "layer": n, "d": m.decor_dim, "tf32_vs_exact": _rel(rounded[n], exact[n]),
                              "other_sample_vs_exact": _rel(resampled[n], exact[n])})
+                print(f"step {step:3d} {n:22s} d {m.decor_dim:5d}  tf32 {rows[-1]['tf32_vs_exact']:.2e}  "
+                      f"other sample {rows[-1]['other_sample_vs_exact']:.2e}", flush=True)
         update(net, dbp_lr)
-        step += 1
     return rows
 
 
@@ -124,16 +135,11 @@ def _accuracy(net, data) -> float:
 
 def training(model: str, steps: int, dbp_lr: float, seed: int, batch: int, tf32: bool) -> dict:
     data, net, opt = _setup(model, seed, batch)
-    losses, step, epoch = [], 0, 0
-    while step < steps:
-        for x, y in data.train_batches(epoch):
-            if step == steps:
-                break
-            _train_step(net, opt, x, y)
-            with TF32Factors() if tf32 else contextlib.nullcontext():
-                losses.append(update(net, dbp_lr))
-            step += 1
-        epoch += 1
+    losses = []
+    for x, y in _batches(data, steps):
+        _train_step(net, opt, x, y)
+        with TF32Factors() if tf32 else contextlib.nullcontext():
+            losses.append(update(net, dbp_lr))
     return {"model": model, "seed": seed, "tf32": tf32, "steps": steps, "decor_loss_first": losses[0],
             "decor_loss_last10": statistics.mean(losses[-10:]), "test_accuracy": _accuracy(net, data)}
 
@@ -151,13 +157,11 @@ def main() -> None:
     args = parser.parse_args()
     out = {"provenance": {**provenance("cpu"), "command": " ".join(sys.argv)}, "settings": vars(args)}
     out["increments"] = increments(args.increments_model, args.at, args.dbp_lr, args.seeds[0], args.batch)
-    for row in out["increments"]:
-        print(f"step {row['step']:3d} {row['layer']:22s} d {row['d']:5d}  tf32 {row['tf32_vs_exact']:.2e}  "
-              f"other sample {row['other_sample_vs_exact']:.2e}", flush=True)
-    out["training"] = [training(args.training_model, args.steps, args.dbp_lr, seed, args.batch, tf32)
-                       for seed in args.seeds for tf32 in (False, True)]
-    for row in out["training"]:
-        print(row, flush=True)
+    out["training"] = []
+    for seed in args.seeds:
+        for tf32 in (False, True):
+            out["training"].append(training(args.training_model, args.steps, args.dbp_lr, seed, args.batch, tf32))
+            print(out["training"][-1], flush=True)
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
 
