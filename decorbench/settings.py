@@ -35,7 +35,7 @@ class TrainConfig:
     gamma: float = 0.1
     eval_every: int = 0  # steps between eval points; 0 = once per epoch
     amp: bool = False  # bf16 autocast, for BP and DBP alike; R stays fp32
-    tf32: bool = False  # float32 matmuls (DBP's R update; without amp every layer's) on TF32 tensor cores (GPU)
+    tf32: bool = False  # fp32 matmuls and convolutions on TF32 tensor cores (GPU), else all at full precision
     channels_last: bool = False  # NHWC activations and conv weights (tensor-core friendly on GPUs)
     compile: bool = False  # torch.compile forward + backward (BP and DBP alike; the first steps pay compilation)
     batchnorm: bool = True  # false: no BatchNorm layers (identities), as in the DBP authors' paper-era code

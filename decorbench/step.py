@@ -2,9 +2,9 @@
 
 Why one definition: `train_run`, the asv benchmarks and the measurement scripts under reports/ must all time the
 same step, or their numbers would not describe each other. The GPU fast path lives here, applied to BP and DBP
-alike: bf16 autocast (R stays fp32), TF32 float32 matmuls, channels_last activations, and torch.compile of forward +
-backward. Nothing in the step waits for the GPU: losses come back as device tensors, read by the caller when it
-chooses to synchronise.
+alike: bf16 autocast (R stays fp32), TF32, channels_last activations, and torch.compile of forward + backward.
+Nothing in the step waits for the GPU: losses come back as device tensors, read by the caller when it chooses to
+synchronise.
 """
 
 from __future__ import annotations
@@ -27,17 +27,19 @@ def prepare_model(model: nn.Module, *, channels_last: bool) -> nn.Module:
 
 
 @contextlib.contextmanager
-def fp32_matmuls(tf32: bool) -> Iterator[None]:
-    """Inside, float32 matmuls may run on TF32 tensor cores (inputs rounded to 10 mantissa bits, sums kept in fp32;
-    NVIDIA GPUs since Ampere, and oneDNN's like on CPUs that have one) or must run at full precision. PyTorch's
-    default is full precision for matmuls but TF32 for cuDNN's convolutions; under bf16 autocast the R update is
-    then the one large fp32 matmul left, at a fraction of the tensor cores' rate."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+def tf32_math(on: bool) -> Iterator[None]:
+    """Inside, float32 matmuls and cuDNN convolutions may run on TF32 tensor cores (inputs rounded to 10 mantissa bits,
+    sums kept in fp32; NVIDIA GPUs since Ampere, and oneDNN's like for matmuls on CPUs that have one), or all run at
+    full precision. PyTorch's default mixes the two, TF32 convolutions beside full-precision matmuls: that would give
+    BP's convolutions tensor cores and DBP's extra work, matmuls (A = W·R, the R update), none."""
+    matmuls, convolutions = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    torch.backends.cudnn.allow_tf32 = on
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        torch.set_float32_matmul_precision(matmuls)
+        torch.backends.cudnn.allow_tf32 = convolutions
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False, channels_last: bool = False,
@@ -52,8 +54,8 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
     dbp_lr_follows_schedule: the update's lr is dbp_lr times the factor by which a scheduler has moved the
     optimizer's lr from its initial one, so R settles as the weights do instead of moving on alone at the end.
 
-    tf32: float32 matmuls may use TF32 (`fp32_matmuls`): the R update's, and without amp every layer's; the update
-    still accumulates into R in fp32. Otherwise they run at full precision.
+    tf32: float32 matmuls and convolutions may use TF32 (`tf32_math`): under amp the R update's, without it every
+    layer's too; the update still accumulates into R in fp32. Otherwise all run at full precision.
     compile: forward + loss + backward go through torch.compile (the DBP layers' sampling included); the optimizer
     step and the decorrelation update stay eager, so BP and DBP get the same treatment of the shared part.
     """
@@ -79,7 +81,7 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, *, amp: bool = False
             sampling = dbp
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with fp32_matmuls(tf32):
+        with tf32_math(tf32):
             loss = loss_of(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

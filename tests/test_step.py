@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from decorbench.data import load_data
 from decorbench.dbp import decor_layers, decorrelate
@@ -100,28 +101,31 @@ def test_gpu_resident_data_never_waits_for_the_device_even_at_an_epoch_start(cif
         torch.cuda.set_sync_debug_mode("default")
 
 
-class _MatmulPrecisions(torch.overrides.TorchFunctionMode):
-    """The float32 matmul precision in force at every matrix product issued inside it."""
+class _Precisions(torch.overrides.TorchFunctionMode):
+    """(float32 matmul precision, cuDNN's TF32 switch) in force at every matrix product and convolution inside it."""
 
     def __init__(self):
         super().__init__()
         self.seen = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.matmul, torch.Tensor.__matmul__, torch.addmm, torch.mm, torch.nn.functional.linear):
-            self.seen.add(torch.get_float32_matmul_precision())
+        if func in (torch.matmul, torch.Tensor.__matmul__, torch.addmm, torch.mm, F.linear, F.conv2d):
+            self.seen.add((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("tf32", [False, True])
-def test_the_step_runs_its_float32_matmuls_at_the_asked_precision_and_leaves_the_process_as_it_was(tf32):
+def test_the_step_runs_its_float32_math_at_the_asked_precision_and_leaves_the_process_as_it_was(tf32):
     net, step, x, y = _setup("dbp", tf32=tf32)
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("medium")  # whatever the process had: the step's setting wins, then returns
+    torch.backends.cudnn.allow_tf32 = not tf32
     try:
-        with _MatmulPrecisions() as mode:
+        with _Precisions() as mode:
             _, decor = step(x, y)
-        after = torch.get_float32_matmul_precision()
+        after = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     finally:
-        torch.set_float32_matmul_precision("highest")
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
     assert decor  # the R update ran, its matmuls among those seen
-    assert mode.seen == {"high" if tf32 else "highest"} and after == "medium"
+    assert mode.seen == {("high" if tf32 else "highest", tf32)} and after == ("medium", not tf32)

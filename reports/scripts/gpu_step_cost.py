@@ -1,14 +1,14 @@
 """What does a DBP training step cost next to a BP one on a GPU, in time, energy and FLOP utilisation?
 
 For each depth × batch, builds the BP, the BP-CONVERTED (BP as the DBP authors' code timed it: the DBP model with the
-update off) and the DBP ResNet (CIFAR stem, 3×32×32, 10 classes; same seed, same random batch) and times
-decorbench's own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16 autocast, TF32 float32
-matmuls and channels_last, as gpu-reference trains; path `compiled` adds torch.compile, path `fp32` runs the float32
-matmuls, the R update's, at full precision, PyTorch's default) in windows of about `--window-s` seconds, the
-methods' windows taking turns so drifts in clocks and temperature hit all alike. Per window: CUDA-synchronised wall time, and the GPU's
-energy read two ways at once — NVML's energy counter and NVML power readings (instantaneous where the driver has
-them) sampled every 0.1 s and integrated — so the two meters are checked against each other on the same work. Before
-the sweep, the idle GPU's power over `--idle-s` seconds. FLOPs per step are counted exactly (torch.utils.flop_counter,
+update off) and the DBP ResNet (CIFAR stem, 3×32×32, 10 classes; same seed, same random batch) and times decorbench's
+own training step (`decorbench.step.make_step`: Adam, then the DBP update; bf16 autocast, TF32 and channels_last, as
+gpu-reference trains; path `compiled` adds torch.compile, path `fp32` runs float32 math, under autocast the R update,
+at full precision, as PyTorch does matmuls by default) in windows of about `--window-s` seconds, the methods' windows
+taking turns so drifts in clocks and temperature hit all alike. Per window: CUDA-synchronised wall time, and the GPU's
+energy read two ways at once — NVML's energy counter and NVML power readings (instantaneous where the driver has them)
+sampled every 0.1 s and integrated — so the two meters are checked against each other on the same work. Before the
+sweep, the idle GPU's power over `--idle-s` seconds. FLOPs per step are counted exactly (torch.utils.flop_counter,
 DBP's formation and update included); MFU = FLOPs/s ÷ the GPU's datasheet dense bf16 peak (`decorbench.gpus`).
 
     python reports/scripts/gpu_step_cost.py --out reports/gpu/step_cost [--depths resnet18 resnet34]
@@ -160,8 +160,8 @@ def markdown(prov: dict, idle: dict, results: list[dict], state: dict) -> str:
              f"torch {prov['torch']}, CUDA {prov['cuda'] or '—'}, "
              f"commit {prov['git_commit'] or 'unknown'}{uncommitted(prov['git_dirty'])}, "
              f"{prov['started_at']}", "", f"Command: `{prov['command']}`", "",
-             "Step: Adam + (DBP) decorrelation update (R and its sums in fp32), bf16 autocast, TF32 float32 matmuls "
-             "(path fp32: full precision), channels_last; ResNet CIFAR stem, 3×32×32, "
+             "Step: Adam + (DBP) decorrelation update (R and its sums in fp32), bf16 autocast, TF32 for float32 "
+             "math, the update's (path fp32: full precision), channels_last; ResNet CIFAR stem, 3×32×32, "
              f"10 classes; DBP κ {DBP['kappa']}, sample fraction {DBP['sample_fraction']}. Step time: median over "
              "windows (min–max); energy and power: NVML energy counter over all windows; MFU: FLOPs per step "
              "(DBP's extra work included) / median step time / datasheet dense bf16 peak. BP-CONVERTED: BP as the "
