@@ -124,3 +124,24 @@ def test_sample_fraction_table_gives_the_published_numbers_from_the_published_re
             in table)
     assert table.count("\n") == 2 + 3 * 6 - 1
     assert table in Path("reports/cpu/sample_fraction.md").read_text()
+
+
+def test_tf32_update_rounds_as_tf32_does_and_measures_the_update_both_ways(tmp_path, monkeypatch, capsys):
+    import torch
+
+    out = tmp_path / "tf32.json"
+    monkeypatch.setattr(sys, "argv", ["tf32_update.py", "--json", str(out), "--increments-model", "mlp", "--at", "0",
+                                      "2", "--training-model", "mlp", "--steps", "3", "--seeds", "0", "--batch", "32"])
+    script = runpy.run_path("reports/scripts/tf32_update.py", run_name="__main__")
+    one = 2.0**-10  # TF32's unit in the last place at 1
+    x = torch.tensor([1 + one / 2, 1 + 3 * one / 2, 1 + one / 4, -(1 + 3 * one / 4)])
+    assert script["tf32_round"](x).tolist() == [1.0, 1 + 2 * one, 1.0, -(1 + one)]  # ties to even, else nearest
+    saved = json.loads(out.read_text())
+    assert {r["step"] for r in saved["increments"]} == {0, 2} and len(saved["increments"]) == 2 * 3  # 3 layers
+    for r in saved["increments"]:
+        assert 0 < r["tf32_vs_exact"] < 2e-3 < r["other_sample_vs_exact"]
+    exact, rounded = saved["training"]
+    assert (exact["tf32"], rounded["tf32"]) == (False, True)
+    assert exact["decor_loss_first"] != rounded["decor_loss_first"]  # the loss's products are rounded too ...
+    assert abs(rounded["decor_loss_first"] / exact["decor_loss_first"] - 1) < 1e-3  # ... by little
+    assert "tf32_update.py --json" in saved["provenance"]["command"]

@@ -109,7 +109,7 @@ class _Precisions(torch.overrides.TorchFunctionMode):
         self.seen = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.matmul, torch.Tensor.__matmul__, torch.addmm, torch.mm, F.linear, F.conv2d):
+        if func in (torch.matmul, torch.Tensor.matmul, torch.addmm, torch.mm, F.linear, F.conv2d):  # a @ b: matmul
             self.seen.add((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
         return func(*args, **(kwargs or {}))
 

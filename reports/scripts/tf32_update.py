@@ -31,7 +31,9 @@ from decorbench.dbp import decor_layers, decorrelate, update
 from decorbench.env import provenance
 from decorbench.models import create_model
 
-MATMULS = {torch.matmul: (0, 1), torch.Tensor.__matmul__: (0, 1), torch.mm: (0, 1), torch.addmm: (1, 2)}
+# the factors' positions; `a @ b` arrives as Tensor.matmul
+MATMULS = {torch.matmul: (0, 1), torch.Tensor.matmul: (0, 1), torch.Tensor.__matmul__: (0, 1), torch.mm: (0, 1),
+           torch.addmm: (1, 2)}
 
 
 def tf32_round(t: torch.Tensor) -> torch.Tensor:
