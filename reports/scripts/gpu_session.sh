@@ -11,8 +11,7 @@
 #              recomputed BatchNorm statistics hold under bf16 and channels_last)
 #   overhead   benchmarks/meter_overhead.py on the GPU: the instrumented loop (NVML, codecarbon) vs a bare one
 #   step-cost  reports/scripts/gpu_step_cost.py: DBP vs BP (and BP-CONVERTED) step time, NVML energy by counter and
-#              by sampled power, idle power, MFU; ResNet-18/34/50, then ResNet-10, at batch 128 and 256, each with
-#              TF32 float32 matmuls (as gpu-reference) and at full precision (PyTorch's default: what TF32 buys DBP)
+#              by sampled power, idle power, MFU; ResNet-18/34/50, then ResNet-10, at batch 128 and 256
 #   reference  the gpu-reference suite on ResNet-18, 2 seeds, each run's training capped so the four fit the time
 #              left, then its report
 # Writes OUT/session.log and OUT/gpu-session.tar.gz (everything: env.txt, nvidia-smi.txt, tests.txt,
@@ -27,7 +26,7 @@ shift $(($# < 2 ? $# : 2))
 phases=${*:-env tests overhead step-cost reference}
 python=${PYTHON:-python3}
 overhead_args=${OVERHEAD_ARGS:---steps 2000 --repeats 3 --device cuda}  # windows of ≈ 1 s, as in real runs
-step_cost_args=${STEP_COST_ARGS:---windows 3 --window-s 1.5 --idle-s 5 --paths eager fp32}
+step_cost_args=${STEP_COST_ARGS:---windows 3 --window-s 1.5 --idle-s 5}
 # a checkpoint every 10th eval point: a ResNet-18 DBP one is ≈ 0.5 GB, about a second per write
 suite_args=${SUITE_ARGS:-gpu-reference --set models=[\"resnet18\"] --set seeds=[0,1] --set train.checkpoint_every=10}
 runs=4            # the reference phase's runs: bp and dbp x 2 seeds
