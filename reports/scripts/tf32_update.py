@@ -24,12 +24,14 @@ import statistics
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from decorbench.data import load_data
 from decorbench.dbp import decor_layers, decorrelate, update
 from decorbench.env import provenance
 from decorbench.models import create_model
+from decorbench.settings import TrainConfig
+from decorbench.step import make_step
+from decorbench.train import evaluate
 
 # the factors' positions; `a @ b` arrives as Tensor.matmul
 MATMULS = {torch.matmul: (0, 1), torch.Tensor.matmul: (0, 1), torch.Tensor.__matmul__: (0, 1), torch.mm: (0, 1),
@@ -58,14 +60,8 @@ def _setup(model: str, seed: int, batch: int):
     torch.manual_seed(seed)
     data = load_data("digits", batch_size=batch, seed=seed, options={"image_size": 32})
     net = decorrelate(create_model(model, data.num_classes, input_shape=data.input_shape), kappa=0.01)
-    return data, net, torch.optim.Adam(net.parameters(), lr=1e-3)
-
-
-def _train_step(net, opt, x, y) -> None:
-    loss = F.cross_entropy(net(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    # decorbench's step without its update (the layers still sample): the update is made here, exact or rounded
+    return data, net, make_step(net, torch.optim.Adam(net.parameters(), lr=1e-3))
 
 
 def _increments(net, dbp_lr: float, tf32: bool) -> dict[str, torch.Tensor]:
@@ -99,14 +95,14 @@ def _batches(data, steps: int):
 
 
 def increments(model: str, at: list[int], dbp_lr: float, seed: int, batch: int) -> list[dict]:
-    data, net, opt = _setup(model, seed, batch)
+    data, net, train_step = _setup(model, seed, batch)
     rows = []
     for step, (x, y) in enumerate(_batches(data, max(at) + 1)):
         if step in at:
             with torch.no_grad():
                 net(x)  # a second random sample of the same batch, by the same weights
             other = {n: m.sample for n, m in decor_layers(net).items()}
-        _train_step(net, opt, x, y)
+        train_step(x, y)
         if step in at:
             exact = _increments(net, dbp_lr, tf32=False)
             rounded = _increments(net, dbp_lr, tf32=True)
@@ -124,26 +120,16 @@ def increments(model: str, at: list[int], dbp_lr: float, seed: int, batch: int) 
     return rows
 
 
-@torch.no_grad()
-def _accuracy(net, data) -> float:
-    net.eval()
-    right = total = 0
-    for x, y in data.test_batches():
-        right += (net(x).argmax(1) == y).sum().item()
-        total += len(y)
-    net.train()
-    return right / total
-
-
 def training(model: str, steps: int, dbp_lr: float, seed: int, batch: int, tf32: bool) -> dict:
-    data, net, opt = _setup(model, seed, batch)
+    data, net, train_step = _setup(model, seed, batch)
     losses = []
     for x, y in _batches(data, steps):
-        _train_step(net, opt, x, y)
+        train_step(x, y)
         with TF32Factors() if tf32 else contextlib.nullcontext():
             losses.append(update(net, dbp_lr))
+    _, accuracy = evaluate(net, data, TrainConfig(), torch.device("cpu"))
     return {"model": model, "seed": seed, "tf32": tf32, "steps": steps, "decor_loss_first": losses[0],
-            "decor_loss_last10": statistics.mean(losses[-10:]), "test_accuracy": _accuracy(net, data)}
+            "decor_loss_last10": statistics.mean(losses[-10:]), "test_accuracy": accuracy}
 
 
 def main() -> None:
