@@ -32,7 +32,7 @@ from decorbench.meters import (CarbonMeter, CpuContentionMeter, EnergyMeter, Sto
                                reset_peak_memory)
 from decorbench.models import create_model
 from decorbench.settings import NOT_THE_EXPERIMENT, DBPConfig, TrainConfig, swept_value
-from decorbench.step import make_step, prepare_model
+from decorbench.step import make_step, prepare_model, tf32_math
 
 METHODS = ("bp", "dbp", "bp-converted")
 # bp-converted: BP as the DBP authors' code timed it, the DBP model with R never updated (it stays the identity, so it
@@ -123,7 +123,7 @@ def _schedule(opt, cfg: TrainConfig, length: int | None, steps_per_epoch: int):
 def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.device) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) over the whole eval set (the test set, or the validation set of
     data.options.validation): each rank its shard, summed over the ranks. Precision and memory format as in
-    training (`train.amp`, `train.channels_last`); a DBP model's A = W·R formed once, not per batch. With
+    training (`train.amp`, `train.tf32`, `train.channels_last`); a DBP model's A = W·R formed once, not per batch. With
     `train.precise_bn`, BatchNorm normalises with statistics recomputed over the first that many training batches
     (of epoch 0: the same images at every eval), its running averages put back afterwards."""
     loss_sum = torch.zeros((), device=device)
@@ -132,7 +132,7 @@ def evaluate(model: nn.Module, data: Data, train: TrainConfig, device: torch.dev
     if train.precise_bn:
         batches = (x for x, _ in data.calibration_batches(train.precise_bn))
         statistics = recomputed_statistics(model, batches, amp=train.amp, channels_last=train.channels_last)
-    with statistics, fused_for_eval(model):
+    with tf32_math(train.tf32), statistics, fused_for_eval(model):
         model.eval()
         for x, y in data.test_batches():
             if train.channels_last and x.dim() == 4:

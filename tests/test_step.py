@@ -101,7 +101,7 @@ def test_gpu_resident_data_never_waits_for_the_device_even_at_an_epoch_start(cif
         torch.cuda.set_sync_debug_mode("default")
 
 
-class _Precisions(torch.overrides.TorchFunctionMode):
+class Precisions(torch.overrides.TorchFunctionMode):
     """(float32 matmul precision, cuDNN's TF32 switch) in force at every matrix product and convolution inside it."""
 
     def __init__(self):
@@ -121,7 +121,7 @@ def test_the_step_runs_its_float32_math_at_the_asked_precision_and_leaves_the_pr
     torch.set_float32_matmul_precision("medium")  # whatever the process had: the step's setting wins, then returns
     torch.backends.cudnn.allow_tf32 = not tf32
     try:
-        with _Precisions() as mode:
+        with Precisions() as mode:
             _, decor = step(x, y)
         after = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     finally:

@@ -10,6 +10,7 @@ import torch
 
 from decorbench.budget import Budget
 from decorbench.checkpoint import load_checkpoint
+from decorbench.data import load_data
 from decorbench.dbp import decorrelate
 from decorbench.meters import EnergyMeter, count_flops
 from decorbench.models import create_model
@@ -17,6 +18,7 @@ from decorbench.results import EVAL_FIELDS
 from decorbench import train
 from decorbench.train import DBPConfig, RunSpec, TrainConfig, continues, evaluate, train_run
 from test_meters import FakeNVML, NVMLError_GpuIsLost, readings
+from test_step import Precisions
 
 
 class Records:
@@ -110,6 +112,16 @@ def test_bp_and_dbp_of_a_pair_start_from_the_same_weights_and_data():
     bp = run("bp", budget=Budget(max_steps=1), eval_every=1)[3][0]
     dbp = run("dbp", budget=Budget(max_steps=1), eval_every=1)[3][0]
     assert bp["train_loss"] == pytest.approx(dbp["train_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_an_evaluation_runs_its_float32_math_at_the_training_precision(tf32):
+    # all of it: the recomputed BatchNorm statistics, the one A = W·R, the eval batches
+    data = load_data("digits", batch_size=64, seed=0)
+    net = decorrelate(create_model("small-cnn", data.num_classes, input_shape=data.input_shape))
+    with Precisions() as mode:
+        evaluate(net, data, TrainConfig(tf32=tf32, precise_bn=1), torch.device("cpu"))
+    assert mode.seen == {("high" if tf32 else "highest", tf32)}
 
 
 def test_dbp_counts_its_extra_flops():
