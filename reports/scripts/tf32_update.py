@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import sys
@@ -84,14 +85,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _batches(data, steps: int):
     """The first `steps` training batches, epoch after epoch."""
-    epoch = 0
-    while True:
-        for x, y in data.train_batches(epoch):
-            if steps == 0:
-                return
-            steps -= 1
-            yield x, y
-        epoch += 1
+    return itertools.islice((batch for epoch in itertools.count() for batch in data.train_batches(epoch)), steps)
 
 
 def increments(model: str, at: list[int], dbp_lr: float, seed: int, batch: int) -> list[dict]:
